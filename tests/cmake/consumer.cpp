@@ -1,0 +1,13 @@
+// Shared by the consumer projects in tests/cmake/*: it only needs <vcpu/version.hpp> to be
+// reachable through the vcpu::vcpu target, and the version to be the one the package claims.
+#include <vcpu/version.hpp>
+
+#include <cstdio>
+
+int main() {
+    std::printf("vcpu %d.%d.%d\n", vcpu::version_major, vcpu::version_minor, vcpu::version_patch);
+    return (vcpu::version_major == VCPU_EXPECT_MAJOR && vcpu::version_minor == VCPU_EXPECT_MINOR &&
+            vcpu::version_patch == VCPU_EXPECT_PATCH)
+               ? 0
+               : 1;
+}
