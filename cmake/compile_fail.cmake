@@ -50,15 +50,16 @@ execute_process(
     OUTPUT_VARIABLE output
     ERROR_VARIABLE output)
 
+# Plain message() keeps the compiler's formatting (FATAL_ERROR would re-wrap it).
 if(result EQUAL 0)
-    message(FATAL_ERROR "${SOURCE} compiled, but it must not.\n${output}")
+    message("${output}")
+    message(FATAL_ERROR "${SOURCE} compiled, but it must not")
 endif()
 foreach(pattern IN LISTS patterns)
     if(NOT output MATCHES "${pattern}")
-        message(FATAL_ERROR
-            "${SOURCE} failed to compile, but not with the expected diagnostic.\n"
-            "expected (regex): ${pattern}\n"
-            "compiler output:\n${output}")
+        message("compiler output:\n${output}")
+        message(FATAL_ERROR "${SOURCE} failed to compile, but its diagnostics do not match "
+                            "the expected regex: ${pattern}")
     endif()
 endforeach()
 message(STATUS "${SOURCE}: failed to compile as expected")
