@@ -1,0 +1,161 @@
+#pragma once
+/// \file
+/// `basic_vcpu<Arch, Hal>`: an architecture policy composed with a HAL, with
+/// no virtual dispatch. The exit loop — enter the guest, decode the exit,
+/// dispatch it to the handler that takes its type — is a template, so each
+/// (Arch, Hal, handlers) triple gets its own fully inlined loop.
+
+#include <vcpu/concepts.hpp>
+#include <vcpu/config.hpp>
+#include <vcpu/dispatch.hpp>
+#include <vcpu/exits.hpp>
+#include <vcpu/registers.hpp>
+#include <vcpu/result.hpp>
+
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace vcpu {
+
+/// A virtual CPU of architecture `Arch` driven through HAL `Hal`.
+///
+/// Preconditions are checked with `static_assert`s that name the missing
+/// piece of a user's policy. The object owns the HAL's per-vCPU state (for
+/// KVM: the vCPU fd and its `kvm_run` mapping) and is move-only when that is.
+template <class Arch, class Hal>
+class basic_vcpu {
+    static_assert(HasRegisterList<Arch>,
+                  "vcpu: Arch does not model RegisterFile: it has no `registers` list");
+    static_assert(HasGprIndexing<Arch>,
+                  "vcpu: Arch does not model RegisterFile: it needs `gpr_count` and a static "
+                  "`gpr(unsigned)` returning a register descriptor");
+    static_assert(HasProgramCounter<Arch>,
+                  "vcpu: Arch does not model RegisterFile: it has no `pc` register descriptor");
+    static_assert(HasExitTypes<Arch>,
+                  "vcpu: Arch does not model ExitDecoder: it has no `exit_types` type_list");
+    static_assert(HasVcpuState<Hal, Arch>,
+                  "vcpu: Hal does not model HalFor<Hal, Arch>: it has no member template "
+                  "`vcpu<Arch>` holding a vCPU's state");
+
+public:
+    using arch_type = Arch;
+    using hal_type = Hal;
+    using hal_vcpu = typename Hal::template vcpu<Arch>;
+    using raw_exit = typename hal_vcpu::raw_exit;
+
+    static_assert(EntersGuest<hal_vcpu>,
+                  "vcpu: Hal::vcpu<Arch> does not model EntersGuest: it needs `raw_exit`, "
+                  "`enter() noexcept -> result<void>` and `exit_record() noexcept -> raw_exit`");
+    static_assert(MovesArchRegisters<hal_vcpu, Arch>,
+                  "vcpu: Hal::vcpu<Arch> cannot move every register kind Arch declares "
+                  "(load<B>/modify<B> per register block, get/set_keyed<B>, get/set_one_reg)");
+    static_assert(DecodesRecord<Arch, raw_exit>,
+                  "vcpu: Arch does not model ExitDecoder for this Hal: it has no static "
+                  "`decode(const raw_exit&, Visitor&&)` for the Hal's exit record type");
+
+    /// Takes ownership of a HAL vCPU (usually made by the HAL's VM object).
+    explicit basic_vcpu(hal_vcpu&& h) noexcept(std::is_nothrow_move_constructible_v<hal_vcpu>)
+        : hal_(std::move(h)) {}
+
+    basic_vcpu(basic_vcpu&&) noexcept = default;
+    basic_vcpu& operator=(basic_vcpu&&) noexcept = default;
+
+    /// The HAL state, for HAL-specific operations (KVM: fds, `kvm_run`, ...).
+    [[nodiscard]] hal_vcpu& hal() noexcept { return hal_; }
+    [[nodiscard]] const hal_vcpu& hal() const noexcept { return hal_; }
+
+    /// Reads register `r` (any storage kind) through the HAL.
+    template <RegisterDescriptor R>
+    [[nodiscard]] result<typename R::value_type> get(const R& r) noexcept {
+        using T = typename R::value_type;
+        static_assert(R::rights != access::wo, "vcpu: this register is write-only (access::wo)");
+        if constexpr (detail::is_block_reg<R>::value) {
+            auto b = hal_.template load<typename R::block>();
+            if (!b) return b.err();
+            return r.read_from(**b);
+        } else if constexpr (detail::is_one_reg<R>::value) {
+            T v{};
+            auto s = hal_.get_one_reg(r.id, std::as_writable_bytes(std::span<T, 1>(&v, 1)));
+            if (!s) return s.err();
+            return v;
+        } else {
+            auto v = hal_.template get_keyed<typename R::bank>(r.key);
+            if (!v) return v.err();
+            return static_cast<T>(*v);
+        }
+    }
+
+    /// Writes register `r`; does not compile for `access::ro` registers.
+    template <RegisterDescriptor R>
+    [[nodiscard]] result<void> set(const R& r, const typename R::value_type& v) noexcept {
+        static_assert(R::rights != access::ro, "vcpu: this register is read-only (access::ro)");
+        if constexpr (detail::is_block_reg<R>::value) {
+            auto b = hal_.template modify<typename R::block>();
+            if (!b) return b.err();
+            r.write_to(**b, v);
+            return ok();
+        } else if constexpr (detail::is_one_reg<R>::value) {
+            auto tmp = v;
+            return hal_.set_one_reg(r.id, std::as_bytes(std::span<const std::remove_cvref_t<decltype(tmp)>, 1>(&tmp, 1)));
+        } else {
+            return hal_.template set_keyed<typename R::bank>(r.key, static_cast<std::uint64_t>(v));
+        }
+    }
+
+    /// Applies a boot-state policy (see `CpuInitFor`).
+    template <class P>
+    [[nodiscard]] result<void> init(const P& policy) noexcept {
+        static_assert(CpuInitFor<P, basic_vcpu>,
+                      "vcpu: the init policy does not model CpuInitFor: it needs a const "
+                      "`apply(cpu) -> result<void>` accepting this vCPU type");
+        return policy.apply(*this);
+    }
+
+    /// The variant `run()` returns for handler types `Hs...`.
+    template <class... Hs>
+    using exit_for = unhandled_exit_t<typename Arch::exit_types, Hs...>;
+
+    /// One step: drain buffered (coalesced) writes, enter the guest unless an
+    /// exit is still pending, decode and dispatch. Returns the exit when no
+    /// handler took it or its handler said `action::stop`, else `nullopt`.
+    template <class... Hs>
+    [[nodiscard]] result<std::optional<exit_for<Hs...>>> step(Hs&&... hs) noexcept {
+        using out_t = exit_for<Hs...>;
+        std::optional<out_t> out;
+        if (!pending_) {
+            if (auto e = hal_.enter(); !e) return e.err();
+            pending_ = true;
+        }
+        if constexpr (requires(hal_vcpu& v) { v.drain_coalesced([](coalesced_write&) { return true; }); }) {
+            const bool go_on = hal_.drain_coalesced(
+                [&](coalesced_write& w) noexcept { return dispatch<out_t>(w, out, hs...); });
+            if (!go_on) return out;
+        }
+        pending_ = false;
+        Arch::decode(hal_.exit_record(), [&]<class E>(E& e) noexcept {
+            static_assert(list_contains_v<E, typename Arch::exit_types>,
+                          "vcpu: the decoder produced an exit type missing from Arch::exit_types");
+            (void)dispatch<out_t>(e, out, hs...);
+        });
+        return out;
+    }
+
+    /// Runs the guest, handling exits with `hs...`, until an exit comes back
+    /// (unhandled, or its handler returned `action::stop`) or the HAL fails.
+    /// No allocation, no exceptions, no virtual calls.
+    template <class... Hs>
+    [[nodiscard]] result<exit_for<Hs...>> run(Hs&&... hs) noexcept {
+        for (;;) {
+            auto r = step(hs...);
+            if (!r) return r.err();
+            if (*r) return std::move(**r);
+        }
+    }
+
+private:
+    hal_vcpu hal_;
+    bool pending_ = false; ///< an exit was entered but not yet dispatched
+};
+
+} // namespace vcpu

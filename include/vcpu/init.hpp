@@ -1,0 +1,30 @@
+#pragma once
+/// \file
+/// Composition of boot-state policies: `init_sequence(a, b, c)` is a policy
+/// that applies `a`, then `b`, then `c`, stopping at the first error.
+
+#include <vcpu/config.hpp>
+#include <vcpu/result.hpp>
+
+#include <tuple>
+#include <utility>
+
+namespace vcpu {
+
+/// Applies its policies in order; models `CpuInitFor` when each part does.
+template <class... Ps>
+struct init_sequence {
+    std::tuple<Ps...> parts;
+
+    constexpr explicit init_sequence(Ps... ps) : parts(std::move(ps)...) {}
+
+    template <class Cpu>
+    [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
+        result<void> r;
+        std::apply([&](const auto&... p) { (void)((r = p.apply(cpu), r.has_value()) && ...); },
+                   parts);
+        return r;
+    }
+};
+
+} // namespace vcpu

@@ -1,0 +1,41 @@
+#pragma once
+/// \file
+/// `kvm_run_view`: the exit record every KVM-ABI HAL (the real KVM HAL, the
+/// mock, a trace replay) hands to an architecture's decoder. The generic part
+/// of `struct kvm_run` is the same on every Linux architecture, so each arch
+/// decodes it on every host; arch-specific sync-register areas are reached
+/// through the arch's own mirror structs.
+
+#include <vcpu/config.hpp>
+
+#include <linux/kvm.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+
+namespace vcpu {
+
+/// A `kvm_run` area and how many bytes of it are mapped (`KVM_GET_VCPU_MMAP_SIZE`).
+/// Decoders check that every offset they follow (port I/O `data_offset`)
+/// stays inside `[run, run + mapped)`.
+struct kvm_run_view {
+    ::kvm_run* run = nullptr;
+    std::size_t mapped = 0;
+
+    /// The mapped bytes as a span (the bound every offset is checked against).
+    [[nodiscard]] std::span<std::byte> bytes() const noexcept {
+        return {reinterpret_cast<std::byte*>(run), mapped};
+    }
+    /// `len` bytes at `offset`, or an empty span when that leaves the mapping
+    /// (overflow-safe).
+    [[nodiscard]] std::span<std::byte> at(std::uint64_t offset, std::uint64_t len) const noexcept {
+        if (offset > mapped || len > mapped - offset) return {};
+        return bytes().subspan(static_cast<std::size_t>(offset), static_cast<std::size_t>(len));
+    }
+};
+
+/// Bytes `kvm_run` must at least span for the decoders to read its header.
+inline constexpr std::size_t kvm_run_min_bytes = sizeof(::kvm_run);
+
+} // namespace vcpu

@@ -1,0 +1,44 @@
+#pragma once
+/// \file
+/// Type lists as architectures declare them (`exit_types`, `register_blocks`,
+/// `keyed_banks`), and their bridge to Boost.Hana, which does the
+/// compile-time computations over them (handler lookup, unhandled-exit sets).
+
+#include <vcpu/config.hpp>
+
+#include <boost/hana/tuple.hpp>
+#include <boost/hana/type.hpp>
+
+#include <cstddef>
+#include <type_traits>
+
+namespace vcpu {
+
+/// A list of types, as declared by an architecture or HAL.
+template <class... Ts>
+struct type_list {
+    static constexpr std::size_t size = sizeof...(Ts);
+    /// The same list as a Hana sequence of `hana::type`s.
+    static constexpr auto hana() noexcept { return boost::hana::tuple_t<Ts...>; }
+};
+
+namespace detail {
+template <class T, class List> struct list_contains;
+template <class T, class... Ts>
+struct list_contains<T, type_list<Ts...>> : std::bool_constant<(std::is_same_v<T, Ts> || ...)> {};
+
+template <class A, class B> struct list_concat;
+template <class... A, class... B> struct list_concat<type_list<A...>, type_list<B...>> {
+    using type = type_list<A..., B...>;
+};
+} // namespace detail
+
+/// True when `T` is one of `List`'s types.
+template <class T, class List>
+inline constexpr bool list_contains_v = detail::list_contains<T, List>::value;
+
+/// `type_list<A..., B...>`.
+template <class A, class B>
+using list_concat_t = typename detail::list_concat<A, B>::type;
+
+} // namespace vcpu

@@ -1,0 +1,133 @@
+#pragma once
+/// \file
+/// Register descriptors: compile-time values that say where a register lives
+/// and how wide it is, so one generic `get`/`set` reaches any architecture's
+/// registers through any HAL.
+///
+/// Three storage kinds cover the KVM ABIs of x86-64, AArch64 and RISC-V:
+///
+/// | kind          | what the HAL moves             | examples                          |
+/// | ------------- | ------------------------------ | --------------------------------- |
+/// | `block_reg`   | a whole struct (a "block")     | x86 `kvm_regs`, `kvm_sregs`       |
+/// | `one_reg`     | one register by 64-bit id      | arm64/riscv `KVM_GET_ONE_REG`     |
+/// | `keyed_reg`   | one entry of an indexed bank   | x86 MSRs (`KVM_GET_MSRS`)         |
+///
+/// A block is a tag type `B` with `using layout = <standard-layout struct>` and
+/// `static constexpr std::string_view name`. HALs cache blocks (KVM keeps the
+/// synced ones in `kvm_run->s.regs`), so reading ten GPRs costs one fetch.
+/// Access rights are part of the type: writing an `access::ro` register does
+/// not compile.
+
+#include <vcpu/config.hpp>
+#include <vcpu/result.hpp>
+
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <string_view>
+#include <type_traits>
+
+namespace vcpu {
+
+/// Who may access a register.
+enum class access : std::uint8_t { rw, ro, wo };
+
+/// A 128-bit register value (AArch64 V0-V31), little-endian halves.
+struct u128 {
+    std::uint64_t lo = 0, hi = 0;
+    friend constexpr bool operator==(const u128&, const u128&) = default;
+};
+
+/// Register that lives at byte `offset` inside block `Block`'s layout.
+template <class Block, class T, access A = access::rw>
+struct block_reg {
+    using block = Block;
+    using value_type = T;
+    static constexpr access rights = A;
+    std::string_view name;
+    std::size_t offset = 0;
+
+    static_assert(std::is_trivially_copyable_v<T>, "block register values are copied bytewise");
+    [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
+
+    /// Reads the value out of a block image (bounds checked at compile time
+    /// for constant offsets, at run time otherwise).
+    [[nodiscard]] T read_from(const typename Block::layout& l) const noexcept {
+        T v{};
+        if (offset + sizeof(T) <= sizeof(l))
+            std::memcpy(&v, reinterpret_cast<const std::byte*>(&l) + offset, sizeof(T));
+        return v;
+    }
+    void write_to(typename Block::layout& l, const T& v) const noexcept {
+        if (offset + sizeof(T) <= sizeof(l))
+            std::memcpy(reinterpret_cast<std::byte*>(&l) + offset, &v, sizeof(T));
+    }
+};
+
+/// Register reached one at a time by a 64-bit id (`KVM_{GET,SET}_ONE_REG`).
+template <class T, access A = access::rw>
+struct one_reg {
+    using value_type = T;
+    static constexpr access rights = A;
+    std::string_view name;
+    std::uint64_t id = 0;
+    [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
+};
+
+/// Register in an indexed bank (`Bank` is a tag type with a `name`), e.g. an
+/// x86 MSR by its index.
+template <class Bank, class T = std::uint64_t, access A = access::rw>
+struct keyed_reg {
+    using bank = Bank;
+    using value_type = T;
+    static constexpr access rights = A;
+    std::string_view name;
+    std::uint64_t key = 0;
+    [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
+};
+
+namespace detail {
+template <class R> struct is_block_reg : std::false_type {};
+template <class B, class T, access A> struct is_block_reg<block_reg<B, T, A>> : std::true_type {};
+template <class R> struct is_one_reg : std::false_type {};
+template <class T, access A> struct is_one_reg<one_reg<T, A>> : std::true_type {};
+template <class R> struct is_keyed_reg : std::false_type {};
+template <class B, class T, access A> struct is_keyed_reg<keyed_reg<B, T, A>> : std::true_type {};
+} // namespace detail
+
+/// A register descriptor of one of the three storage kinds.
+template <class R>
+concept RegisterDescriptor =
+    detail::is_block_reg<std::remove_cvref_t<R>>::value ||
+    detail::is_one_reg<std::remove_cvref_t<R>>::value ||
+    detail::is_keyed_reg<std::remove_cvref_t<R>>::value;
+
+/// A bit field `[Lsb, Lsb+Width)` of a register, as named in a manual.
+template <unsigned Lsb, unsigned Width = 1, access A = access::rw>
+struct bitfield {
+    static_assert(Width >= 1 && Lsb + Width <= 64, "bit field must fit in 64 bits");
+    static constexpr unsigned lsb = Lsb;
+    static constexpr unsigned width = Width;
+    static constexpr access rights = A;
+    static constexpr std::uint64_t mask =
+        (Width == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << Width) - 1)) << Lsb;
+
+    [[nodiscard]] static constexpr std::uint64_t get(std::uint64_t reg) noexcept {
+        return (reg & mask) >> Lsb;
+    }
+    [[nodiscard]] static constexpr bool test(std::uint64_t reg) noexcept { return (reg & mask) != 0; }
+    /// `reg` with this field replaced by `v` (truncated to the field's width).
+    [[nodiscard]] static constexpr std::uint64_t set(std::uint64_t reg, std::uint64_t v) noexcept {
+        static_assert(A != access::ro, "vcpu: this bit field is read-only (access::ro)");
+        return (reg & ~mask) | ((v << Lsb) & mask);
+    }
+    /// The field's bits for value `v` (for or-ing constants together).
+    [[nodiscard]] static constexpr std::uint64_t bits(std::uint64_t v = 1) noexcept {
+        return (v << Lsb) & mask;
+    }
+};
+
+} // namespace vcpu

@@ -1,0 +1,16 @@
+#pragma once
+/// \file
+/// Umbrella header for the architecture- and backend-neutral core.
+
+#include <vcpu/basic_vcpu.hpp>
+#include <vcpu/concepts.hpp>
+#include <vcpu/config.hpp>
+#include <vcpu/dispatch.hpp>
+#include <vcpu/exits.hpp>
+#include <vcpu/init.hpp>
+#include <vcpu/kvm_record.hpp>
+#include <vcpu/memory.hpp>
+#include <vcpu/meta.hpp>
+#include <vcpu/registers.hpp>
+#include <vcpu/result.hpp>
+#include <vcpu/version.hpp>
