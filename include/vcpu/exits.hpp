@@ -34,6 +34,43 @@ enum class direction : std::uint8_t {
 using record_u64 = unsigned long long;
 static_assert(sizeof(record_u64) == 8);
 
+/// Where a handler's answer goes inside an exit record: a 64-bit slot whose
+/// declared type is either `__u64` (`unsigned long long`: x86 `hypercall.ret`,
+/// `msr.data`) or `unsigned long` (the RISC-V `riscv_sbi.ret[]` and
+/// `riscv_csr.ret_value` fields of `struct kvm_run`). Both are 8 bytes on
+/// every LP64 KVM host, but they are distinct types, so the slot remembers
+/// which one it points at and stores through a pointer of exactly that type:
+/// no aliasing rule is bent and it stays usable in constant expressions.
+class answer_slot {
+public:
+    constexpr answer_slot() noexcept = default;
+    constexpr answer_slot(std::nullptr_t) noexcept {}
+    constexpr answer_slot(record_u64* p) noexcept : ull_(p) {}
+    constexpr answer_slot(unsigned long* p) noexcept : ul_(p) {}
+
+    /// True when the slot points somewhere.
+    [[nodiscard]] constexpr explicit operator bool() const noexcept {
+        return ull_ != nullptr || ul_ != nullptr;
+    }
+    /// Stores `v` (truncated to `unsigned long` on a non-LP64 host); a null
+    /// slot ignores it.
+    constexpr void store(std::uint64_t v) const noexcept {
+        if (ull_ != nullptr) *ull_ = v;
+        else if (ul_ != nullptr) *ul_ = static_cast<unsigned long>(v);
+    }
+    /// The value the slot holds now (0 for a null slot).
+    [[nodiscard]] constexpr std::uint64_t load() const noexcept {
+        if (ull_ != nullptr) return *ull_;
+        if (ul_ != nullptr) return *ul_;
+        return 0;
+    }
+    friend constexpr bool operator==(const answer_slot&, const answer_slot&) = default;
+
+private:
+    record_u64* ull_ = nullptr;
+    unsigned long* ul_ = nullptr;
+};
+
 namespace detail {
 /// Little-endian load of up to 8 bytes (all KVM hosts we model are LE).
 [[nodiscard]] constexpr std::uint64_t load_le(std::span<const std::byte> b) noexcept {
@@ -113,15 +150,13 @@ struct sysreg {
     std::uint64_t id = 0;
     direction dir = direction::in;
     std::uint64_t value = 0;           ///< value written (dir == out)
-    record_u64* result = nullptr;      ///< where a read's answer goes
+    answer_slot result;                ///< where a read's answer goes
     std::uint8_t* fault = nullptr;     ///< set to 1 to fail the access; may be null
     std::uint8_t gpr = 0xff;           ///< destination/source GPR when known, else 0xff
     std::uint32_t reason = 0;          ///< x86: KVM_MSR_EXIT_REASON_* bits; else 0
 
     [[nodiscard]] constexpr bool is_read() const noexcept { return dir == direction::in; }
-    constexpr void answer(std::uint64_t v) const noexcept {
-        if (result != nullptr) *result = v;
-    }
+    constexpr void answer(std::uint64_t v) const noexcept { result.store(v); }
     constexpr void fail() const noexcept {
         if (fault != nullptr) *fault = 1;
     }
@@ -132,14 +167,12 @@ struct sysreg {
 struct hypercall {
     std::uint64_t nr = 0;                ///< function / call number
     std::array<std::uint64_t, 6> args{}; ///< arguments in calling-convention order
-    record_u64* ret = nullptr;           ///< where the return value goes; may be null
-    record_u64* ret2 = nullptr;          ///< second return value (SBI a1); may be null
-    constexpr void answer(std::uint64_t r) const noexcept {
-        if (ret != nullptr) *ret = r;
-    }
+    answer_slot ret;                     ///< where the return value goes; may be null
+    answer_slot ret2;                    ///< second return value (SBI a1); may be null
+    constexpr void answer(std::uint64_t r) const noexcept { ret.store(r); }
     constexpr void answer(std::uint64_t r, std::uint64_t r2) const noexcept {
-        answer(r);
-        if (ret2 != nullptr) *ret2 = r2;
+        ret.store(r);
+        ret2.store(r2);
     }
 };
 
@@ -166,10 +199,8 @@ struct cpu_up {
     std::uint64_t target = 0;  ///< MPIDR (AArch64) or hart id (RISC-V) or APIC id
     std::uint64_t entry = 0;   ///< guest physical entry point
     std::uint64_t context = 0; ///< value for the new CPU's first argument register
-    record_u64* ret = nullptr; ///< status returned to the caller; may be null
-    constexpr void answer(std::uint64_t r) const noexcept {
-        if (ret != nullptr) *ret = r;
-    }
+    answer_slot ret;           ///< status returned to the caller; may be null
+    constexpr void answer(std::uint64_t r) const noexcept { ret.store(r); }
 };
 
 /// The calling vCPU stops itself (PSCI CPU_OFF, SBI HSM hart_stop).
