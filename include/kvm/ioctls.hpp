@@ -1,0 +1,196 @@
+#pragma once
+/// \file
+/// Every KVM ioctl the HAL issues, in one table grouped by the fd it is
+/// issued on (KVM API 4 "API description": "system ioctl", "vm ioctl",
+/// "vcpu ioctl"). Each entry carries the request code from `<linux/kvm.h>`
+/// (never retyped) and its name, which becomes `vcpu::error::op` when the
+/// call fails. The fd kind is part of the entry's type, so a VM ioctl cannot
+/// be issued through a vCPU handle.
+///
+/// Entries that exist only on x86 hosts are guarded by `__x86_64__` (the
+/// only place besides include/kvm/x86_64*.hpp where the host ABI shows).
+
+#include <vcpu/config.hpp>
+
+#include <linux/kvm.h>
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <string_view>
+
+namespace vcpu::kvm {
+
+/// Which kernel fd an ioctl is issued on.
+enum class fd_kind : std::uint8_t {
+    system, ///< `/dev/kvm`
+    vm,     ///< returned by `KVM_CREATE_VM`
+    vcpu,   ///< returned by `KVM_CREATE_VCPU`
+};
+
+/// One ioctl: its request code and the name used in error messages.
+template <fd_kind K>
+struct ioctl_def {
+    static constexpr fd_kind kind = K;
+    unsigned long code = 0;
+    const char* name = "";
+};
+
+} // namespace vcpu::kvm
+
+/// Builds an `ioctl_def` from a `<linux/kvm.h>` macro, keeping its spelling as
+/// the name (the argument is stringised before expansion).
+#define VCPU_KVM_IOCTL(kind, req) ::vcpu::kvm::ioctl_def<::vcpu::kvm::fd_kind::kind>{req, #req}
+
+namespace vcpu::kvm::ioctls {
+
+/// System ioctls, on `/dev/kvm` (KVM API 4.1-4.5).
+namespace system {
+/// 4.1 KVM_GET_API_VERSION.
+inline constexpr auto get_api_version = VCPU_KVM_IOCTL(system, KVM_GET_API_VERSION);
+/// 4.2 KVM_CREATE_VM.
+inline constexpr auto create_vm = VCPU_KVM_IOCTL(system, KVM_CREATE_VM);
+/// 4.4 KVM_CHECK_EXTENSION.
+inline constexpr auto check_extension = VCPU_KVM_IOCTL(system, KVM_CHECK_EXTENSION);
+/// 4.5 KVM_GET_VCPU_MMAP_SIZE.
+inline constexpr auto get_vcpu_mmap_size = VCPU_KVM_IOCTL(system, KVM_GET_VCPU_MMAP_SIZE);
+#if defined(__x86_64__)
+/// 4.46 KVM_GET_SUPPORTED_CPUID.
+inline constexpr auto get_supported_cpuid = VCPU_KVM_IOCTL(system, KVM_GET_SUPPORTED_CPUID);
+#endif
+} // namespace system
+
+/// VM ioctls, on the fd `KVM_CREATE_VM` returned.
+namespace vm {
+/// 4.4 KVM_CHECK_EXTENSION (on a VM fd: answers for this VM, `KVM_CAP_CHECK_EXTENSION_VM`).
+inline constexpr auto check_extension = VCPU_KVM_IOCTL(vm, KVM_CHECK_EXTENSION);
+/// 4.7 KVM_CREATE_VCPU.
+inline constexpr auto create_vcpu = VCPU_KVM_IOCTL(vm, KVM_CREATE_VCPU);
+/// 4.35 KVM_SET_USER_MEMORY_REGION.
+inline constexpr auto set_user_memory_region = VCPU_KVM_IOCTL(vm, KVM_SET_USER_MEMORY_REGION);
+/// 4.24 KVM_CREATE_IRQCHIP.
+inline constexpr auto create_irqchip = VCPU_KVM_IOCTL(vm, KVM_CREATE_IRQCHIP);
+/// 4.25 KVM_IRQ_LINE.
+inline constexpr auto irq_line = VCPU_KVM_IOCTL(vm, KVM_IRQ_LINE);
+/// 4.59 KVM_IOEVENTFD.
+inline constexpr auto ioeventfd = VCPU_KVM_IOCTL(vm, KVM_IOEVENTFD);
+/// 4.75 KVM_IRQFD.
+inline constexpr auto irqfd = VCPU_KVM_IOCTL(vm, KVM_IRQFD);
+/// 4.116 KVM_REGISTER_COALESCED_MMIO.
+inline constexpr auto register_coalesced_mmio = VCPU_KVM_IOCTL(vm, KVM_REGISTER_COALESCED_MMIO);
+/// 4.116 KVM_UNREGISTER_COALESCED_MMIO.
+inline constexpr auto unregister_coalesced_mmio =
+    VCPU_KVM_IOCTL(vm, KVM_UNREGISTER_COALESCED_MMIO);
+#if defined(__x86_64__)
+/// 4.36 KVM_SET_TSS_ADDR.
+inline constexpr auto set_tss_addr = VCPU_KVM_IOCTL(vm, KVM_SET_TSS_ADDR);
+/// 4.51 KVM_SET_IDENTITY_MAP_ADDR.
+inline constexpr auto set_identity_map_addr = VCPU_KVM_IOCTL(vm, KVM_SET_IDENTITY_MAP_ADDR);
+/// 4.62 KVM_CREATE_PIT2.
+inline constexpr auto create_pit2 = VCPU_KVM_IOCTL(vm, KVM_CREATE_PIT2);
+#endif
+} // namespace vm
+
+/// vCPU ioctls, on the fd `KVM_CREATE_VCPU` returned.
+namespace vcpu {
+/// 4.10 KVM_RUN.
+inline constexpr auto run = VCPU_KVM_IOCTL(vcpu, KVM_RUN);
+/// 4.68 KVM_GET_ONE_REG.
+inline constexpr auto get_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_GET_ONE_REG);
+/// 4.68 KVM_SET_ONE_REG.
+inline constexpr auto set_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_SET_ONE_REG);
+#if defined(__x86_64__)
+/// 4.11 KVM_GET_REGS.
+inline constexpr auto get_regs = VCPU_KVM_IOCTL(vcpu, KVM_GET_REGS);
+/// 4.12 KVM_SET_REGS.
+inline constexpr auto set_regs = VCPU_KVM_IOCTL(vcpu, KVM_SET_REGS);
+/// 4.13 KVM_GET_SREGS.
+inline constexpr auto get_sregs = VCPU_KVM_IOCTL(vcpu, KVM_GET_SREGS);
+/// 4.14 KVM_SET_SREGS.
+inline constexpr auto set_sregs = VCPU_KVM_IOCTL(vcpu, KVM_SET_SREGS);
+/// 4.31 KVM_GET_VCPU_EVENTS.
+inline constexpr auto get_vcpu_events = VCPU_KVM_IOCTL(vcpu, KVM_GET_VCPU_EVENTS);
+/// 4.32 KVM_SET_VCPU_EVENTS.
+inline constexpr auto set_vcpu_events = VCPU_KVM_IOCTL(vcpu, KVM_SET_VCPU_EVENTS);
+/// 4.32 KVM_GET_DEBUGREGS.
+inline constexpr auto get_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_GET_DEBUGREGS);
+/// 4.33 KVM_SET_DEBUGREGS.
+inline constexpr auto set_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_SET_DEBUGREGS);
+/// 4.18 KVM_GET_MSRS.
+inline constexpr auto get_msrs = VCPU_KVM_IOCTL(vcpu, KVM_GET_MSRS);
+/// 4.19 KVM_SET_MSRS.
+inline constexpr auto set_msrs = VCPU_KVM_IOCTL(vcpu, KVM_SET_MSRS);
+/// 4.20 KVM_SET_CPUID2.
+inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL(vcpu, KVM_SET_CPUID2);
+#endif
+} // namespace vcpu
+
+/// Every entry of one fd kind, for the uniqueness checks below and for tools
+/// that print the table.
+template <fd_kind K, std::size_t N>
+using table = std::array<ioctl_def<K>, N>;
+
+inline constexpr auto system_table = table<fd_kind::system,
+#if defined(__x86_64__)
+                                           5
+#else
+                                           4
+#endif
+                                           >{system::get_api_version, system::create_vm,
+                                             system::check_extension, system::get_vcpu_mmap_size,
+#if defined(__x86_64__)
+                                             system::get_supported_cpuid
+#endif
+};
+
+inline constexpr auto vm_table = table<fd_kind::vm,
+#if defined(__x86_64__)
+                                       12
+#else
+                                       9
+#endif
+                                       >{vm::check_extension, vm::create_vcpu,
+                                         vm::set_user_memory_region, vm::create_irqchip,
+                                         vm::irq_line, vm::ioeventfd, vm::irqfd,
+                                         vm::register_coalesced_mmio,
+                                         vm::unregister_coalesced_mmio,
+#if defined(__x86_64__)
+                                         vm::set_tss_addr, vm::set_identity_map_addr,
+                                         vm::create_pit2
+#endif
+};
+
+inline constexpr auto vcpu_table = table<fd_kind::vcpu,
+#if defined(__x86_64__)
+                                         14
+#else
+                                         3
+#endif
+                                         >{vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg,
+#if defined(__x86_64__)
+                                           vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs,
+                                           vcpu::set_sregs, vcpu::get_vcpu_events,
+                                           vcpu::set_vcpu_events, vcpu::get_debugregs,
+                                           vcpu::set_debugregs, vcpu::get_msrs, vcpu::set_msrs,
+                                           vcpu::set_cpuid2
+#endif
+};
+
+namespace detail {
+/// True when no two entries share a request code or a name.
+template <fd_kind K, std::size_t N>
+constexpr bool unique(const table<K, N>& t) noexcept {
+    for (std::size_t i = 0; i < N; ++i) {
+        if (t[i].code == 0 || std::string_view(t[i].name).substr(0, 4) != "KVM_") return false;
+        for (std::size_t j = i + 1; j < N; ++j)
+            if (t[i].code == t[j].code || std::string_view(t[i].name) == t[j].name) return false;
+    }
+    return true;
+}
+} // namespace detail
+
+static_assert(detail::unique(system_table), "kvm: duplicate or malformed system ioctl entry");
+static_assert(detail::unique(vm_table), "kvm: duplicate or malformed VM ioctl entry");
+static_assert(detail::unique(vcpu_table), "kvm: duplicate or malformed vCPU ioctl entry");
+
+} // namespace vcpu::kvm::ioctls

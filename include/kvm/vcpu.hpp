@@ -1,0 +1,452 @@
+#pragma once
+/// \file
+/// `hal_vcpu<Sys, Arch>`: the KVM HAL's per-vCPU state — the vCPU fd, its
+/// `kvm_run` mapping, the register-block cache with `KVM_CAP_SYNC_REGS`, the
+/// coalesced MMIO/PIO ring and the kick facility. It models
+/// `vcpu::HalFor<basic_hal<Sys>, Arch>` (reached as `basic_hal<Sys>::vcpu<Arch>`)
+/// and is normally created by `basic_vm::create_vcpu<Arch>()`.
+///
+/// Register blocks (KVM API 4.10 "KVM_RUN", sync registers; 8.x
+/// "KVM_CAP_SYNC_REGS"):
+/// - *synced* blocks (in the sync mask) live in `kvm_run::s.regs`. After any
+///   exit KVM has stored them there, so `load` costs no ioctl; `modify` sets
+///   the block's bit in `kvm_run::kvm_dirty_regs` and KVM applies it at the
+///   next `KVM_RUN`. Before the first `KVM_RUN` a `load` fetches the block
+///   with its GET ioctl into `kvm_run::s.regs` (not marked dirty).
+/// - *unsynced* blocks (not in the mask, or never synced like x86 debug
+///   registers) are cached in the object: `load` fetches once with the GET
+///   ioctl, `modify` marks the block dirty, `enter()` writes dirty blocks with
+///   the SET ioctl before `KVM_RUN`, and every exit invalidates the cache.
+
+#include <kvm/fd.hpp>
+#include <kvm/ioctls.hpp>
+#include <kvm/sys.hpp>
+#include <kvm/traits.hpp>
+#include <kvm/x86_64_abi.hpp>
+#include <vcpu/config.hpp>
+#include <vcpu/exits.hpp>
+#include <vcpu/kvm_record.hpp>
+#include <vcpu/meta.hpp>
+#include <vcpu/result.hpp>
+
+#include <linux/kvm.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <span>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include <pthread.h>
+
+namespace vcpu::kvm {
+
+/// Per-vCPU choices made at creation.
+struct vcpu_options {
+    /// `KVM_SYNC_*` bits to request (x86: `KVM_SYNC_X86_REGS`,
+    /// `KVM_SYNC_X86_SREGS`, `KVM_SYNC_X86_EVENTS`). Intersected with what
+    /// `KVM_CAP_SYNC_REGS` reports and with the arch's synced blocks.
+    /// Default: all. 0 forces the GET/SET ioctl path (for benchmarks).
+    std::uint64_t sync_regs = ~std::uint64_t{0};
+};
+
+/// What a VM tells a new vCPU (normally filled by `basic_vm::create_vcpu`).
+struct vcpu_setup {
+    int system_fd = -1;                 ///< `/dev/kvm`, not owned (x86 CPUID queries)
+    std::size_t mmap_size = 0;          ///< `KVM_GET_VCPU_MMAP_SIZE`
+    std::size_t page_size = 4096;       ///< host page size
+    long coalesced_page_offset = 0;     ///< `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)`; 0 = none
+    std::uint64_t kernel_sync_regs = 0; ///< `KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS)`
+    vcpu_options options{};
+};
+
+/// A handle another thread uses to kick a vCPU out of `KVM_RUN`.
+///
+/// `kick(thread)` sets `kvm_run::immediate_exit` and sends `sig` to the
+/// thread running the vCPU; the signal interrupts `KVM_RUN` (or, if the thread
+/// is not in `KVM_RUN` yet, `immediate_exit` makes the next one return at
+/// once), and `enter()` reports it as an `interrupted` exit. Preconditions:
+/// `install_kick_handler(sig)` was called (otherwise the default action of
+/// `sig` kills the process); the vCPU outlives the kicker; after handling the
+/// interrupted exit the vCPU thread clears the flag with `immediate_exit(false)`.
+/// (KVM API 4.10 "KVM_RUN", `immediate_exit`.)
+class kicker {
+public:
+    /// A kicker for the `kvm_run` area `run` (mapped by a `hal_vcpu`).
+    explicit kicker(::kvm_run* run) noexcept : run_(run) {}
+    /// Sets `immediate_exit` and signals `thread`. Returns `pthread_kill`'s error.
+    [[nodiscard]] result<void> kick(pthread_t thread, int sig = SIGUSR1) const noexcept {
+        // The byte lives in the shared kvm_run page; atomic_ref orders the store
+        // before the signal without a data race with the vCPU thread.
+        std::atomic_ref<std::uint8_t>(run_->immediate_exit).store(1, std::memory_order_release);
+        if (const int e = ::pthread_kill(thread, sig); e != 0) return error{"pthread_kill", e};
+        return ok();
+    }
+
+private:
+    ::kvm_run* run_;
+};
+
+/// Installs a no-op handler for `sig` without `SA_RESTART`, so that the signal
+/// a `kicker` sends interrupts `KVM_RUN` with `EINTR` instead of terminating
+/// the process. Process-wide; call once at setup.
+[[nodiscard]] inline result<void> install_kick_handler(int sig = SIGUSR1) noexcept {
+    struct sigaction sa{};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;
+    if (::sigaction(sig, &sa, nullptr) != 0) return last_error("sigaction");
+    return ok();
+}
+
+namespace detail {
+/// Cached image and state of one register block.
+template <class B>
+struct block_cache {
+    typename B::layout local{}; ///< storage when the block is not synced
+    bool valid = false;         ///< the storage holds the vCPU's current values
+    bool dirty = false;         ///< unsynced block modified since the last enter()
+};
+template <class List> struct block_caches;
+template <class... B> struct block_caches<type_list<B...>> {
+    using type = std::tuple<block_cache<B>...>;
+    /// Union of the blocks' sync bits.
+    static constexpr std::uint64_t sync_bits = (std::uint64_t{0} | ... | block_traits<B>::sync_bit);
+};
+
+/// `struct kvm_coalesced_mmio_ring` header size in the kernel's C layout (see
+/// `flex_array_offset` in x86_64_abi.hpp for why the UAPI struct is not used).
+inline constexpr std::size_t coalesced_ring_header = 2 * sizeof(std::uint32_t);
+static_assert(sizeof(::kvm_coalesced_mmio) == 24, "kvm: struct kvm_coalesced_mmio is 24 bytes");
+} // namespace detail
+
+/// The KVM HAL's vCPU for architecture `Arch` with Sys policy `Sys`. Move-only;
+/// owns the vCPU fd and unmaps `kvm_run` on destruction.
+template <class Sys, class Arch>
+class hal_vcpu {
+    static_assert(SysPolicy<Sys>, "kvm: Sys does not model SysPolicy (see kvm/sys.hpp)");
+    using caches_t = detail::block_caches<typename Arch::register_blocks>;
+
+public:
+    /// The exit record `Arch::decode` reads: the mapped `kvm_run`.
+    using raw_exit = ::vcpu::kvm_run_view;
+    using arch_type = Arch;
+    using sys_type = Sys;
+
+    /// Sync bits this arch's blocks can use at all.
+    static constexpr std::uint64_t arch_sync_bits = caches_t::sync_bits;
+
+    /// Maps `kvm_run` for vCPU fd `fd` (KVM API 4.10/4.5: `mmap` of the vCPU fd
+    /// at offset 0, `mmap_size` bytes) and enables sync registers.
+    /// Errors: "mmap kvm_run" with errno; EPROTO when `mmap_size` is smaller
+    /// than `struct kvm_run`.
+    [[nodiscard]] static result<hal_vcpu> create(basic_fd<Sys> fd, const vcpu_setup& s) noexcept {
+        if (s.mmap_size < sizeof(::kvm_run))
+            return error{ioctls::system::get_vcpu_mmap_size.name, EPROTO,
+                         "mapping is smaller than struct kvm_run"};
+        void* p = Sys::mmap(nullptr, s.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+        if (p == MAP_FAILED) return last_error("mmap kvm_run");
+        // The vCPU fd's page 0 is struct kvm_run (KVM API 4.10), and the mapping
+        // spans at least sizeof(kvm_run) (checked above).
+        auto* run = static_cast<::kvm_run*>(p);
+        const std::uint64_t mask = s.kernel_sync_regs & s.options.sync_regs & arch_sync_bits;
+        run->kvm_valid_regs = mask;
+        run->kvm_dirty_regs = 0;
+        return hal_vcpu(std::move(fd), run, s, mask);
+    }
+
+    hal_vcpu(hal_vcpu&& o) noexcept
+        : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, nullptr)), mmap_size_(o.mmap_size_),
+          ring_(std::exchange(o.ring_, nullptr)), ring_max_(o.ring_max_), sync_mask_(o.sync_mask_),
+          system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)) {}
+    hal_vcpu& operator=(hal_vcpu&& o) noexcept {
+        if (this != &o) {
+            unmap();
+            fd_ = std::move(o.fd_);
+            run_ = std::exchange(o.run_, nullptr);
+            mmap_size_ = o.mmap_size_;
+            ring_ = std::exchange(o.ring_, nullptr);
+            ring_max_ = o.ring_max_;
+            sync_mask_ = o.sync_mask_;
+            system_fd_ = o.system_fd_;
+            ran_ = o.ran_;
+            caches_ = std::move(o.caches_);
+        }
+        return *this;
+    }
+    hal_vcpu(const hal_vcpu&) = delete;
+    hal_vcpu& operator=(const hal_vcpu&) = delete;
+    ~hal_vcpu() { unmap(); }
+
+    // --- entering the guest -------------------------------------------------
+
+    /// Writes dirty unsynced register blocks (their SET ioctls), then
+    /// `KVM_RUN` (KVM API 4.10). `EINTR` (a signal, or `immediate_exit`) is
+    /// success with `kvm_run::exit_reason = KVM_EXIT_INTR`, which decoders
+    /// report as `vcpu::interrupted`. Any other failure is
+    /// `error{"KVM_RUN", errno}` or the failing SET ioctl's name.
+    /// No allocation; one ioctl per call when only synced blocks were modified.
+    [[nodiscard]] result<void> enter() noexcept {
+        if (auto f = flush(); !f) return f;
+        const int rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
+        const int err = errno;
+        invalidate_unsynced();
+        if (rc < 0) {
+            if (err != EINTR) return error{ioctls::vcpu::run.name, err};
+            // KVM stores synced registers on the EINTR path too.
+            ran_ = true;
+            run_->exit_reason = KVM_EXIT_INTR;
+            return ok();
+        }
+        ran_ = true;
+        return ok();
+    }
+
+    /// The exit record of the last `enter()`: valid until the next one.
+    [[nodiscard]] raw_exit exit_record() const noexcept { return raw_exit{run_, mmap_size_}; }
+
+    /// Sets or clears `kvm_run::immediate_exit` (KVM API 4.10): while set,
+    /// `KVM_RUN` returns `EINTR` at once.
+    void immediate_exit(bool on) noexcept {
+        // Shared with the kernel and with kicker threads: byte-wide atomic store.
+        std::atomic_ref<std::uint8_t>(run_->immediate_exit)
+            .store(on ? 1 : 0, std::memory_order_release);
+    }
+    /// A handle for kicking this vCPU from another thread (see `kicker`).
+    [[nodiscard]] kicker make_kicker() const noexcept { return kicker(run_); }
+
+    // --- register blocks ------------------------------------------------------
+
+    /// Block `B` for reading: from `kvm_run::s.regs` when synced (no ioctl after
+    /// the first run), else from the cache, fetched by the GET ioctl when stale.
+    /// The pointer is valid until the next `enter()`.
+    template <class B>
+    [[nodiscard]] result<const typename B::layout*> load() noexcept {
+        auto p = fetch<B>();
+        if (!p) return p.err();
+        return static_cast<const typename B::layout*>(*p);
+    }
+
+    /// Block `B` for writing: as `load`, then marks it dirty (`kvm_dirty_regs`
+    /// bit when synced; else written by `enter()` with the SET ioctl).
+    template <class B>
+    [[nodiscard]] result<typename B::layout*> modify() noexcept {
+        auto p = fetch<B>();
+        if (!p) return p.err();
+        if (synced<B>()) run_->kvm_dirty_regs |= block_traits<B>::sync_bit;
+        else std::get<detail::block_cache<B>>(caches_).dirty = true;
+        return *p;
+    }
+
+    /// True when block `B` travels through `kvm_run::s.regs`.
+    template <class B>
+    [[nodiscard]] bool synced() const noexcept {
+        return (sync_mask_ & block_traits<B>::sync_bit) != 0;
+    }
+
+    // --- keyed banks and ONE_REG ----------------------------------------------
+
+    /// Entry `key` of bank `B` (x86: MSR by index, KVM API 4.18 KVM_GET_MSRS);
+    /// "MSR not supported" when KVM does not return exactly one entry.
+    template <class B>
+    [[nodiscard]] result<std::uint64_t> get_keyed(std::uint64_t key) noexcept {
+        return keyed_traits<B>::template get<Sys>(fd_.get(), key);
+    }
+    /// Writes entry `key` of bank `B` (x86: KVM API 4.19 KVM_SET_MSRS).
+    /// Precondition: no pending `modify` of a block holding the same state
+    /// (e.g. EFER in `kvm_sregs`), which `KVM_RUN` would apply afterwards.
+    template <class B>
+    [[nodiscard]] result<void> set_keyed(std::uint64_t key, std::uint64_t value) noexcept {
+        return keyed_traits<B>::template set<Sys>(fd_.get(), key, value);
+    }
+
+    /// Reads register `id` into `out` (KVM API 4.68 KVM_GET_ONE_REG). `out`
+    /// must hold at least `KVM_REG_SIZE(id)` bytes, else EINVAL.
+    [[nodiscard]] result<void> get_one_reg(std::uint64_t id, std::span<std::byte> out) noexcept {
+        return one_reg(ioctls::vcpu::get_one_reg, id, out.data(), out.size());
+    }
+    /// Writes register `id` from `in` (KVM API 4.69 KVM_SET_ONE_REG).
+    [[nodiscard]] result<void> set_one_reg(std::uint64_t id, std::span<const std::byte> in) noexcept {
+        // KVM_SET_ONE_REG only reads through kvm_one_reg::addr.
+        return one_reg(ioctls::vcpu::set_one_reg, id, const_cast<std::byte*>(in.data()), in.size());
+    }
+
+    // --- coalesced MMIO / PIO -------------------------------------------------
+
+    /// Hands every write KVM buffered in the coalesced ring (KVM API 4.116
+    /// KVM_REGISTER_COALESCED_MMIO) to `f(coalesced_write&)`, oldest first,
+    /// consuming each entry before calling `f`. Stops and returns false when
+    /// `f` returns false; true when the ring is empty. Ring indices are checked
+    /// against the ring's capacity: a corrupt `first` is reset to `last`
+    /// (entries are dropped, never read out of bounds). No allocation.
+    template <class F>
+    bool drain_coalesced(F&& f) noexcept {
+        if (ring_ == nullptr) return true;
+        // The ring page is mapped with kvm_run (checked at creation); first/last
+        // are naturally aligned u32s shared with the kernel, hence atomic_ref.
+        auto* hdr = reinterpret_cast<std::uint32_t*>(ring_);
+        std::atomic_ref<std::uint32_t> first(hdr[0]);
+        std::atomic_ref<std::uint32_t> last(hdr[1]);
+        for (;;) {
+            const std::uint32_t i = first.load(std::memory_order_relaxed); // only we write it
+            const std::uint32_t end = last.load(std::memory_order_acquire); // entries before it are written
+            if (i == end) return true;
+            if (i >= ring_max_ || end >= ring_max_) {
+                ++dropped_;
+                if (end < ring_max_) first.store(end, std::memory_order_release);
+                return true;
+            }
+            ::kvm_coalesced_mmio e;
+            std::memcpy(&e, ring_ + detail::coalesced_ring_header + i * sizeof(e), sizeof e);
+            coalesced_write w;
+            w.address = e.phys_addr;
+            w.size = e.len <= 8 ? e.len : 8;
+            w.pio = e.pio != 0;
+            std::memcpy(w.bytes.data(), e.data, w.size);
+            first.store((i + 1) % ring_max_, std::memory_order_release);
+            if (!f(w)) return false;
+        }
+    }
+    /// Times `drain_coalesced` found a ring index out of range.
+    [[nodiscard]] std::size_t coalesced_ring_errors() const noexcept { return dropped_; }
+    /// Entries the coalesced ring holds (`KVM_COALESCED_MMIO_MAX`), 0 without a ring.
+    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return ring_ ? ring_max_ : 0; }
+
+#if defined(__x86_64__)
+    // --- x86 CPUID ----------------------------------------------------------------
+
+    /// The host-supported CPUID leaves (KVM API 4.46 KVM_GET_SUPPORTED_CPUID on
+    /// the system fd this vCPU's VM came from). Returns the entry count.
+    [[nodiscard]] result<std::size_t> supported_cpuid(std::span<::vcpu::x86_64::cpuid_entry> buf) const noexcept {
+        return detail::get_supported_cpuid<Sys>(system_fd_, buf);
+    }
+    /// Sets this vCPU's CPUID (KVM API 4.20 KVM_SET_CPUID2). Call before the first run.
+    [[nodiscard]] result<void> set_cpuid(std::span<const ::vcpu::x86_64::cpuid_entry> entries) noexcept {
+        return detail::set_cpuid2<Sys>(fd_.get(), entries);
+    }
+#endif
+
+    // --- raw access ---------------------------------------------------------------
+
+    /// The vCPU fd (owned here).
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    /// The mapped `kvm_run` (valid while this object lives).
+    [[nodiscard]] ::kvm_run* run() const noexcept { return run_; }
+    /// Bytes mapped at `run()`.
+    [[nodiscard]] std::size_t mmap_size() const noexcept { return mmap_size_; }
+    /// `KVM_SYNC_*` bits in effect (`kvm_run::kvm_valid_regs`).
+    [[nodiscard]] std::uint64_t sync_mask() const noexcept { return sync_mask_; }
+    /// Any vCPU ioctl this class does not wrap; errors carry the entry's name.
+    /// Precondition: register caches are not relied on across it.
+    [[nodiscard]] result<int> ioctl(ioctl_def<fd_kind::vcpu> io, void* arg) noexcept {
+        const int rc = Sys::ioctl(fd_.get(), io.code, arg);
+        if (rc < 0) return last_error(io.name);
+        return rc;
+    }
+
+private:
+    hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask) noexcept
+        : fd_(std::move(fd)), run_(run), mmap_size_(s.mmap_size), sync_mask_(mask),
+          system_fd_(s.system_fd) {
+        // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
+        // mapping; only use it when that page lies wholly inside the mapping.
+        const std::size_t page = s.page_size;
+        if (s.coalesced_page_offset > 0 && page > detail::coalesced_ring_header &&
+            static_cast<std::size_t>(s.coalesced_page_offset) < mmap_size_ / page &&
+            (static_cast<std::size_t>(s.coalesced_page_offset) + 1) * page <= mmap_size_) {
+            // In bounds of the mapping (checked just above).
+            ring_ = reinterpret_cast<std::byte*>(run_) +
+                    static_cast<std::size_t>(s.coalesced_page_offset) * page;
+            // KVM_COALESCED_MMIO_MAX, computed from the runtime page size.
+            ring_max_ = static_cast<std::uint32_t>((page - detail::coalesced_ring_header) /
+                                                   sizeof(::kvm_coalesced_mmio));
+        }
+    }
+
+    void unmap() noexcept {
+        if (run_ != nullptr) (void)Sys::munmap(run_, mmap_size_);
+        run_ = nullptr;
+        ring_ = nullptr;
+    }
+
+    /// Where synced block `B` lives in `kvm_run::s.regs`.
+    template <class B>
+    [[nodiscard]] typename B::layout* sync_area() const noexcept {
+        // kvm_run::s holds the arch's kvm_sync_regs, whose members the block
+        // layouts are asserted identical to (x86_64_abi.hpp); the mapping spans
+        // sizeof(kvm_run) (checked in create()).
+        return reinterpret_cast<typename B::layout*>(reinterpret_cast<std::byte*>(&run_->s) +
+                                                     block_traits<B>::sync_offset);
+    }
+
+    template <class B>
+    [[nodiscard]] result<typename B::layout*> fetch() noexcept {
+        static_assert(list_contains_v<B, typename Arch::register_blocks>,
+                      "kvm: B is not one of Arch::register_blocks");
+        static_assert(KvmBlock<B>, "kvm: no block_traits<B> for this host (see kvm/traits.hpp)");
+        auto& c = std::get<detail::block_cache<B>>(caches_);
+        typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
+        if (synced<B>() && ran_) return p; // KVM stored it at the last exit
+        if (!c.valid) {
+            constexpr auto io = block_traits<B>::get;
+            if (Sys::ioctl(fd_.get(), io.code, p) < 0) return last_error(io.name);
+            c.valid = true;
+        }
+        return p;
+    }
+
+    /// SET ioctls for dirty unsynced blocks.
+    [[nodiscard]] result<void> flush() noexcept {
+        result<void> r;
+        std::apply(
+            [&](auto&... c) {
+                (void)((flush_one(c, r)) && ...);
+            },
+            caches_);
+        return r;
+    }
+    template <class B>
+    bool flush_one(detail::block_cache<B>& c, result<void>& r) noexcept {
+        if (!c.dirty) return true;
+        constexpr auto io = block_traits<B>::set;
+        if (Sys::ioctl(fd_.get(), io.code, &c.local) < 0) {
+            r = last_error(io.name);
+            return false;
+        }
+        c.dirty = false;
+        return true;
+    }
+    void invalidate_unsynced() noexcept {
+        std::apply([](auto&... c) { ((c.valid = false), ...); }, caches_);
+    }
+
+    template <fd_kind K>
+    [[nodiscard]] result<void> one_reg(ioctl_def<K> io, std::uint64_t id, std::byte* buf,
+                                       std::size_t len) noexcept {
+        const std::uint64_t need = std::uint64_t{1} << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
+        if (len < need) return error{io.name, EINVAL, "buffer smaller than the register"};
+        ::kvm_one_reg r{};
+        r.id = id;
+        r.addr = reinterpret_cast<std::uintptr_t>(buf); // the kernel copies KVM_REG_SIZE(id) bytes
+        if (Sys::ioctl(fd_.get(), io.code, &r) < 0) return last_error(io.name);
+        return ok();
+    }
+
+    basic_fd<Sys> fd_;
+    ::kvm_run* run_ = nullptr;
+    std::size_t mmap_size_ = 0;
+    std::byte* ring_ = nullptr;
+    std::uint32_t ring_max_ = 0;
+    std::size_t dropped_ = 0;
+    std::uint64_t sync_mask_ = 0;
+    int system_fd_ = -1;
+    bool ran_ = false; ///< KVM_RUN has stored synced blocks at least once
+    typename caches_t::type caches_{};
+};
+
+} // namespace vcpu::kvm
