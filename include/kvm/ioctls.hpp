@@ -38,9 +38,33 @@ struct ioctl_def {
 
 } // namespace vcpu::kvm
 
+namespace vcpu::kvm::detail {
+/// Size, in the kernel's C layout, of a UAPI struct that ends in a
+/// `__DECLARE_FLEX_ARRAY` after two `__u32`s (`kvm_msrs`, `kvm_cpuid2`).
+inline constexpr unsigned long c_flex_header_size = 2 * sizeof(std::uint32_t);
+
+/// `req` with its `_IOC_SIZE` field set to `c_flex_header_size`.
+///
+/// Why: UAPI headers without the C++ variant of `__DECLARE_FLEX_ARRAY`
+/// (before Linux 6.5) declare the flexible array inside an anonymous struct
+/// holding an empty struct. An empty struct has size 0 in GNU C but 1 in C++,
+/// so in C++ `sizeof(struct kvm_msrs)` is 16, not 8, and the `_IOWR(...,
+/// struct kvm_msrs)` request codes in `<linux/kvm.h>` come out wrong: the
+/// kernel rejects them (`KVM_GET_SUPPORTED_CPUID` fails with EINVAL). The
+/// direction, type and number still come from the header.
+[[nodiscard]] constexpr unsigned long with_c_flex_size(unsigned long req) noexcept {
+    constexpr unsigned long size_field = static_cast<unsigned long>(_IOC_SIZEMASK) << _IOC_SIZESHIFT;
+    return (req & ~size_field) | (c_flex_header_size << _IOC_SIZESHIFT);
+}
+} // namespace vcpu::kvm::detail
+
 /// Builds an `ioctl_def` from a `<linux/kvm.h>` macro, keeping its spelling as
 /// the name (the argument is stringised before expansion).
 #define VCPU_KVM_IOCTL(kind, req) ::vcpu::kvm::ioctl_def<::vcpu::kvm::fd_kind::kind>{req, #req}
+/// As `VCPU_KVM_IOCTL` for ioctls whose argument struct ends in a flexible
+/// array (see `detail::with_c_flex_size`).
+#define VCPU_KVM_IOCTL_FLEX(kind, req)                                                             \
+    ::vcpu::kvm::ioctl_def<::vcpu::kvm::fd_kind::kind>{::vcpu::kvm::detail::with_c_flex_size(req), #req}
 
 namespace vcpu::kvm::ioctls {
 
@@ -56,7 +80,7 @@ inline constexpr auto check_extension = VCPU_KVM_IOCTL(system, KVM_CHECK_EXTENSI
 inline constexpr auto get_vcpu_mmap_size = VCPU_KVM_IOCTL(system, KVM_GET_VCPU_MMAP_SIZE);
 #if defined(__x86_64__)
 /// 4.46 KVM_GET_SUPPORTED_CPUID.
-inline constexpr auto get_supported_cpuid = VCPU_KVM_IOCTL(system, KVM_GET_SUPPORTED_CPUID);
+inline constexpr auto get_supported_cpuid = VCPU_KVM_IOCTL_FLEX(system, KVM_GET_SUPPORTED_CPUID);
 #endif
 } // namespace system
 
@@ -117,11 +141,11 @@ inline constexpr auto get_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_GET_DEBUGREGS);
 /// 4.33 KVM_SET_DEBUGREGS.
 inline constexpr auto set_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_SET_DEBUGREGS);
 /// 4.18 KVM_GET_MSRS.
-inline constexpr auto get_msrs = VCPU_KVM_IOCTL(vcpu, KVM_GET_MSRS);
+inline constexpr auto get_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_GET_MSRS);
 /// 4.19 KVM_SET_MSRS.
-inline constexpr auto set_msrs = VCPU_KVM_IOCTL(vcpu, KVM_SET_MSRS);
+inline constexpr auto set_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_MSRS);
 /// 4.20 KVM_SET_CPUID2.
-inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL(vcpu, KVM_SET_CPUID2);
+inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_CPUID2);
 #endif
 } // namespace vcpu
 
@@ -192,5 +216,16 @@ constexpr bool unique(const table<K, N>& t) noexcept {
 static_assert(detail::unique(system_table), "kvm: duplicate or malformed system ioctl entry");
 static_assert(detail::unique(vm_table), "kvm: duplicate or malformed VM ioctl entry");
 static_assert(detail::unique(vcpu_table), "kvm: duplicate or malformed vCPU ioctl entry");
+
+#if defined(__x86_64__)
+// The flexible-array ioctls carry the C size of their header (8), whatever the
+// UAPI header's C++ sizeof says, and keep the header's direction, type and number.
+static_assert(_IOC_SIZE(system::get_supported_cpuid.code) == 8 &&
+              _IOC_NR(system::get_supported_cpuid.code) == _IOC_NR(KVM_GET_SUPPORTED_CPUID) &&
+              _IOC_DIR(system::get_supported_cpuid.code) == _IOC_DIR(KVM_GET_SUPPORTED_CPUID));
+static_assert(_IOC_SIZE(vcpu::get_msrs.code) == 8 && _IOC_NR(vcpu::get_msrs.code) == _IOC_NR(KVM_GET_MSRS));
+static_assert(_IOC_SIZE(vcpu::set_msrs.code) == 8 && _IOC_NR(vcpu::set_msrs.code) == _IOC_NR(KVM_SET_MSRS));
+static_assert(_IOC_SIZE(vcpu::set_cpuid2.code) == 8 && _IOC_NR(vcpu::set_cpuid2.code) == _IOC_NR(KVM_SET_CPUID2));
+#endif
 
 } // namespace vcpu::kvm::ioctls
