@@ -1,0 +1,91 @@
+#pragma once
+/// \file
+/// A CMOS/RTC stub (Motorola MC146818A as in the IBM PC/AT): port 0x70
+/// selects a register (bit 7 is the NMI mask), port 0x71 reads or writes it.
+/// The time registers 0x00..0x09 answer the host's UTC time in BCD, 24-hour
+/// mode (status register B = 0x02); status A says "no update in progress";
+/// the other bytes of the 128-byte CMOS RAM are plain storage.
+/// (MC146818A datasheet, "Address Map" and "Registers".)
+
+#include <vcpu/config.hpp>
+
+#include <array>
+#include <cstdint>
+#include <ctime>
+
+namespace vcpu::devices {
+
+inline constexpr std::uint16_t cmos_index_port = 0x70;
+inline constexpr std::uint16_t cmos_data_port = 0x71;
+
+/// MC146818A register indices.
+enum class rtc_reg : std::uint8_t {
+    seconds = 0x00, minutes = 0x02, hours = 0x04, day_of_week = 0x06,
+    day_of_month = 0x07, month = 0x08, year = 0x09,
+    status_a = 0x0a, status_b = 0x0b, status_c = 0x0c, status_d = 0x0d,
+    century = 0x32, ///< IBM PC/AT convention (ACPI FADT "CENTURY")
+};
+
+/// Broken-down time the RTC reports (a policy so tests can pin it).
+struct rtc_time {
+    int sec = 0, min = 0, hour = 0, wday = 0, mday = 1, mon = 1, year = 2000;
+};
+
+/// The host's UTC time.
+struct host_clock {
+    [[nodiscard]] rtc_time operator()() const noexcept {
+        const std::time_t t = std::time(nullptr);
+        std::tm tm{};
+        ::gmtime_r(&t, &tm);
+        return rtc_time{tm.tm_sec, tm.tm_min, tm.tm_hour, tm.tm_wday + 1, tm.tm_mday,
+                        tm.tm_mon + 1, tm.tm_year + 1900};
+    }
+};
+
+[[nodiscard]] constexpr std::uint8_t to_bcd(int v) noexcept {
+    return static_cast<std::uint8_t>(((v / 10) % 10) << 4 | (v % 10));
+}
+
+/// The CMOS/RTC over ports 0x70..0x71 (`range<0x70, 2, cmos_rtc<>>`).
+template <class Clock = host_clock>
+class cmos_rtc {
+public:
+    cmos_rtc() = default;
+    explicit cmos_rtc(Clock c) : clock_(c) {}
+
+    std::uint8_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
+        if (offset == 0) return index_;
+        return reg(index_ & 0x7f);
+    }
+    void write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
+        const auto b = static_cast<std::uint8_t>(value);
+        if (offset == 0) index_ = b;
+        else if ((index_ & 0x7f) >= 0x0e) ram_[index_ & 0x7f] = b; // time regs are read-only here
+    }
+
+    [[nodiscard]] std::uint8_t reg(std::uint8_t i) const noexcept {
+        const auto t = clock_();
+        switch (static_cast<rtc_reg>(i)) {
+        case rtc_reg::seconds: return to_bcd(t.sec);
+        case rtc_reg::minutes: return to_bcd(t.min);
+        case rtc_reg::hours: return to_bcd(t.hour);
+        case rtc_reg::day_of_week: return to_bcd(t.wday);
+        case rtc_reg::day_of_month: return to_bcd(t.mday);
+        case rtc_reg::month: return to_bcd(t.mon);
+        case rtc_reg::year: return to_bcd(t.year % 100);
+        case rtc_reg::century: return to_bcd(t.year / 100);
+        case rtc_reg::status_a: return 0x26;   // 32.768 kHz base, 1024 Hz rate, UIP = 0
+        case rtc_reg::status_b: return 0x02;   // 24-hour, BCD, no interrupts
+        case rtc_reg::status_c: return 0x00;   // no interrupt flags
+        case rtc_reg::status_d: return 0x80;   // VRT: battery good
+        default: return ram_[i & 0x7f];
+        }
+    }
+
+private:
+    [[no_unique_address]] Clock clock_{};
+    std::array<std::uint8_t, 128> ram_{};
+    std::uint8_t index_ = 0;
+};
+
+} // namespace vcpu::devices

@@ -1,0 +1,92 @@
+#pragma once
+/// \file
+/// Just enough of the PC's i8042 keyboard controller for Linux to probe it
+/// and to reboot through it: port 0x60 (data) and 0x64 (status on read,
+/// command on write). Command 0xFE ("pulse output line 0", which is wired to
+/// the CPU's reset) is a reset request: the write returns `action::stop` and
+/// `reset_requested()` turns true, so the VMM's run loop ends the VM
+/// (Linux `reboot=k`, arch/x86/kernel/reboot.c `kb_wait` + `outb(0xfe, 0x64)`).
+///
+/// The controller reports no keyboard and no mouse: reads of 0x60 return the
+/// last command byte or 0, the status register has "output buffer full"
+/// clear and "input buffer full" clear, so `kb_wait` never spins.
+
+#include <vcpu/config.hpp>
+#include <vcpu/exits.hpp>
+
+#include <cstdint>
+
+namespace vcpu::devices {
+
+/// i8042 ports (IBM PC/AT Technical Reference, keyboard controller).
+inline constexpr std::uint16_t i8042_data_port = 0x60;
+inline constexpr std::uint16_t i8042_command_port = 0x64;
+
+/// i8042 commands written to port 0x64.
+enum class i8042_command : std::uint8_t {
+    read_command_byte = 0x20,
+    write_command_byte = 0x60,
+    self_test = 0xaa,      ///< answers 0x55 on port 0x60
+    pulse_reset = 0xfe,    ///< pulse output line 0 (CPU reset)
+};
+
+/// Status register bits (port 0x64 read).
+namespace i8042_status {
+inline constexpr std::uint8_t output_full = 0x01; ///< data waiting at 0x60
+inline constexpr std::uint8_t input_full = 0x02;  ///< controller busy
+inline constexpr std::uint8_t system_flag = 0x04; ///< set after self test
+} // namespace i8042_status
+
+/// The i8042 as two one-port devices share it: place it once over 0x60..0x64
+/// (`range<0x60, 5, i8042>`); offsets 0 (data) and 4 (status/command) are
+/// decoded, the others (0x61 is the PC speaker/NMI port) read 0 and drop
+/// writes.
+class i8042 {
+public:
+    std::uint8_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
+        if (offset == 0) {
+            const std::uint8_t v = has_output_ ? output_ : 0;
+            has_output_ = false;
+            return v;
+        }
+        if (offset == 4)
+            return static_cast<std::uint8_t>(i8042_status::system_flag |
+                                              (has_output_ ? i8042_status::output_full : 0));
+        return 0;
+    }
+
+    action write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
+        const auto b = static_cast<std::uint8_t>(value);
+        if (offset == 0) {
+            if (expect_command_byte_) command_byte_ = b;
+            expect_command_byte_ = false;
+            return action::resume;
+        }
+        if (offset != 4) return action::resume;
+        switch (static_cast<i8042_command>(b)) {
+        case i8042_command::pulse_reset:
+            reset_ = true;
+            return action::stop;
+        case i8042_command::read_command_byte:
+            output_ = command_byte_;
+            has_output_ = true;
+            break;
+        case i8042_command::write_command_byte: expect_command_byte_ = true; break;
+        case i8042_command::self_test:
+            output_ = 0x55;
+            has_output_ = true;
+            break;
+        default: break;
+        }
+        return action::resume;
+    }
+
+    /// True once the guest wrote 0xFE to port 0x64.
+    [[nodiscard]] bool reset_requested() const noexcept { return reset_; }
+
+private:
+    std::uint8_t output_ = 0, command_byte_ = 0;
+    bool has_output_ = false, expect_command_byte_ = false, reset_ = false;
+};
+
+} // namespace vcpu::devices
