@@ -160,10 +160,13 @@ public:
         return hal_vcpu(std::move(fd), run, s, mask);
     }
 
+    /// Takes over `o`'s fd, mapping and caches; `o` is left empty.
     hal_vcpu(hal_vcpu&& o) noexcept
         : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, nullptr)), mmap_size_(o.mmap_size_),
-          ring_(std::exchange(o.ring_, nullptr)), ring_max_(o.ring_max_), sync_mask_(o.sync_mask_),
+          ring_(std::exchange(o.ring_, nullptr)), ring_max_(o.ring_max_), dropped_(o.dropped_),
+          sync_mask_(o.sync_mask_),
           system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)) {}
+    /// Releases this vCPU's mapping and fd, then takes over `o`'s.
     hal_vcpu& operator=(hal_vcpu&& o) noexcept {
         if (this != &o) {
             unmap();
@@ -172,6 +175,7 @@ public:
             mmap_size_ = o.mmap_size_;
             ring_ = std::exchange(o.ring_, nullptr);
             ring_max_ = o.ring_max_;
+            dropped_ = o.dropped_;
             sync_mask_ = o.sync_mask_;
             system_fd_ = o.system_fd_;
             ran_ = o.ran_;
@@ -181,6 +185,7 @@ public:
     }
     hal_vcpu(const hal_vcpu&) = delete;
     hal_vcpu& operator=(const hal_vcpu&) = delete;
+    /// Unmaps `kvm_run`, then closes the vCPU fd.
     ~hal_vcpu() { unmap(); }
 
     // --- entering the guest -------------------------------------------------
