@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <new>
 #include <string>
 #include <string_view>
@@ -101,32 +102,39 @@ public:
     using value_type = T;
 
     constexpr result(const T& v) noexcept(std::is_nothrow_copy_constructible_v<T>)
-        : ok_(true) { ::new (static_cast<void*>(&v_)) T(v); }
-    constexpr result(T&& v) noexcept(std::is_nothrow_move_constructible_v<T>) : ok_(true) {
-        ::new (static_cast<void*>(&v_)) T(std::move(v));
-    }
+        : v_(v), ok_(true) {}
+    constexpr result(T&& v) noexcept(std::is_nothrow_move_constructible_v<T>)
+        : v_(std::move(v)), ok_(true) {}
     template <class... A>
-    constexpr explicit result(std::in_place_t, A&&... a) : ok_(true) {
-        ::new (static_cast<void*>(&v_)) T(std::forward<A>(a)...);
-    }
+    constexpr explicit result(std::in_place_t, A&&... a) : v_(std::forward<A>(a)...), ok_(true) {}
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
 
-    result(const result& o) noexcept(std::is_nothrow_copy_constructible_v<T>) : ok_(o.ok_) {
-        if (ok_) ::new (static_cast<void*>(&v_)) T(o.v_);
-        else e_ = o.e_;
+    constexpr result(const result& o) noexcept(std::is_nothrow_copy_constructible_v<T>)
+        : e_(), ok_(o.ok_) {
+        if (ok_) {
+            std::destroy_at(&e_);
+            std::construct_at(&v_, o.v_);
+        } else {
+            e_ = o.e_;
+        }
     }
-    result(result&& o) noexcept(std::is_nothrow_move_constructible_v<T>) : ok_(o.ok_) {
-        if (ok_) ::new (static_cast<void*>(&v_)) T(std::move(o.v_));
-        else e_ = o.e_;
+    constexpr result(result&& o) noexcept(std::is_nothrow_move_constructible_v<T>)
+        : e_(), ok_(o.ok_) {
+        if (ok_) {
+            std::destroy_at(&e_);
+            std::construct_at(&v_, std::move(o.v_));
+        } else {
+            e_ = o.e_;
+        }
     }
-    result& operator=(result o) noexcept(std::is_nothrow_move_constructible_v<T>) {
-        this->~result();
-        ::new (static_cast<void*>(this)) result(std::move(o));
+    constexpr result& operator=(result o) noexcept(std::is_nothrow_move_constructible_v<T>) {
+        reset();
+        if (o.ok_) std::construct_at(&v_, std::move(o.v_));
+        else std::construct_at(&e_, o.e_);
+        ok_ = o.ok_;
         return *this;
     }
-    ~result() {
-        if (ok_) v_.~T();
-    }
+    constexpr ~result() { reset(); }
 
     [[nodiscard]] constexpr bool has_value() const noexcept { return ok_; }
     constexpr explicit operator bool() const noexcept { return ok_; }
@@ -150,6 +158,10 @@ public:
 private:
     static constexpr void check(bool c) noexcept {
         if (!c) __builtin_trap();
+    }
+    constexpr void reset() noexcept {
+        if (ok_) std::destroy_at(&v_);
+        else std::destroy_at(&e_);
     }
     union {
         T v_;
