@@ -1,0 +1,190 @@
+// The mock HAL's playback as basic_vcpu::run / step see it: exits nobody handles, hostile
+// scripted records, coalesced writes before the exit they precede, and the answers the mock
+// records. (Split from dispatch.cpp: each handler pack instantiates the whole exit loop, and
+// packs that leave most exit types unhandled are the expensive ones to compile.)
+#include <arch/x86_64/arch.hpp>
+#include <vcpu/basic_vcpu.hpp>
+#include <vcpu/exits.hpp>
+#include <vcpu/mock.hpp>
+
+#include <doctest/doctest.h>
+#include <linux/kvm.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+namespace {
+
+using arch = vcpu::arch::x86_64;
+using vcpu::action;
+
+/// Counts port I/O exits; everything else comes back (one type shared by the tests, so the
+/// big-variant loop is instantiated once).
+struct count_ports {
+    int* n;
+    void operator()(vcpu::port_io&) const noexcept { ++*n; }
+};
+
+vcpu::mock::mock_vcpu<arch> make(vcpu::mock::script s) {
+    return vcpu::mock::make_vcpu<arch>(std::move(s));
+}
+
+std::vector<vcpu::mock::event> events_of(vcpu::mock::mock_vcpu<arch>& cpu,
+                                          vcpu::mock::event::kind k) {
+    std::vector<vcpu::mock::event> out;
+    for (const auto& e : cpu.hal().events())
+        if (e.what == k) out.push_back(e);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("dispatch: unhandled exits come back from run and step") {
+    vcpu::mock::script s;
+    s.io_out(0x80, 1, 1).hlt().io_out(0x80, 1, 2).shutdown();
+    auto cpu = make(std::move(s));
+    int io = 0;
+    count_ports on_port{&io};
+
+    auto r = cpu.run(on_port);
+    REQUIRE(r);
+    CHECK(std::holds_alternative<vcpu::halt>(*r));
+    CHECK(io == 1);
+
+    auto st = cpu.step(on_port); // handled: nothing comes back
+    REQUIRE(st);
+    CHECK_FALSE(st->has_value());
+    CHECK(io == 2);
+
+    auto st2 = cpu.step(on_port);
+    REQUIRE(st2);
+    REQUIRE(st2->has_value());
+    CHECK(std::holds_alternative<vcpu::shutdown>(**st2));
+
+    auto st3 = cpu.step(on_port);
+    REQUIRE_FALSE(st3);
+    CHECK(st3.err().code == ENODATA);
+}
+
+TEST_CASE("dispatch: a hostile scripted exit comes back as malformed_exit") {
+    vcpu::mock::script s;
+    s.raw(KVM_EXIT_IO, [](::kvm_run& r) {
+        r.io.direction = KVM_EXIT_IO_IN;
+        r.io.size = 4;
+        r.io.count = 1;
+        r.io.data_offset = ~0ull - 2;
+    });
+    auto cpu = make(std::move(s));
+    int io = 0;
+    count_ports on_port{&io};
+    auto r = cpu.run(on_port);
+    REQUIRE(r);
+    REQUIRE(std::holds_alternative<vcpu::malformed_exit>(*r));
+    CHECK(std::get<vcpu::malformed_exit>(*r).reason == vcpu::malformed_exit::why::io_out_of_bounds);
+    CHECK(io == 0);
+}
+
+TEST_CASE("dispatch: coalesced writes come first, in order, and a stop mid-ring resumes") {
+    vcpu::mock::script s;
+    s.coalesced(0xfe000000, 4, 0x11).coalesced(0xfe000004, 4, 0x22).coalesced(0x3f8, 1, 0x41, true);
+    s.mmio_write(0xfe001000, 4, 0x33);
+    s.hlt();
+    auto cpu = make(std::move(s));
+    std::vector<std::uint64_t> order;
+    auto on_coalesced = [&](vcpu::coalesced_write& w) {
+        order.push_back(w.address);
+        // Stop after the second buffered write.
+        return w.address == 0xfe000004 ? action::stop : action::resume;
+    };
+    auto on_mmio = [&](vcpu::mmio& m) { order.push_back(m.address); };
+    auto on_halt = [](vcpu::halt&) { return action::stop; };
+    int others = 0;
+    auto rest = [&](auto&) { ++others; };
+
+    auto r = cpu.run(on_coalesced, on_mmio, on_halt, rest);
+    REQUIRE(r);
+    REQUIRE(std::holds_alternative<vcpu::coalesced_write>(*r));
+    const auto& w = std::get<vcpu::coalesced_write>(*r);
+    CHECK(w.address == 0xfe000004);
+    CHECK(w.size == 4);
+    CHECK(w.value() == 0x22);
+    CHECK_FALSE(w.pio);
+    CHECK(order == std::vector<std::uint64_t>{0xfe000000, 0xfe000004});
+    CHECK(cpu.hal().runs() == 1);
+
+    // The rest of the ring, then the MMIO exit it preceded, without entering the guest again.
+    auto st = cpu.step(on_coalesced, on_mmio, on_halt, rest);
+    REQUIRE(st);
+    CHECK_FALSE(st->has_value());
+    CHECK(order == std::vector<std::uint64_t>{0xfe000000, 0xfe000004, 0x3f8, 0xfe001000});
+    CHECK(cpu.hal().runs() == 1);
+
+    auto r2 = cpu.run(on_coalesced, on_mmio, on_halt, rest);
+    REQUIRE(r2);
+    CHECK(std::holds_alternative<vcpu::halt>(*r2));
+    CHECK(cpu.hal().runs() == 2);
+    CHECK(order.size() == 4); // the halt exit had no coalesced writes before it
+    CHECK(others == 0);
+}
+
+TEST_CASE("dispatch: unhandled coalesced writes come back one by one") {
+    vcpu::mock::script s;
+    s.coalesced(0x10, 2, 0xaaaa, true).coalesced(0x20, 1, 0xbb, true).hlt();
+    auto cpu = make(std::move(s));
+    int io = 0;
+    count_ports on_port{&io};
+    auto r = cpu.run(on_port);
+    REQUIRE(r);
+    REQUIRE(std::holds_alternative<vcpu::coalesced_write>(*r));
+    CHECK(std::get<vcpu::coalesced_write>(*r).address == 0x10);
+    CHECK(std::get<vcpu::coalesced_write>(*r).pio);
+    CHECK(std::get<vcpu::coalesced_write>(*r).value() == 0xaaaa);
+    auto r2 = cpu.run(on_port);
+    REQUIRE(r2);
+    REQUIRE(std::holds_alternative<vcpu::coalesced_write>(*r2));
+    CHECK(std::get<vcpu::coalesced_write>(*r2).address == 0x20);
+    CHECK(std::get<vcpu::coalesced_write>(*r2).data().size() == 1);
+    auto r3 = cpu.run(on_port);
+    REQUIRE(r3);
+    CHECK(std::holds_alternative<vcpu::halt>(*r3));
+    CHECK(cpu.hal().runs() == 1);
+    CHECK(io == 0);
+}
+
+TEST_CASE("dispatch: the mock records the answers handlers leave") {
+    vcpu::mock::script s;
+    s.io_in(0x71, 1).mmio_read(0xfee00030, 4).hypercall(42, {1, 2, 3, 4, 5, 6}).io_in(0x60, 2, 2);
+    auto cpu = make(std::move(s));
+    std::uint64_t hc_sum = 0;
+    auto r = cpu.run(
+        [](vcpu::port_io& io) {
+            if (io.port == 0x71) io.set(0x42);
+            else io.fill(0x1234);
+        },
+        [](vcpu::mmio& m) { m.set(0x00050014); },
+        [&](vcpu::hypercall& h) {
+            for (auto a : h.args) hc_sum += a;
+            h.answer(h.nr + 1);
+        },
+        [](auto&) {});
+    REQUIRE_FALSE(r); // the script ran out: every answer has been recorded
+    CHECK(r.err().code == ENODATA);
+    CHECK(hc_sum == 21);
+    auto answers = events_of(cpu, vcpu::mock::event::kind::answer);
+    REQUIRE(answers.size() == 4);
+    CHECK(answers[0].index == 0);
+    CHECK(answers[0].value == 0x42);
+    CHECK(answers[1].index == 1);
+    CHECK(answers[1].value == 0x00050014);
+    CHECK(answers[2].index == 2);
+    CHECK(answers[2].value == 43);
+    CHECK(answers[3].index == 3);
+    CHECK(answers[3].value == 0x12341234); // both 16-bit items of the rep ins
+    auto enters = events_of(cpu, vcpu::mock::event::kind::enter);
+    REQUIRE(enters.size() == 4);
+    for (std::size_t i = 0; i < 4; ++i) CHECK(enters[i].index == i);
+}
+
