@@ -108,9 +108,9 @@ inline constexpr auto unregister_coalesced_mmio =
 #if defined(__x86_64__)
 /// 4.36 KVM_SET_TSS_ADDR.
 inline constexpr auto set_tss_addr = VCPU_KVM_IOCTL(vm, KVM_SET_TSS_ADDR);
-/// 4.51 KVM_SET_IDENTITY_MAP_ADDR.
+/// 4.40 KVM_SET_IDENTITY_MAP_ADDR.
 inline constexpr auto set_identity_map_addr = VCPU_KVM_IOCTL(vm, KVM_SET_IDENTITY_MAP_ADDR);
-/// 4.62 KVM_CREATE_PIT2.
+/// 4.71 KVM_CREATE_PIT2.
 inline constexpr auto create_pit2 = VCPU_KVM_IOCTL(vm, KVM_CREATE_PIT2);
 #endif
 } // namespace vm
@@ -119,7 +119,7 @@ inline constexpr auto create_pit2 = VCPU_KVM_IOCTL(vm, KVM_CREATE_PIT2);
 namespace vcpu {
 /// 4.10 KVM_RUN.
 inline constexpr auto run = VCPU_KVM_IOCTL(vcpu, KVM_RUN);
-/// 4.68 KVM_GET_ONE_REG.
+/// 4.69 KVM_GET_ONE_REG.
 inline constexpr auto get_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_GET_ONE_REG);
 /// 4.68 KVM_SET_ONE_REG.
 inline constexpr auto set_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_SET_ONE_REG);
@@ -136,15 +136,15 @@ inline constexpr auto set_sregs = VCPU_KVM_IOCTL(vcpu, KVM_SET_SREGS);
 inline constexpr auto get_vcpu_events = VCPU_KVM_IOCTL(vcpu, KVM_GET_VCPU_EVENTS);
 /// 4.32 KVM_SET_VCPU_EVENTS.
 inline constexpr auto set_vcpu_events = VCPU_KVM_IOCTL(vcpu, KVM_SET_VCPU_EVENTS);
-/// 4.32 KVM_GET_DEBUGREGS.
+/// 4.33 KVM_GET_DEBUGREGS.
 inline constexpr auto get_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_GET_DEBUGREGS);
-/// 4.33 KVM_SET_DEBUGREGS.
+/// 4.34 KVM_SET_DEBUGREGS.
 inline constexpr auto set_debugregs = VCPU_KVM_IOCTL(vcpu, KVM_SET_DEBUGREGS);
 /// 4.18 KVM_GET_MSRS.
 inline constexpr auto get_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_GET_MSRS);
 /// 4.19 KVM_SET_MSRS.
 inline constexpr auto set_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_MSRS);
-/// 4.20 KVM_SET_CPUID2.
+/// KVM_SET_CPUID2 (KVM API section "KVM_SET_CPUID2", x86 vcpu ioctl).
 inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_CPUID2);
 #endif
 } // namespace vcpu

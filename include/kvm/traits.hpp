@@ -20,8 +20,8 @@ namespace vcpu::kvm {
 /// - `static constexpr ioctl_def<fd_kind::vcpu> get, set;` — the block's
 ///   GET/SET ioctls, whose argument is a `B::layout*`;
 /// - `static constexpr std::uint64_t sync_bit;` — its bit in
-///   `kvm_run::kvm_valid_regs`/`kvm_dirty_regs` (KVM API 4.10 / 8.x
-///   "KVM_CAP_SYNC_REGS"), or 0 when KVM never syncs it;
+///   `kvm_run::kvm_valid_regs`/`kvm_dirty_regs` (KVM API 5 "The kvm_run
+///   structure", `KVM_CAP_SYNC_REGS`), or 0 when KVM never syncs it;
 /// - `static constexpr std::size_t sync_offset;` — its offset in `kvm_run::s`.
 ///
 /// The primary template is left undefined: using a block the host cannot move

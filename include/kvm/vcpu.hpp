@@ -6,8 +6,8 @@
 /// `vcpu::HalFor<basic_hal<Sys>, Arch>` (reached as `basic_hal<Sys>::vcpu<Arch>`)
 /// and is normally created by `basic_vm::create_vcpu<Arch>()`.
 ///
-/// Register blocks (KVM API 4.10 "KVM_RUN", sync registers; 8.x
-/// "KVM_CAP_SYNC_REGS"):
+/// Register blocks (KVM API 5 "The kvm_run structure": `kvm_valid_regs`,
+/// `kvm_dirty_regs` and `s.regs`, capability `KVM_CAP_SYNC_REGS`):
 /// - *synced* blocks (in the sync mask) live in `kvm_run::s.regs`. After any
 ///   exit KVM has stored them there, so `load` costs no ioctl; `modify` sets
 ///   the block's bit in `kvm_run::kvm_dirty_regs` and KVM applies it at the
@@ -270,12 +270,12 @@ public:
         return keyed_traits<B>::template set<Sys>(fd_.get(), key, value);
     }
 
-    /// Reads register `id` into `out` (KVM API 4.68 KVM_GET_ONE_REG). `out`
+    /// Reads register `id` into `out` (KVM API 4.69 KVM_GET_ONE_REG). `out`
     /// must hold at least `KVM_REG_SIZE(id)` bytes, else EINVAL.
     [[nodiscard]] result<void> get_one_reg(std::uint64_t id, std::span<std::byte> out) noexcept {
         return one_reg(ioctls::vcpu::get_one_reg, id, out.data(), out.size());
     }
-    /// Writes register `id` from `in` (KVM API 4.69 KVM_SET_ONE_REG).
+    /// Writes register `id` from `in` (KVM API 4.68 KVM_SET_ONE_REG).
     [[nodiscard]] result<void> set_one_reg(std::uint64_t id, std::span<const std::byte> in) noexcept {
         // KVM_SET_ONE_REG only reads through kvm_one_reg::addr.
         return one_reg(ioctls::vcpu::set_one_reg, id, const_cast<std::byte*>(in.data()), in.size());
@@ -330,7 +330,7 @@ public:
     [[nodiscard]] result<std::size_t> supported_cpuid(std::span<::vcpu::x86_64::cpuid_entry> buf) const noexcept {
         return detail::get_supported_cpuid<Sys>(system_fd_, buf);
     }
-    /// Sets this vCPU's CPUID (KVM API 4.20 KVM_SET_CPUID2). Call before the first run.
+    /// Sets this vCPU's CPUID (KVM API "KVM_SET_CPUID2"). Call before the first run.
     [[nodiscard]] result<void> set_cpuid(std::span<const ::vcpu::x86_64::cpuid_entry> entries) noexcept {
         return detail::set_cpuid2<Sys>(fd_.get(), entries);
     }

@@ -166,7 +166,7 @@ public:
     }
 
 #if defined(__x86_64__)
-    /// KVM API 4.62 KVM_CREATE_PIT2 (after `create_irqchip`).
+    /// KVM API 4.71 KVM_CREATE_PIT2 (after `create_irqchip`).
     [[nodiscard]] result<void> create_pit2(std::uint32_t flags = 0) const noexcept {
         ::kvm_pit_config c{};
         c.flags = flags;
@@ -177,7 +177,7 @@ public:
     [[nodiscard]] result<void> set_tss_addr(std::uint64_t addr) const noexcept {
         return call_void(ioctls::vm::set_tss_addr, detail::int_arg(addr));
     }
-    /// KVM API 4.51 KVM_SET_IDENTITY_MAP_ADDR: one page for the EPT identity map
+    /// KVM API 4.40 KVM_SET_IDENTITY_MAP_ADDR: one page for the EPT identity map
     /// (the C VMM uses 0xffffc000). Before creating vCPUs.
     [[nodiscard]] result<void> set_identity_map_addr(std::uint64_t addr) const noexcept {
         std::uint64_t a = addr;

@@ -72,7 +72,7 @@ struct reset_state {
 
 /// The minimal C VMM's `vm_init` on x86-64, with the arch CPU hook as the
 /// `CpuInitFor` policy `init` (e.g. `vcpu::x86_64::flat_protected_mode{}`).
-/// Order (KVM API 4.36, 4.51, 4.24, 4.62, 4.35, 4.7): KVM_CREATE_VM,
+/// Order (KVM API 4.36, 4.40, 4.24, 4.71, 4.35, 4.7): KVM_CREATE_VM,
 /// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
 /// KVM_CREATE_PIT2, RAM slot 0, KVM_CREATE_VCPU × n, `cpu.init(init)`.
 /// The first failing step's error is returned. Allocates (the vCPU vector) —

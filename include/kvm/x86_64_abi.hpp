@@ -136,7 +136,7 @@ struct block_traits<::vcpu::x86_64::events_block> {
     static constexpr std::uint64_t sync_bit = KVM_SYNC_X86_EVENTS;
     static constexpr std::size_t sync_offset = offsetof(::kvm_sync_regs, events);
 };
-/// `kvm_debugregs`: KVM API 4.32/4.33 KVM_GET/SET_DEBUGREGS; never synced.
+/// `kvm_debugregs`: KVM API 4.33/4.34 KVM_GET/SET_DEBUGREGS; never synced.
 template <>
 struct block_traits<::vcpu::x86_64::debugregs_block> {
     static constexpr auto get = ioctls::vcpu::get_debugregs;
@@ -242,7 +242,7 @@ template <class Sys>
     return n;
 }
 
-/// KVM API 4.20 KVM_SET_CPUID2.
+/// KVM API "KVM_SET_CPUID2" (x86 vcpu ioctl).
 template <class Sys>
 [[nodiscard]] result<void> set_cpuid2(int vcpu_fd,
                                       std::span<const ::vcpu::x86_64::cpuid_entry> in) noexcept {
