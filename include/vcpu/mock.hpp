@@ -317,7 +317,7 @@ public:
     [[nodiscard]] result<std::size_t> supported_cpuid(std::span<Entry> out) const noexcept {
         static_assert(sizeof(Entry) == sizeof(supported_[0]));
         if (nsupported_ > out.size()) return error{"KVM_GET_SUPPORTED_CPUID", E2BIG};
-        std::memcpy(out.data(), supported_.data(), nsupported_ * sizeof(Entry));
+        std::memcpy(static_cast<void*>(out.data()), supported_.data(), nsupported_ * sizeof(Entry));
         return nsupported_;
     }
     template <class Entry>
@@ -342,7 +342,7 @@ public:
     template <class Entry>
     [[nodiscard]] Entry cpuid_at(std::size_t i) const noexcept {
         Entry e{};
-        if (i < cpuid_set_.size()) std::memcpy(&e, cpuid_set_[i].data(), sizeof e);
+        if (i < cpuid_set_.size()) std::memcpy(static_cast<void*>(&e), cpuid_set_[i].data(), sizeof e);
         return e;
     }
     [[nodiscard]] std::size_t cpuid_count() const noexcept { return cpuid_set_.size(); }
