@@ -1,0 +1,60 @@
+#pragma once
+/// \file
+/// `vcpu::arch::riscv64`: the RISC-V 64 (RV64GC + H extension) architecture
+/// policy — register file over ONE_REG, exit decoders for `kvm_run` and for
+/// HS-mode traps, boot state — for `basic_vcpu<arch::riscv64, Hal>`.
+
+#include <arch/riscv64/abi.hpp>
+#include <arch/riscv64/csrs.hpp>
+#include <arch/riscv64/exits.hpp>
+#include <arch/riscv64/init.hpp>
+#include <arch/riscv64/registers.hpp>
+#include <vcpu/config.hpp>
+#include <vcpu/kvm_record.hpp>
+#include <vcpu/meta.hpp>
+
+#include <string_view>
+#include <utility>
+
+namespace vcpu::arch {
+
+/// The RISC-V 64 architecture as a stateless policy. Models `RegisterFile`,
+/// `ExitDecoder<riscv64, kvm_run_view>` and `ExitDecoder<riscv64,
+/// riscv64::hs_trap>`.
+struct riscv64 {
+    static constexpr std::string_view name = "riscv64";
+
+    /// KVM/riscv has no register blocks (`KVM_GET_REGS` is empty on RISC-V)
+    /// and no keyed banks: every register is reached by ONE_REG id.
+    using register_blocks = type_list<>;
+    using keyed_banks = type_list<>;
+    static constexpr bool uses_one_reg = true;
+
+    static constexpr const auto& registers = ::vcpu::riscv64::all_registers;
+    static constexpr unsigned gpr_count = 32;
+    /// GPR by register number (`rd`/`rs1`/`rs2`): 1 = ra ... 31 = t6. `gpr(0)`
+    /// is `riscv64::zero`, a descriptor with the reserved id 0 that no HAL
+    /// accepts (x0 is hardwired to zero and has no KVM register); decoders
+    /// read x0 as 0 and drop writes to it instead of moving it. Precondition:
+    /// i < 32 (masked).
+    [[nodiscard]] static constexpr auto gpr(unsigned i) noexcept {
+        return ::vcpu::riscv64::gprs_by_number[i & 31u];
+    }
+    static constexpr auto pc = ::vcpu::riscv64::pc;
+
+    using exit_types = ::vcpu::riscv64::exit_types;
+
+    /// Decodes a `kvm_run` exit (see `vcpu::riscv64::decode(const kvm_run_view&, ...)`).
+    template <class Visitor>
+    [[gnu::always_inline]] static void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
+        ::vcpu::riscv64::decode(v, std::forward<Visitor>(visit));
+    }
+    /// Decodes an HS-mode trap (see `vcpu::riscv64::decode(const hs_trap&, ...)`).
+    template <class Visitor>
+    [[gnu::always_inline]] static constexpr void decode(const ::vcpu::riscv64::hs_trap& t,
+                                                        Visitor&& visit) noexcept {
+        ::vcpu::riscv64::decode(t, std::forward<Visitor>(visit));
+    }
+};
+
+} // namespace vcpu::arch
