@@ -129,23 +129,8 @@ public:
     /// handler took it or its handler said `action::stop`, else `nullopt`.
     template <class... Hs>
     [[nodiscard]] result<std::optional<exit_for<Hs...>>> step(Hs&&... hs) noexcept {
-        using out_t = exit_for<Hs...>;
-        std::optional<out_t> out;
-        if (!pending_) {
-            if (auto e = hal_.enter(); !e) return e.err();
-            pending_ = true;
-        }
-        if constexpr (requires(hal_vcpu& v) { v.drain_coalesced([](coalesced_write&) { return true; }); }) {
-            const bool go_on = hal_.drain_coalesced(
-                [&](coalesced_write& w) noexcept { return dispatch<out_t>(w, out, hs...); });
-            if (!go_on) return out;
-        }
-        pending_ = false;
-        Arch::decode(hal_.exit_record(), [&]<class E>(E& e) noexcept {
-            static_assert(list_contains_v<E, typename Arch::exit_types>,
-                          "vcpu: the decoder produced an exit type missing from Arch::exit_types");
-            (void)dispatch<out_t>(e, out, hs...);
-        });
+        std::optional<exit_for<Hs...>> out;
+        if (auto e = advance(out, hs...); !e) return e.err();
         return out;
     }
 
@@ -154,11 +139,37 @@ public:
     /// No allocation, no exceptions, no virtual calls.
     template <class... Hs>
     [[nodiscard]] result<exit_for<Hs...>> run(Hs&&... hs) noexcept {
+        // One slot for the returned exit, outside the loop: building and
+        // returning a fresh optional<variant> per exit (as step() does) costs
+        // more than decode + dispatch (benchmarks/framework.cpp, docs/benchmarks.md).
+        std::optional<exit_for<Hs...>> out;
         for (;;) {
-            auto r = step(hs...);
-            if (!r) return r.err();
-            if (*r) return std::move(**r);
+            if (auto e = advance(out, hs...); !e) return e.err();
+            if (out) return std::move(*out);
         }
+    }
+
+private:
+    /// The body of `step`: stores an exit that comes back into `out` (left
+    /// empty otherwise).
+    template <class Out, class... Hs>
+    [[gnu::always_inline]] inline result<void> advance(std::optional<Out>& out, Hs&... hs) noexcept {
+        if (!pending_) {
+            if (auto e = hal_.enter(); !e) return e;
+            pending_ = true;
+        }
+        if constexpr (requires(hal_vcpu& v) { v.drain_coalesced([](coalesced_write&) { return true; }); }) {
+            const bool go_on = hal_.drain_coalesced(
+                [&](coalesced_write& w) noexcept { return dispatch<Out>(w, out, hs...); });
+            if (!go_on) return ok();
+        }
+        pending_ = false;
+        Arch::decode(hal_.exit_record(), [&]<class E>(E& e) noexcept {
+            static_assert(list_contains_v<E, typename Arch::exit_types>,
+                          "vcpu: the decoder produced an exit type missing from Arch::exit_types");
+            (void)dispatch<Out>(e, out, hs...);
+        });
+        return ok();
     }
 
 private:
