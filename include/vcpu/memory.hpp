@@ -42,7 +42,10 @@ public:
             return error{"add guest region", EOVERFLOW, "region wraps the address space"};
         for (std::size_t i = 0; i < count_; ++i) {
             const auto& o = regions_[i];
-            if (r.gpa < o.gpa + o.size() && o.gpa < r.gpa + r.size())
+            // One start lies inside the other range. Never forms `gpa + size`, which is 0 for a
+            // region ending at 2^64; neither range wraps (checked above), so the unsigned
+            // differences are exact.
+            if (r.gpa - o.gpa < o.size() || o.gpa - r.gpa < r.size())
                 return error{"add guest region", EEXIST, "region overlaps an existing one"};
         }
         regions_[count_++] = r;
