@@ -220,7 +220,7 @@ struct hide_leaf {
 template <class Hook = keep_cpuid>
 struct cpuid_setup {
     std::uint32_t apic_id = 0;
-    Hook hook{};
+    [[no_unique_address]] Hook hook{}; // an empty hook (the default) takes no space
 
     static constexpr std::size_t max_entries = 256;
 
