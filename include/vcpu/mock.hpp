@@ -167,6 +167,8 @@ struct event {
         keyed_write,   ///< `set_keyed`: `key`, `value`
         one_reg_write, ///< `set_one_reg`: `key` = id, `value` = low 64 bits
         set_cpuid,     ///< `set_cpuid`: `value` = entry count
+        vcpu_init,     ///< `arm_vcpu_init`: `key` = target, `value` = features[0]
+        vcpu_finalize, ///< `arm_vcpu_finalize`: `key` = feature
         answer,        ///< the answer left for exit `index`: `value` (first 8 bytes / ret)
     };
     kind what = kind::enter;
@@ -346,6 +348,19 @@ public:
         return e;
     }
     [[nodiscard]] std::size_t cpuid_count() const noexcept { return cpuid_set_.size(); }
+
+    // --- AArch64 KVM_ARM_VCPU_INIT / _FINALIZE (any arch may call; recorded) --
+    /// Records the `struct kvm_vcpu_init`-shaped `init` (`target`, `features[]`).
+    template <class Init>
+    [[nodiscard]] result<void> arm_vcpu_init(const Init& init) noexcept {
+        log({event::kind::vcpu_init, "KVM_ARM_VCPU_INIT", 0, init.target, init.features[0]});
+        return ok();
+    }
+    /// Records `KVM_ARM_VCPU_FINALIZE(feature)`.
+    [[nodiscard]] result<void> arm_vcpu_finalize(std::uint32_t feature) noexcept {
+        log({event::kind::vcpu_finalize, "KVM_ARM_VCPU_FINALIZE", 0, feature, 0});
+        return ok();
+    }
 
     // --- inspection --------------------------------------------------------
     [[nodiscard]] std::span<const event> events() const noexcept { return events_; }

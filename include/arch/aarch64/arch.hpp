@@ -1,0 +1,54 @@
+#pragma once
+/// \file
+/// `vcpu::arch::aarch64`: the AArch64 architecture policy — register file
+/// over ONE_REG ids, exit decoders for `kvm_run` and for EL2 syndromes, and
+/// boot states — for `basic_vcpu<arch::aarch64, Hal>`.
+
+#include <arch/aarch64/abi.hpp>
+#include <arch/aarch64/exits.hpp>
+#include <arch/aarch64/registers.hpp>
+#include <vcpu/config.hpp>
+#include <vcpu/kvm_record.hpp>
+#include <vcpu/meta.hpp>
+
+#include <string_view>
+#include <utility>
+
+namespace vcpu::arch {
+
+/// The AArch64 architecture (Armv8-A, A64 guests) as a stateless policy.
+/// Models `RegisterFile`, `ExitDecoder<aarch64, kvm_run_view>` and
+/// `ExitDecoder<aarch64, vcpu::aarch64::el2_syndrome>`.
+struct aarch64 {
+    static constexpr std::string_view name = "aarch64";
+
+    /// KVM/arm64 moves registers one at a time: no blocks, no keyed banks.
+    using register_blocks = type_list<>;
+    using keyed_banks = type_list<>;
+    static constexpr bool uses_one_reg = true;
+
+    static constexpr const auto& registers = ::vcpu::aarch64::all_registers;
+    static constexpr unsigned gpr_count = 31;
+    /// X`i` (ESR_EL2 SRT/Rt numbering). Precondition: i < 31 (31 is XZR/SP,
+    /// which decoders handle themselves); larger values are clamped to X30.
+    [[nodiscard]] static constexpr auto gpr(unsigned i) noexcept {
+        return ::vcpu::aarch64::xregs[i < 31 ? i : 30];
+    }
+    static constexpr auto pc = ::vcpu::aarch64::pc;
+
+    using exit_types = ::vcpu::aarch64::exit_types;
+
+    /// Decodes a KVM/arm64 `kvm_run` exit.
+    template <class Visitor>
+    [[gnu::always_inline]] static void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
+        ::vcpu::aarch64::decode(v, std::forward<Visitor>(visit));
+    }
+    /// Decodes a bare-metal EL2 guest exit (ESR_EL2 + FAR_EL2 + HPFAR_EL2 + GPRs).
+    template <class Visitor>
+    [[gnu::always_inline]] static void decode(const ::vcpu::aarch64::el2_syndrome& s,
+                                              Visitor&& visit) noexcept {
+        ::vcpu::aarch64::decode(s, std::forward<Visitor>(visit));
+    }
+};
+
+} // namespace vcpu::arch
