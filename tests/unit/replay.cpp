@@ -1,0 +1,278 @@
+// Exit traces: record::hal (over the mock HAL here; over KVM in tests/kvm/record.cpp) and
+// replay::hal — round trip, answer checking, and hostile traces.
+#include <doctest/doctest.h>
+
+#include <arch/x86_64/arch.hpp>
+#include <vcpu/basic_vcpu.hpp>
+#include <vcpu/mock.hpp>
+#include <vcpu/record.hpp>
+#include <vcpu/replay.hpp>
+#include <vcpu/trace.hpp>
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include <unistd.h>
+
+namespace {
+
+using arch = vcpu::arch::x86_64;
+using rec_hal = vcpu::record::hal<vcpu::mock::hal>;
+
+static_assert(vcpu::HalFor<rec_hal, arch>);
+static_assert(vcpu::HalFor<vcpu::replay::hal, arch>);
+
+vcpu::mock::script session() {
+    vcpu::mock::script s;
+    const std::byte xyz[] = {std::byte{'x'}, std::byte{'y'}, std::byte{'z'}};
+    s.io_out(0x3f8, 1, 'A')
+        .io_in(0x3fd, 1)
+        .coalesced(0xd0001000, 4, 7)
+        .mmio_write(0xd0000000, 4, 0x11)
+        .mmio_read(0xd0000004, 4)
+        .hypercall(9, {1, 2, 0, 0, 0, 0})
+        .io_string_out(0x3f8, 1, xyz)
+        .hlt();
+    return s;
+}
+
+/// A VMM's handlers; `lsr` is what it answers to the IN (0x60 unless a test changes it).
+struct vmm {
+    std::vector<std::string> log;
+    std::uint32_t lsr = 0x60;
+    template <class Cpu>
+    auto run(Cpu& cpu) {
+        return cpu.run(
+            [&](vcpu::port_io& io) {
+                if (io.is_in()) {
+                    io.fill(lsr);
+                    log.push_back("in " + std::to_string(io.port));
+                } else {
+                    std::string s = "out " + std::to_string(io.port) + ":";
+                    for (std::uint32_t i = 0; i < io.count; ++i) s += static_cast<char>(io.value(i));
+                    log.push_back(s);
+                }
+            },
+            [&](vcpu::mmio& m) {
+                if (m.is_read()) m.set(0xabcd0000 | (m.address & 0xff));
+                log.push_back((m.is_read() ? "mmio read " : "mmio write ") + std::to_string(m.address) +
+                              "=" + std::to_string(m.is_read() ? 0 : m.value()));
+            },
+            [&](vcpu::coalesced_write& w) { log.push_back("bell " + std::to_string(w.value())); },
+            [&](vcpu::hypercall& h) {
+                h.answer(h.nr + h.args[0] + h.args[1]);
+                log.push_back("hypercall " + std::to_string(h.nr));
+            },
+            [&](vcpu::halt&) { return vcpu::action::stop; });
+    }
+};
+
+std::vector<std::byte> record_session(vmm& m) {
+    vcpu::basic_vcpu<arch, rec_hal> cpu{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session()))};
+    auto r = m.run(cpu);
+    REQUIRE(r);
+    CHECK(std::holds_alternative<vcpu::halt>(*r));
+    REQUIRE(cpu.hal().finish());
+    CHECK(cpu.hal().exits() == 7);
+    const auto b = cpu.hal().bytes();
+    return {b.begin(), b.end()};
+}
+
+vcpu::result<vcpu::replay::hal::vcpu<arch>> open_trace(std::vector<std::byte> b) {
+    return vcpu::replay::hal::vcpu<arch>::make(std::move(b));
+}
+
+std::string detail_of(const vcpu::error& e) { return e.detail ? e.detail : ""; }
+
+template <class T>
+void poke(std::vector<std::byte>& b, std::size_t off, T v) {
+    std::memcpy(b.data() + off, &v, sizeof v);
+}
+
+} // namespace
+
+TEST_CASE("trace: a recorded session replays through the same handlers with the same answers") {
+    vmm a;
+    const auto bytes = record_session(a);
+    CHECK(bytes.size() < 600); // compact: 7 exits, 1 coalesced write, 3 answers
+    auto rv = open_trace(bytes);
+    REQUIRE(rv);
+    CHECK(rv->size() == 7);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vmm b;
+    auto r = b.run(cpu);
+    REQUIRE(r);
+    CHECK(std::holds_alternative<vcpu::halt>(*r));
+    CHECK(cpu.hal().verify_last());
+    CHECK(b.log == a.log);
+    CHECK(b.log.size() == 7);
+    CHECK(b.log.front() == "out 1016:A");
+    CHECK(b.log.back() == "out 1016:xyz");
+}
+
+TEST_CASE("trace: a different answer is an error naming the exit, expected and actual bytes") {
+    vmm a;
+    auto rv = open_trace(record_session(a));
+    REQUIRE(rv);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vmm b;
+    b.lsr = 0x61;
+    auto r = b.run(cpu);
+    REQUIRE_FALSE(r);
+    CHECK(std::string(r.err().op) == "replay");
+    CHECK(r.err().code == EPROTO);
+    const auto d = detail_of(r.err());
+    CHECK(d.find("exit 1 ") != std::string::npos);
+    CHECK(d.find("answered 0x61") != std::string::npos);
+    CHECK(d.find("expects 0x60") != std::string::npos);
+}
+
+TEST_CASE("trace: entering past the end of the trace is ENODATA; unanswered exits are mismatches") {
+    vmm a;
+    const auto bytes = record_session(a);
+    {
+        auto rv = open_trace(bytes);
+        REQUIRE(rv);
+        vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+        vmm b;
+        REQUIRE(b.run(cpu));
+        auto e = cpu.hal().enter();
+        REQUIRE_FALSE(e);
+        CHECK(e.err().code == ENODATA);
+    }
+    // Entering without handling: exit 1 (the IN) was never answered.
+    auto rv = open_trace(bytes);
+    REQUIRE(rv);
+    REQUIRE(rv->enter());
+    REQUIRE(rv->enter());
+    auto e = rv->enter();
+    REQUIRE_FALSE(e);
+    CHECK(detail_of(e.err()).find("exit 1 ") != std::string::npos);
+}
+
+TEST_CASE("trace: hostile or damaged traces are refused with a clear error") {
+    vmm a;
+    const auto good = record_session(a);
+    auto refused = [](std::vector<std::byte> b, const char* what) {
+        auto rv = open_trace(std::move(b));
+        REQUIRE_FALSE(rv);
+        CHECK(rv.err().code == EPROTO);
+        CHECK(std::string(rv.err().op) == "read trace");
+        CHECK_MESSAGE(detail_of(rv.err()).find(what) != std::string::npos, detail_of(rv.err()));
+    };
+    SUBCASE("corrupt magic") {
+        auto b = good;
+        b[0] = std::byte{'X'};
+        refused(b, "bad magic");
+    }
+    SUBCASE("wrong version") {
+        auto b = good;
+        poke<std::uint16_t>(b, 8, 99);
+        refused(b, "version");
+    }
+    SUBCASE("another architecture") {
+        auto b = good;
+        poke<std::uint16_t>(b, 10, 2);
+        refused(b, "another architecture");
+    }
+    SUBCASE("shorter than the header") {
+        refused(std::vector<std::byte>(good.begin(), good.begin() + 20), "truncated");
+    }
+    SUBCASE("truncated in a record head") {
+        refused(std::vector<std::byte>(good.begin(), good.begin() + vcpu::trace::header_bytes + 5), "truncated");
+    }
+    SUBCASE("truncated in a record body") {
+        refused(std::vector<std::byte>(good.begin(), good.end() - 3), "past the end");
+    }
+    SUBCASE("a length field pointing past the end") {
+        auto b = good;
+        poke<std::uint32_t>(b, vcpu::trace::header_bytes, 0x7fffffff);
+        refused(b, "past the end");
+    }
+    SUBCASE("inner lengths that do not add up") {
+        auto b = good;
+        // The first record is an exit: its union_len field follows the 16-byte head + reason.
+        poke<std::uint16_t>(b, vcpu::trace::header_bytes + 16 + 4, 200);
+        refused(b, "do not add up");
+    }
+    SUBCASE("an unknown record type") {
+        auto b = good;
+        poke<std::uint16_t>(b, vcpu::trace::header_bytes + 4, 9);
+        refused(b, "unknown record type");
+    }
+}
+
+TEST_CASE("trace: recording to a file, read back") {
+    char path[] = "/tmp/vcpu-trace-XXXXXX";
+    const int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    ::close(fd);
+    vmm a;
+    {
+        // A small buffer, so the recorder writes several chunks while running.
+        vcpu::basic_vcpu<arch, rec_hal> cpu(
+            rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session().repeat(200)), vcpu::record::options{8192}));
+        REQUIRE(cpu.hal().open(path));
+        for (int i = 0; i < 200; ++i) REQUIRE(a.run(cpu));
+        REQUIRE(cpu.hal().finish());
+    }
+    auto bytes = vcpu::replay::read_file(path);
+    ::unlink(path);
+    REQUIRE(bytes);
+    CHECK(bytes->size() > 8192);
+    auto rv = open_trace(std::move(*bytes));
+    REQUIRE(rv);
+    CHECK(rv->size() == 7 * 200);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vmm b;
+    for (int i = 0; i < 200; ++i) REQUIRE(b.run(cpu));
+    CHECK(b.log == a.log);
+}
+
+TEST_CASE("trace: a full buffer without a file is ENOSPC from enter()") {
+    vcpu::basic_vcpu<arch, rec_hal> cpu(
+        rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session().repeat(100)), vcpu::record::options{0}));
+    vmm a;
+    vcpu::result<void> last;
+    for (int i = 0; i < 100 && last; ++i) {
+        auto r = a.run(cpu);
+        if (!r) last = r.err();
+    }
+    REQUIRE_FALSE(last);
+    CHECK(last.err().code == ENOSPC);
+}
+
+TEST_CASE("trace: tests/data/hello.trace (the hello example on KVM) replays through hello's handlers") {
+    std::string path = __FILE__;
+    path = path.substr(0, path.rfind("/unit/")) + "/data/hello.trace";
+    auto bytes = vcpu::replay::read_file(path.c_str());
+    REQUIRE_MESSAGE(bytes, path);
+    auto rv = open_trace(std::move(*bytes));
+    REQUIRE(rv);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    // The handlers of examples/hello/main.cpp.
+    std::string printed;
+    std::uint32_t answer_back = 0;
+    unsigned exits = 0;
+    auto last = cpu.run(
+        [&](vcpu::port_io& io) {
+            ++exits;
+            if (io.port != 0xe9) return vcpu::action::stop;
+            if (io.is_in()) io.set(41);
+            else if (io.size == 1) printed += static_cast<char>(io.value());
+            else answer_back = io.value();
+            return vcpu::action::resume;
+        },
+        [&](vcpu::halt) {
+            ++exits;
+            return vcpu::action::stop;
+        });
+    REQUIRE(last);
+    CHECK(std::holds_alternative<vcpu::halt>(*last));
+    CHECK(printed == "Hello from a vcpu guest in real mode!\n");
+    CHECK(answer_back == 42);
+    CHECK(exits == cpu.hal().size());
+}
