@@ -92,8 +92,9 @@ using unhandled_exit_t =
 
 /// Hands exit `e` to its handler. Returns true when the guest should resume;
 /// otherwise stores `e` in `out` (the exit goes back to the caller).
+/// `constexpr`, so whole decode-and-dispatch scenarios can run in a `static_assert`.
 template <class Out, class E, class... Hs>
-[[gnu::always_inline]] inline bool dispatch(E& e, std::optional<Out>& out, Hs&... hs) noexcept {
+[[gnu::always_inline]] constexpr bool dispatch(E& e, std::optional<Out>& out, Hs&... hs) noexcept {
     constexpr auto i = detail::handler_index<E, Hs...>();
     if constexpr (i < 0) {
         out.emplace(std::in_place_type<E>, e);
