@@ -23,9 +23,10 @@ namespace vcpu::riscv64 {
 /// HSM: the `opaque` argument), translation off (`satp = 0`) and S-mode
 /// interrupts disabled (`sstatus.SIE = 0`).
 ///
-/// Order: mode, satp, sstatus, a0, a1, then pc last, so a failure leaves the
-/// vCPU at its old entry point. KVM resets a new vCPU to S-mode with the other
-/// CSRs zero, so on a fresh vCPU the CSR writes are idempotent.
+/// Order: mode, satp, sstatus (read, SIE cleared, other bits kept), a0, a1,
+/// then pc last, so a failure leaves the vCPU at its old entry point. KVM
+/// resets a new vCPU to S-mode with SIE and satp zero, so on a fresh vCPU the
+/// CSR writes change nothing; they matter when a hart is restarted.
 struct boot {
     std::uint64_t entry = 0;   ///< guest physical address of the first instruction
     std::uint64_t hart_id = 0; ///< value of a0
@@ -35,7 +36,10 @@ struct boot {
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         if (auto r = cpu.set(mode, abi::mode_s); !r) return r;
         if (auto r = cpu.set(satp, 0); !r) return r;
-        if (auto r = cpu.set(sstatus, sstatus_bits::sie.set(0, 0)); !r) return r;
+        // Read-modify-write: keep what KVM reset sstatus to (FS, UXL), clear SIE.
+        auto ss = cpu.get(sstatus);
+        if (!ss) return ss.err();
+        if (auto r = cpu.set(sstatus, sstatus_bits::sie.set(*ss, 0)); !r) return r;
         if (auto r = cpu.set(a0, hart_id); !r) return r;
         if (auto r = cpu.set(a1, dtb); !r) return r;
         return cpu.set(pc, entry);
