@@ -143,7 +143,9 @@ struct coalesced_write {
 
 /// A system-register / MSR / CSR access the hypervisor traps.
 /// `id` is the architecture's encoding: x86 MSR index, AArch64
-/// (Op0,Op1,CRn,CRm,Op2) packed as in ESR_EL2.ISS, RISC-V CSR number.
+/// (Op0,Op1,CRn,CRm,Op2) packed as KVM's `ARM64_SYS_REG` index
+/// (`aarch64::sys_encoding::index()`: op0<<14|op1<<11|CRn<<7|CRm<<3|op2, which
+/// sorts like the ARM ARM's encoding order), RISC-V CSR number.
 /// For reads the handler calls `answer`; `fail` asks the hypervisor to inject
 /// the architecture's fault (x86 #GP, AArch64 UNDEF, RISC-V illegal insn).
 struct sysreg {
