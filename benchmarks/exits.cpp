@@ -11,9 +11,9 @@
 // value sent, and writes RBX + 1; the guest sends it back on the next exit). Register paths for
 // gpr: none (plain exit, no register access), sync (library default: KVM_CAP_SYNC_REGS, both
 // loops use kvm_run->s.regs), getset (KVM_GET_REGS + KVM_SET_REGS per exit; the vCPU is made
-// with vcpu_options{.sync_regs = 0}); and *_mirror: a plain kind whose raw loop sets the same
-// kvm_valid_regs as the library's default (REGS|SREGS|EVENTS), which separates KVM's cost of
-// storing sync regs at every exit from the library's code. Guest modes: cpl0 and cpl3 (HLT faults at CPL3: no case).
+// with vcpu_options{.sync_regs = 0}); and *_mirror: a plain kind whose raw loop asks KVM to
+// store every block the library may sync (REGS|SREGS|EVENTS) at every exit, which shows what
+// that costs (the library drops idle blocks from kvm_valid_regs). Guest modes: cpl0 and cpl3 (HLT faults at CPL3: no case).
 //
 // Every value the guest produces is checked (OUT data and port, MMIO address and data, string
 // bytes, the register round trip; IN / MMIO-read answers are checked in the guest's RAX or memory
@@ -310,8 +310,7 @@ void BM_exit(benchmark::State& state) {
         return;
     }
     run->kvm_valid_regs = R == regs::sync ? KVM_SYNC_X86_REGS : 0;
-    // mirror: the raw loop asks KVM to store the same blocks the library syncs by default, so
-    // the ratio isolates the library's own code from KVM's cost of storing sync regs.
+    // mirror: the raw loop asks KVM to store every block the library may sync.
     if (R == regs::mirror) run->kvm_valid_regs = fw.cpu().hal().sync_mask();
     if (!raw_batch<K, R>(fd, run, raw.c) || !vcpu_batch<K, R>(fw.cpu(), fw.c)) {
         state.SkipWithError((raw.c.why + fw.c.why).c_str());

@@ -13,6 +13,11 @@
 ///   the block's bit in `kvm_run::kvm_dirty_regs` and KVM applies it at the
 ///   next `KVM_RUN`. Before the first `KVM_RUN` a `load` fetches the block
 ///   with its GET ioctl into `kvm_run::s.regs` (not marked dirty).
+///   Storing the blocks costs KVM time at every exit (2-4% of an exit on PVM
+///   hosts, docs/benchmarks.md), so a synced block that no handler loaded or
+///   modified for `vcpu_options::sync_idle_exits` exits in a row leaves
+///   `kvm_valid_regs`; the next access fetches it once with its GET ioctl and
+///   puts it back.
 /// - *unsynced* blocks (not in the mask, or never synced like x86 debug
 ///   registers) are cached in the object: `load` fetches once with the GET
 ///   ioctl, `modify` marks the block dirty, `enter()` writes dirty blocks with
@@ -31,6 +36,7 @@
 
 #include <linux/kvm.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <csignal>
@@ -53,6 +59,9 @@ struct vcpu_options {
     /// `KVM_CAP_SYNC_REGS` reports and with the arch's synced blocks.
     /// Default: all. 0 forces the GET/SET ioctl path (for benchmarks).
     std::uint64_t sync_regs = ~std::uint64_t{0};
+    /// Exits in a row without a `load`/`modify` of a synced block after which
+    /// KVM stops storing it in `kvm_run` (until the next access). 0: never.
+    std::uint32_t sync_idle_exits = 16;
 };
 
 /// What a VM tells a new vCPU (normally filled by `basic_vm::create_vcpu`).
@@ -109,8 +118,16 @@ namespace detail {
 template <class B>
 struct block_cache {
     typename B::layout local{}; ///< storage when the block is not synced
-    bool valid = false;         ///< the storage holds the vCPU's current values
-    bool dirty = false;         ///< unsynced block modified since the last enter()
+};
+/// Position of block `B` in `List` (bit in `hal_vcpu`'s valid/dirty masks).
+template <class B, class List> struct block_index;
+template <class B, class... Bs> struct block_index<B, type_list<Bs...>> {
+    static constexpr unsigned value = [] {
+        constexpr bool m[] = {std::is_same_v<B, Bs>..., false};
+        unsigned i = 0;
+        while (i < sizeof...(Bs) && !m[i]) ++i;
+        return i;
+    }();
 };
 template <class List> struct block_caches;
 template <class... B> struct block_caches<type_list<B...>> {
@@ -165,7 +182,9 @@ public:
         : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, nullptr)), mmap_size_(o.mmap_size_),
           ring_(std::exchange(o.ring_, nullptr)), ring_max_(o.ring_max_), dropped_(o.dropped_),
           sync_mask_(o.sync_mask_),
-          system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)) {}
+          system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)),
+          valid_blocks_(o.valid_blocks_), dirty_blocks_(o.dirty_blocks_), idle_limit_(o.idle_limit_),
+          run_valid_(o.run_valid_), used_(o.used_), idle_(o.idle_) {}
     /// Releases this vCPU's mapping and fd, then takes over `o`'s.
     hal_vcpu& operator=(hal_vcpu&& o) noexcept {
         if (this != &o) {
@@ -179,6 +198,12 @@ public:
             sync_mask_ = o.sync_mask_;
             system_fd_ = o.system_fd_;
             ran_ = o.ran_;
+            valid_blocks_ = o.valid_blocks_;
+            dirty_blocks_ = o.dirty_blocks_;
+            idle_limit_ = o.idle_limit_;
+            run_valid_ = o.run_valid_;
+            used_ = o.used_;
+            idle_ = o.idle_;
             caches_ = std::move(o.caches_);
         }
         return *this;
@@ -198,6 +223,7 @@ public:
     /// No allocation; one ioctl per call when only synced blocks were modified.
     [[nodiscard]] result<void> enter() noexcept {
         if (auto f = flush(); !f) return f;
+        adapt_sync();
         const int rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
         const int err = errno;
         invalidate_unsynced();
@@ -244,7 +270,7 @@ public:
         auto p = fetch<B>();
         if (!p) return p.err();
         if (synced<B>()) run_->kvm_dirty_regs |= block_traits<B>::sync_bit;
-        else std::get<detail::block_cache<B>>(caches_).dirty = true;
+        else dirty_blocks_ |= block_bit<B>();
         return *p;
     }
 
@@ -357,7 +383,7 @@ public:
 private:
     hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask) noexcept
         : fd_(std::move(fd)), run_(run), mmap_size_(s.mmap_size), sync_mask_(mask),
-          system_fd_(s.system_fd) {
+          system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask) {
         // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
         // mapping; only use it when that page lies wholly inside the mapping.
         const std::size_t page = s.page_size;
@@ -396,18 +422,44 @@ private:
         static_assert(KvmBlock<B>, "kvm: no block_traits<B> for this host (see kvm/traits.hpp)");
         auto& c = std::get<detail::block_cache<B>>(caches_);
         typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
-        if (synced<B>() && ran_) return p; // KVM stored it at the last exit
-        if (!c.valid) {
+        if (synced<B>()) {
+            used_ |= block_traits<B>::sync_bit;
+            if (ran_ && (run_valid_ & block_traits<B>::sync_bit) != 0)
+                return p; // KVM stored it at the last exit
+        }
+        if ((valid_blocks_ & block_bit<B>()) == 0) {
             constexpr auto io = block_traits<B>::get;
             if (Sys::ioctl(fd_.get(), io.code, p) < 0) return last_error(io.name);
-            c.valid = true;
+            valid_blocks_ |= block_bit<B>();
         }
         return p;
+    }
+
+    /// Drops from `kvm_valid_regs` the synced blocks idle for `idle_limit_`
+    /// exits, puts back those accessed since the last entry; remembers what
+    /// this KVM_RUN will store.
+    void adapt_sync() noexcept {
+        if (idle_limit_ != 0) {
+            for (std::uint64_t m = sync_mask_; m != 0; m &= m - 1) {
+                const auto b = static_cast<unsigned>(__builtin_ctzll(m));
+                if (b >= idle_.size()) continue; // beyond the tracked bits: always stored
+                const std::uint64_t bit = std::uint64_t{1} << b;
+                if ((used_ & bit) != 0) {
+                    idle_[b] = 0;
+                    run_->kvm_valid_regs |= bit;
+                } else if (idle_[b] < idle_limit_ && ++idle_[b] == idle_limit_) {
+                    run_->kvm_valid_regs &= ~bit;
+                }
+            }
+        }
+        used_ = 0;
+        run_valid_ = run_->kvm_valid_regs;
     }
 
     /// SET ioctls for dirty unsynced blocks.
     [[nodiscard]] result<void> flush() noexcept {
         result<void> r;
+        if (dirty_blocks_ == 0) return r;
         std::apply(
             [&](auto&... c) {
                 (void)((flush_one(c, r)) && ...);
@@ -417,17 +469,26 @@ private:
     }
     template <class B>
     bool flush_one(detail::block_cache<B>& c, result<void>& r) noexcept {
-        if (!c.dirty) return true;
+        if ((dirty_blocks_ & block_bit<B>()) == 0) return true;
         constexpr auto io = block_traits<B>::set;
         if (Sys::ioctl(fd_.get(), io.code, &c.local) < 0) {
             r = last_error(io.name);
             return false;
         }
-        c.dirty = false;
+        dirty_blocks_ &= ~block_bit<B>();
         return true;
     }
+    /// Bit of block `B` in `valid_blocks_` / `dirty_blocks_`. The flags are
+    /// kept together (not next to each block's image) so that the checks each
+    /// entry makes touch one cache line: after KVM_RUN the kernel has usually
+    /// evicted them, and a line per block cost ~1% of a PVM exit.
+    template <class B>
+    static constexpr std::uint32_t block_bit() noexcept {
+        static_assert(detail::block_index<B, typename Arch::register_blocks>::value < 32);
+        return std::uint32_t{1} << detail::block_index<B, typename Arch::register_blocks>::value;
+    }
     void invalidate_unsynced() noexcept {
-        std::apply([](auto&... c) { ((c.valid = false), ...); }, caches_);
+        valid_blocks_ = 0;
     }
 
     template <fd_kind K>
@@ -452,6 +513,12 @@ private:
     int system_fd_ = -1;
     bool ran_ = false; ///< KVM_RUN has stored synced blocks at least once
     typename caches_t::type caches_{};
+    std::uint32_t valid_blocks_ = 0; ///< blocks whose storage holds the vCPU's current values
+    std::uint32_t dirty_blocks_ = 0; ///< unsynced blocks modified since the last enter()
+    std::uint32_t idle_limit_ = 0;   ///< vcpu_options::sync_idle_exits
+    std::uint64_t run_valid_ = 0;    ///< kvm_valid_regs of the last KVM_RUN
+    std::uint64_t used_ = 0;         ///< synced blocks accessed since the last enter()
+    std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
 };
 
 } // namespace vcpu::kvm
