@@ -338,6 +338,38 @@ void BM_exit(benchmark::State& state) {
     if (K == kind::outsb || K == kind::insb) state.counters["bytes_per_exit"] = 16;
 }
 
+/// The cost of touching a GPR, framework only: the same guest on two VMs, handlers that read and
+/// write RBX through the library's default path (sync regs) vs handlers that touch no register,
+/// timed alternately. Counters: raw_ns = plain, vcpu_ns = GPR-touching, ratio = GPR / plain.
+template <bool User>
+void BM_gpr_cost(benchmark::State& state) {
+    side<kind::gpr, regs::none> plain(User, {});
+    side<kind::gpr, regs::sync> gpr(User, {});
+    if (!plain.error.empty() || !gpr.error.empty()) {
+        state.SkipWithError((plain.error + gpr.error).c_str());
+        return;
+    }
+    if (!vcpu_batch<kind::gpr, regs::none>(plain.cpu(), plain.c) ||
+        !vcpu_batch<kind::gpr, regs::sync>(gpr.cpu(), gpr.c)) {
+        state.SkipWithError((plain.c.why + gpr.c.why).c_str());
+        return;
+    }
+    std::string why;
+    paired(
+        state, batch,
+        [&] {
+            const bool ok = vcpu_batch<kind::gpr, regs::none>(plain.cpu(), plain.c);
+            if (!ok) why = "plain: " + plain.c.why;
+            return ok;
+        },
+        [&] {
+            const bool ok = vcpu_batch<kind::gpr, regs::sync>(gpr.cpu(), gpr.c);
+            if (!ok) why = "GPR: " + gpr.c.why;
+            return ok;
+        },
+        why);
+}
+
 template <kind K, regs R = regs::none>
 void reg(const char* name) {
     const std::string base = std::string("exits/") + name;
@@ -359,6 +391,8 @@ void reg(const char* name) {
     reg<kind::gpr, regs::getset>("gpr_getset");
     reg<kind::pio_out, regs::mirror>("pio_out_mirror");
     reg<kind::mmio_write, regs::mirror>("mmio_write_mirror");
+    benchmark::RegisterBenchmark("gpr_cost/cpl0", BM_gpr_cost<false>)->UseRealTime();
+    benchmark::RegisterBenchmark("gpr_cost/cpl3", BM_gpr_cost<true>)->UseRealTime();
     return true;
 }();
 
