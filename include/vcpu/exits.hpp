@@ -192,7 +192,7 @@ struct system_event {
     enum class kind : std::uint8_t { power_off, reset, crash, wakeup, suspend, other };
     kind what = kind::other;
     std::uint32_t raw_type = 0;              ///< KVM_SYSTEM_EVENT_* or arch code
-    std::array<std::uint64_t, 4> data{};     ///< arch-specific reason words
+    std::array<std::uint64_t, 16> data{};    ///< arch-specific reason words (all KVM gives)
     std::uint8_t ndata = 0;
 };
 
