@@ -38,6 +38,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <span>
@@ -598,7 +599,9 @@ bool with_design(devices& d, hal_vcpu_t<K>&& hv, Body&& body) {
 /// One round of design D over HAL K, out of line: the symbol to disassemble.
 template <design D, hal_kind K, class Round>
 [[gnu::noinline]] bool hot_round(Round& round) {
-    return round();
+    bool r = round();
+    benchmark::DoNotOptimize(r); // no tail call: callgrind --toggle-collect=*hot_round* sees it all
+    return r;
 }
 
 /// Answers recorded by a mock vCPU's event log.
@@ -665,14 +668,21 @@ void BM_framework(benchmark::State& state) {
     state.SetItemsProcessed(static_cast<std::int64_t>(exits));
 }
 
+/// VCPU_BENCH_ITERATIONS=n runs every case exactly n iterations, once (scripts/bench uses it
+/// under callgrind, where instructions per exit = collected instructions / (n * exits per round)).
 template <hal_kind K>
 void register_for_hal(const char* hal_name) {
     const std::string p = std::string("framework/") + hal_name + "/";
-    benchmark::RegisterBenchmark((p + "switch").c_str(), BM_framework<design::switch_, K>);
-    benchmark::RegisterBenchmark((p + "vcpu").c_str(), BM_framework<design::vcpu, K>);
-    benchmark::RegisterBenchmark((p + "virtual").c_str(), BM_framework<design::virtual_, K>);
-    benchmark::RegisterBenchmark((p + "function").c_str(), BM_framework<design::function, K>);
-    benchmark::RegisterBenchmark((p + "variant").c_str(), BM_framework<design::variant, K>);
+    const char* fixed = std::getenv("VCPU_BENCH_ITERATIONS");
+    auto add = [&](const char* name, void (*fn)(benchmark::State&)) {
+        auto* b = benchmark::RegisterBenchmark((p + name).c_str(), fn);
+        if (fixed != nullptr) b->Iterations(std::atoll(fixed));
+    };
+    add("switch", BM_framework<design::switch_, K>);
+    add("vcpu", BM_framework<design::vcpu, K>);
+    add("virtual", BM_framework<design::virtual_, K>);
+    add("function", BM_framework<design::function, K>);
+    add("variant", BM_framework<design::variant, K>);
 }
 
 [[maybe_unused]] const bool registered = [] {
