@@ -10,6 +10,7 @@
 #include <arch/x86_64/abi.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
+#include <vcpu/kvm_exits.hpp>
 #include <vcpu/kvm_record.hpp>
 #include <vcpu/meta.hpp>
 
@@ -102,16 +103,6 @@ using exit_types =
               emulation_failure>;
 
 namespace detail {
-[[nodiscard]] inline system_event::kind event_kind(std::uint32_t t) noexcept {
-    switch (t) {
-    case KVM_SYSTEM_EVENT_SHUTDOWN: return system_event::kind::power_off;
-    case KVM_SYSTEM_EVENT_RESET: return system_event::kind::reset;
-    case KVM_SYSTEM_EVENT_CRASH: return system_event::kind::crash;
-    case KVM_SYSTEM_EVENT_WAKEUP: return system_event::kind::wakeup;
-    case KVM_SYSTEM_EVENT_SUSPEND: return system_event::kind::suspend;
-    default: return system_event::kind::other;
-    }
-}
 
 /// Bytes of the `kvm_run` exit union (the part after the fixed header).
 [[nodiscard]] inline std::span<std::byte> exit_union(const kvm_run_view& v) noexcept {
@@ -127,12 +118,9 @@ namespace detail {
 template <class Visitor>
 [[gnu::always_inline]] inline void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
     using why = malformed_exit::why;
-    if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) {
-        malformed_exit m{why::io_out_of_bounds, 0, v.mapped};
-        visit(m);
-        return;
-    }
-    ::kvm_run& r = *v.run;
+    ::kvm_run* rp = kvm_common::checked_run(v, visit);
+    if (rp == nullptr) return;
+    ::kvm_run& r = *rp;
     const std::uint32_t reason = r.exit_reason;
     switch (reason) {
     case KVM_EXIT_IO: {
@@ -160,19 +148,6 @@ template <class Visitor>
         visit(e);
         return;
     }
-    case KVM_EXIT_MMIO: {
-        const auto len = r.mmio.len;
-        if (len == 0 || len > sizeof(r.mmio.data)) {
-            malformed_exit m{why::mmio_size, reason, len};
-            visit(m);
-            return;
-        }
-        mmio e{r.mmio.phys_addr, static_cast<std::uint8_t>(len),
-               r.mmio.is_write ? direction::out : direction::in,
-               std::span<std::byte>(reinterpret_cast<std::byte*>(r.mmio.data), len)};
-        visit(e);
-        return;
-    }
     case KVM_EXIT_HLT: {
         halt e{};
         visit(e);
@@ -180,11 +155,6 @@ template <class Visitor>
     }
     case KVM_EXIT_SHUTDOWN: {
         shutdown e{};
-        visit(e);
-        return;
-    }
-    case KVM_EXIT_INTR: {
-        interrupted e{};
         visit(e);
         return;
     }
@@ -199,26 +169,6 @@ template <class Visitor>
         const bool wr = reason == KVM_EXIT_X86_WRMSR;
         sysreg e{r.msr.index, wr ? direction::out : direction::in, wr ? r.msr.data : 0,
                  wr ? nullptr : &r.msr.data, &r.msr.error, 0xff, r.msr.reason};
-        visit(e);
-        return;
-    }
-    case KVM_EXIT_SYSTEM_EVENT: {
-        const auto nd = r.system_event.ndata;
-        if (nd > std::size(r.system_event.data)) {
-            malformed_exit m{why::event_ndata, reason, nd};
-            visit(m);
-            return;
-        }
-        system_event e{};
-        e.raw_type = r.system_event.type;
-        e.what = detail::event_kind(e.raw_type);
-        e.ndata = static_cast<std::uint8_t>(nd < e.data.size() ? nd : e.data.size());
-        for (std::size_t i = 0; i < e.ndata; ++i) e.data[i] = r.system_event.data[i];
-        visit(e);
-        return;
-    }
-    case KVM_EXIT_FAIL_ENTRY: {
-        fail_entry e{r.fail_entry.hardware_entry_failure_reason, r.fail_entry.cpu};
         visit(e);
         return;
     }
@@ -241,9 +191,7 @@ template <class Visitor>
                 return;
             }
         }
-        internal_error e{r.internal.suberror,
-                         std::span<const record_u64>(r.internal.data, nd)};
-        visit(e);
+        kvm_common::internal(r, visit);
         return;
     }
     case KVM_EXIT_DEBUG: {
@@ -298,11 +246,6 @@ template <class Visitor>
         visit(e);
         return;
     }
-    case KVM_EXIT_DIRTY_RING_FULL: {
-        dirty_ring_full e{};
-        visit(e);
-        return;
-    }
     case KVM_EXIT_HYPERV: {
         hyperv_exit e{r.hyperv.type, detail::exit_union(v)};
         visit(e);
@@ -313,21 +256,7 @@ template <class Visitor>
         visit(e);
         return;
     }
-#ifdef KVM_EXIT_MEMORY_FAULT
-    case KVM_EXIT_MEMORY_FAULT: {
-        nested_page_fault e{};
-        e.address = r.memory_fault.gpa;
-        e.size = r.memory_fault.size;
-        e.syndrome = r.memory_fault.flags;
-        visit(e);
-        return;
-    }
-#endif
-    default: {
-        unknown e{reason, reason == KVM_EXIT_UNKNOWN ? r.hw.hardware_exit_reason : 0};
-        visit(e);
-        return;
-    }
+    default: kvm_common::decode(r, visit); return;
     }
 }
 
