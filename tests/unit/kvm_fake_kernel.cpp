@@ -69,6 +69,8 @@ struct fake_kernel {
                  : cap == KVM_CAP_COALESCED_MMIO ? 1 : 0;
         if (fd == vm_fd && req == KVM_CREATE_VCPU) return vcpu_fd;
         if (fd != vcpu_fd) { errno = EBADF; return -1; }
+        if (req == KVM_RUN) return do_run();
+        if (arg == nullptr) { errno = EFAULT; return -1; } // as the kernel would
         switch (req) {
         case KVM_GET_REGS: std::memcpy(arg, &regs, sizeof regs); return 0;
         case KVM_SET_REGS: std::memcpy(&regs, arg, sizeof regs); return 0;
