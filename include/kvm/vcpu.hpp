@@ -218,14 +218,22 @@ public:
     /// Writes dirty unsynced register blocks (their SET ioctls), then
     /// `KVM_RUN` (KVM API 4.10). `EINTR` (a signal, or `immediate_exit`) is
     /// success with `kvm_run::exit_reason = KVM_EXIT_INTR`, which decoders
-    /// report as `vcpu::interrupted`. Any other failure is
-    /// `error{"KVM_RUN", errno}` or the failing SET ioctl's name.
+    /// report as `vcpu::interrupted`. `EAGAIN` is KVM telling an x86
+    /// application processor that took INIT (and now waits for SIPI in
+    /// the in-kernel LAPIC) to run again: `KVM_RUN` is re-issued, as QEMU and
+    /// kvmtool do; the kernel blocks in it until the next event, so this is not
+    /// a busy loop. Any other failure is `error{"KVM_RUN", errno}` or the
+    /// failing SET ioctl's name.
     /// No allocation; one ioctl per call when only synced blocks were modified.
     [[nodiscard]] result<void> enter() noexcept {
         if (auto f = flush(); !f) return f;
         adapt_sync();
-        const int rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
-        const int err = errno;
+        int rc = 0;
+        int err = 0;
+        do {
+            rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
+            err = errno;
+        } while (rc < 0 && err == EAGAIN);
         invalidate_unsynced();
         if (rc < 0) {
             if (err != EINTR) return error{ioctls::vcpu::run.name, err};

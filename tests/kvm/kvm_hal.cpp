@@ -53,16 +53,24 @@ struct faulty_sys : kvm::linux_sys {
     static inline int fail_errno = 0;
     static inline int fail_vcpu_mmap = 0;       ///< errno for MAP_SHARED fd mappings (kvm_run)
     static inline long zero_cap = -1;           ///< KVM_CHECK_EXTENSION(cap) answers 0
+    static inline int fail_times = -1;          ///< failures left before `fail_ioctl` works (-1: always fails)
+    static inline unsigned calls = 0;           ///< times `fail_ioctl` was issued
     static void reset() noexcept {
         fail_ioctl = 0;
         fail_errno = 0;
         fail_vcpu_mmap = 0;
         zero_cap = -1;
+        fail_times = -1;
+        calls = 0;
     }
     static int ioctl(int fd, unsigned long req, void* arg) noexcept {
         if (req == fail_ioctl) {
-            errno = fail_errno;
-            return -1;
+            ++calls;
+            if (fail_times != 0) {
+                if (fail_times > 0) --fail_times;
+                errno = fail_errno;
+                return -1;
+            }
         }
         if (req == KVM_CHECK_EXTENSION && reinterpret_cast<std::uintptr_t>(arg) ==
                                               static_cast<std::uintptr_t>(zero_cap))
@@ -549,6 +557,19 @@ TEST_CASE("faults: EINTR on KVM_RUN is an interrupted exit, not an error") {
     faulty_sys::reset();
     auto* run = enter(t.cpu); // the real run still works afterwards
     CHECK(run->exit_reason == KVM_EXIT_IO);
+}
+
+TEST_CASE("faults: EAGAIN on KVM_RUN (an AP between INIT and SIPI) re-enters, it is no error") {
+    auto t = make_tiny<faulty_sys>(out42_hlt);
+    faulty_sys::fail_ioctl = KVM_RUN;
+    faulty_sys::fail_errno = EAGAIN;
+    faulty_sys::fail_times = 2;
+    auto e = t.cpu.hal().enter();
+    const unsigned calls = faulty_sys::calls;
+    faulty_sys::reset();
+    REQUIRE(e);
+    CHECK(calls == 3); // two EAGAINs, then the real KVM_RUN
+    CHECK(t.cpu.hal().run()->exit_reason == KVM_EXIT_IO);
 }
 
 TEST_CASE("faults: ENOMEM mapping kvm_run, EBADF creating the vCPU, failing SET ioctl") {
