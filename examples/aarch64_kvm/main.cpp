@@ -24,10 +24,11 @@
 #include <kvm/vm.hpp>
 #include <vcpu/basic_vcpu.hpp>
 
+#include "../common/mmio_round_trip.hpp"
+
 #include <linux/kvm.h>
 
 #include <array>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -94,10 +95,6 @@ int fail(const char* what, const vcpu::error& e) {
     return 1;
 }
 
-double seconds_since(std::chrono::steady_clock::time_point t0) {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 } // namespace
 
 int main(int argc, char** argv) {
@@ -133,51 +130,16 @@ int main(int argc, char** argv) {
                 static_cast<unsigned long long>(*cpu->get(a64::pstate)));
 
     // --- Benchmark: MMIO-write round trip, framework vs raw ioctl loop -----
-    double framework_us = 0, raw_us = 0;
     if (bench_exits > 0) {
         if (auto r = cpu->set(a64::pc, bench_entry); !r) return fail("set pc", r.err());
-        std::uint64_t expect = 0;
-        bool order_ok = true;
-        long n = 0;
-        auto counting = [&](vcpu::mmio& m) {
-            order_ok = order_ok && m.address == mmio_base + 32 && m.value() == expect;
-            ++expect;
-            return ++n < bench_exits ? vcpu::action::resume : vcpu::action::stop;
-        };
-        (void)cpu->run(counting); // warm-up: faults the code page in
-        for (int round = 0; round < 2; ++round) {
-            n = 0;
-            auto t0 = std::chrono::steady_clock::now();
-            auto r = cpu->run(counting);
-            framework_us += seconds_since(t0) * 1e6 / double(bench_exits) / 2;
-            if (!r || !std::holds_alternative<vcpu::mmio>(*r)) {
-                std::printf("AARCH64_KVM FAIL: benchmark run ended unexpectedly\n");
-                return 1;
-            }
-            // Raw: the same exits with ioctl(KVM_RUN) and a kvm_run check.
-            const int fd = cpu->hal().fd();
-            ::kvm_run* run = cpu->hal().run();
-            t0 = std::chrono::steady_clock::now();
-            for (long i = 0; i < bench_exits; ++i) {
-                if (::ioctl(fd, KVM_RUN, 0) < 0 || run->exit_reason != KVM_EXIT_MMIO ||
-                    run->mmio.phys_addr != mmio_base + 32) {
-                    std::printf("AARCH64_KVM FAIL: raw loop exit %ld\n", i);
-                    return 1;
-                }
-                std::uint64_t v = 0;
-                std::memcpy(&v, run->mmio.data, 8);
-                order_ok = order_ok && v == expect;
-                ++expect;
-            }
-            raw_us += seconds_since(t0) * 1e6 / double(bench_exits) / 2;
-        }
-        if (!order_ok) {
-            std::printf("AARCH64_KVM FAIL: bench guest stores out of order\n");
+        const auto rt = example::measure_mmio_round_trip(*cpu, mmio_base + 32, bench_exits);
+        if (rt.failure != nullptr) {
+            std::printf("AARCH64_KVM FAIL: benchmark: %s\n", rt.failure);
             return 1;
         }
         std::printf("AARCH64_KVM BENCH: %ld MMIO-write exits x2: framework %.2f us/exit, raw ioctl "
                     "%.2f us/exit, ratio %.3f\n",
-                    bench_exits, framework_us, raw_us, framework_us / raw_us);
+                    bench_exits, rt.framework_us, rt.raw_us, rt.framework_us / rt.raw_us);
     }
 
     // --- The functional guest: MMIO reads/writes answered here, then PSCI --
