@@ -4,7 +4,7 @@
 # Passes when the L2 guest prints GUEST-BOOT-OK and vmm exits 0 (the guest ended the VM).
 # Exit 77 (ctest: skipped) with the reason when QEMU or the kit is unavailable.
 # Env: VCPU_X86NEST (kit dir), VCPU_E2E_CACHE (cache dir, default REPO_ROOT/build/x86nest-cache),
-#      VCPU_E2E_CPUS (vCPUs for vmm, default 2), VCPU_E2E_TIMEOUT (QEMU timeout s, default 800).
+#      VCPU_E2E_CPUS (vCPUs for vmm, default 1), VCPU_E2E_TIMEOUT (QEMU timeout s, default 800).
 set -uo pipefail
 vmm=$1
 root=$2
@@ -28,7 +28,7 @@ cp "$vmm" "$stage/vmm"
 # x86nest calls an L2 VMM as: VMM KERNEL INITRD "CMDLINE" MEM_MIB.
 cat >"$stage/vmm-l2" <<WRAP
 #!/bin/sh
-exec /bin/vmm --kernel "\$1" --initrd "\$2" --cmdline "\$3 reboot=t" --mem "\$4" --cpus ${VCPU_E2E_CPUS:-2}
+exec /bin/vmm --kernel "\$1" --initrd "\$2" --cmdline "\$3 reboot=t" --mem "\$4" --cpus ${VCPU_E2E_CPUS:-1}
 WRAP
 chmod 755 "$stage/vmm-l2"
 

@@ -25,6 +25,7 @@
 #include <iterator>
 #include <string>
 #include <string_view>
+#include <memory>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -340,12 +341,15 @@ int main(int argc, char** argv) {
 
     std::vector<std::thread> workers;
     std::atomic<unsigned> started{0};
+    std::unique_ptr<std::atomic<bool>[]> stopped(new std::atomic<bool>[opt.cpus]);
+    for (unsigned i = 0; i < opt.cpus; ++i) stopped[i].store(false);
     for (unsigned i = 0; i < opt.cpus; ++i) {
         workers.emplace_back([&, i] {
             threads[i] = ::pthread_self();
             started.fetch_add(1);
             while (started.load() < opt.cpus) std::this_thread::yield(); // kickers need every id
             vcpu_thread(i);
+            stopped[i].store(true);
         });
     }
 
@@ -366,6 +370,17 @@ int main(int argc, char** argv) {
         bus_lock.lock();
         for (ssize_t i = 0; i < n; ++i) bus.get<uart>().receive(static_cast<std::uint8_t>(buf[i]));
         bus_lock.unlock();
+    }
+    // The VM is ending: keep kicking the vCPU threads that have not stopped
+    // yet. One kick per thread is enough when it lands in KVM_RUN or before
+    // it; repeating it makes the end independent of where each thread was.
+    for (bool all = false; !all; std::this_thread::sleep_for(std::chrono::milliseconds(50))) {
+        all = true;
+        for (unsigned j = 0; j < opt.cpus; ++j) {
+            if (stopped[j].load()) continue;
+            all = false;
+            (void)kickers[j].kick(threads[j]);
+        }
     }
     for (auto& w : workers) w.join();
     const double total = std::chrono::duration<double>(clock_type::now() - g_start).count();
