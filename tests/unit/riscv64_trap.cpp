@@ -56,7 +56,7 @@ TEST_CASE("riscv64 trap: every transformed standard load decodes width, sign and
         CHECK(m.sign_extend == r.sign);
         CHECK(m.reg == 12);
         CHECK(m.insn_length == 4);
-        CHECK(m.guest_virtual == t.stval);
+        CHECK(m.gva == t.stval);
         CHECK(m.data.size() == r.width);
         m.set(0xfffffffffffffff0ull); // the device answers all high bits set
         m.write_back(f);

@@ -176,7 +176,7 @@ struct mmio_trap : mmio {
     std::uint8_t reg = 0;        ///< loads: rd; stores: rs2 (its value is already in `data`)
     bool sign_extend = false;    ///< LB/LH/LW, C.LW, C.LWSP, C.LH
     std::uint8_t insn_length = 4; ///< 2 for a compressed instruction
-    std::uint64_t guest_virtual = 0; ///< stval: the guest virtual address
+    std::uint64_t gva = 0; ///< stval: the guest virtual address (the spec's GVA)
     /// Completes a load: `frame.x[reg] = extend(data)`; no-op for stores and x0.
     constexpr void write_back(hs_guest_frame& frame) const noexcept {
         if (dir != direction::in || reg == 0 || reg >= 32) return;
@@ -436,7 +436,7 @@ constexpr void decode_guest_page_fault(const hs_trap& t, std::uint64_t code, Vis
     m.reg = acc->reg;
     m.sign_extend = acc->sign_extend;
     m.insn_length = acc->length;
-    m.guest_virtual = t.stval;
+    m.gva = t.stval;
     visit(m);
 }
 
