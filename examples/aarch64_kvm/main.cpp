@@ -24,6 +24,7 @@
 #include <kvm/vm.hpp>
 #include <vcpu/basic_vcpu.hpp>
 
+#include "../common/kvm_host.hpp"
 #include "../common/mmio_round_trip.hpp"
 
 #include <linux/kvm.h>
@@ -36,7 +37,6 @@
 #include <variant>
 
 #include <sys/ioctl.h>
-#include <sys/utsname.h>
 
 namespace {
 
@@ -101,17 +101,8 @@ int main(int argc, char** argv) {
     const long bench_exits = argc > 1 ? std::atol(argv[1]) : 2000;
     std::setvbuf(stdout, nullptr, _IONBF, 0);
 
-    auto sys = vcpu::kvm::basic_system<vcpu::kvm::linux_sys>::open();
-    if (!sys) {
-        std::printf("SKIPPED: %s\n", sys.err().message().c_str());
-        return 77;
-    }
-    utsname u{};
-    ::uname(&u);
-    if (std::strcmp(u.machine, "aarch64") != 0) {
-        std::printf("SKIPPED: /dev/kvm here runs %s guests, not aarch64\n", u.machine);
-        return 77;
-    }
+    auto sys = example::open_kvm_for("aarch64");
+    if (!sys) return 77;
     auto vm = sys->create_vm();
     if (!vm) return fail("create VM", vm.err());
     auto ram = vcpu::kvm::basic_guest_ram<vcpu::kvm::linux_sys>::allocate(ram_bytes);
