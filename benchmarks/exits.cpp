@@ -34,6 +34,7 @@
 #include <array>
 #include <cerrno>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -92,6 +93,10 @@ std::vector<u8> code_of(kind k) {
     return {};
 }
 
+/// The checks are inlined into both loops alike, so that the compiler's inlining choices do not
+/// make one loop's share of the common work cheaper than the other's.
+#define VCPU_BENCH_INLINE [[gnu::always_inline]] inline
+
 /// What the guest must produce, shared by the raw and framework loops (they run the same vCPU).
 struct checker {
     kind k = kind::pio_out;
@@ -108,7 +113,7 @@ struct checker {
         return false;
     }
     /// OUT data: port, size, count items at `p`.
-    bool on_out(u32 port, const u8* p, u32 size, u32 count) {
+    VCPU_BENCH_INLINE bool on_out(u32 port, const u8* p, u32 size, u32 count) {
         if (port != bench_port) return fail("OUT to an unexpected port");
         if (k == kind::outsb) {
             if (size != 1) return fail("rep outsb item size is not 1");
@@ -123,7 +128,7 @@ struct checker {
         return fail("unexpected OUT");
     }
     /// IN answer into `p` (size * count bytes).
-    bool on_in(u8* p, u32 size, u32 count) {
+    VCPU_BENCH_INLINE bool on_in(u8* p, u32 size, u32 count) {
         if (k == kind::insb) {
             if (count != 16) return fail("rep insb did not exit once per 16 bytes");
             prev_insb_fill = insb_fill;
@@ -137,7 +142,7 @@ struct checker {
         *p = answer;
         return true;
     }
-    bool on_mmio(u64 addr, u8* data, u32 len, bool write) {
+    VCPU_BENCH_INLINE bool on_mmio(u64 addr, u8* data, u32 len, bool write) {
         if (addr != mmio_gpa || len != 1) return fail("MMIO access at an unexpected address or size");
         if (write) return (k == kind::mmio_write && data[0] == (corrupt() ? 0x5b : 0x5a)) || fail("MMIO write value is not 0x5a");
         if (k != kind::mmio_read) return fail("unexpected MMIO read");
@@ -146,9 +151,9 @@ struct checker {
         data[0] = answer;
         return true;
     }
-    bool on_halt() { return k == kind::hlt || fail("unexpected HLT"); }
+    VCPU_BENCH_INLINE bool on_halt() { return k == kind::hlt || fail("unexpected HLT"); }
     /// The handler's register step (gpr kind with a register path): `rbx` as read.
-    u32 next_rbx(u64 rbx) {
+    VCPU_BENCH_INLINE u32 next_rbx(u64 rbx) {
         if (static_cast<u32>(rbx) != expect_rbx) {
             why = "RBX read back differs from the value written";
             return 0;
@@ -157,8 +162,9 @@ struct checker {
     }
 };
 
+// Both batch functions stay out of line: they are the unit scripts/bench's callgrind run counts.
 template <kind K, regs R>
-bool raw_batch(int fd, ::kvm_run* run, checker& c) {
+[[gnu::noinline]] bool raw_batch(int fd, ::kvm_run* run, checker& c) {
     for (unsigned i = 0; i < batch; ++i) {
         if (::ioctl(fd, KVM_RUN, 0) < 0) return c.fail("KVM_RUN failed");
         ++c.exits;
@@ -208,7 +214,7 @@ bool raw_batch(int fd, ::kvm_run* run, checker& c) {
 }
 
 template <kind K, regs R>
-bool vcpu_batch(cpu_t& cpu, checker& c) {
+[[gnu::noinline]] bool vcpu_batch(cpu_t& cpu, checker& c) {
     unsigned n = 0;
     bool ok = true;
     auto done = [&]() noexcept { return ++n == batch || !ok ? vcpu::action::stop : vcpu::action::resume; };
@@ -370,12 +376,19 @@ void BM_gpr_cost(benchmark::State& state) {
         why);
 }
 
+/// VCPU_BENCH_ITERATIONS=n runs every case exactly n iterations (scripts/bench counts the
+/// userspace instructions per exit of both loops under callgrind with it).
 template <kind K, regs R = regs::none>
 void reg(const char* name) {
     const std::string base = std::string("exits/") + name;
-    benchmark::RegisterBenchmark((base + "/cpl0").c_str(), BM_exit<K, R, false>)->UseRealTime();
+    const char* fixed = std::getenv("VCPU_BENCH_ITERATIONS");
+    auto add = [&](const std::string& n, void (*fn)(benchmark::State&)) {
+        auto* b = benchmark::RegisterBenchmark(n.c_str(), fn)->UseRealTime();
+        if (fixed != nullptr) b->Iterations(std::atoll(fixed));
+    };
+    add(base + "/cpl0", BM_exit<K, R, false>);
     if constexpr (K != kind::hlt) // HLT at CPL3 is #GP
-        benchmark::RegisterBenchmark((base + "/cpl3").c_str(), BM_exit<K, R, true>)->UseRealTime();
+        add(base + "/cpl3", BM_exit<K, R, true>);
 }
 
 [[maybe_unused]] const bool registered = [] {

@@ -35,3 +35,70 @@ function(vcpu_add_consumer_test dir)
                      --test-command ${bindir}/consumer)
     set_tests_properties(cmake.${dir} PROPERTIES LABELS cmake)
 endfunction()
+
+# ---- real-KVM tests ---------------------------------------------------------------------------
+# vcpu_add_kvm_test(<name> COMMAND <program> [args...] [LABELS <label>...]
+#                   [ENVIRONMENT <VAR=value>...] [WORKING_DIRECTORY <dir>] [TIMEOUT <s>] [RUN_SERIAL])
+#   A test that needs real x86 KVM. It runs through scripts/kvm-run: on this host's /dev/kvm when
+#   the probe guest runs there, otherwise as one entry of the single nested-machine boot that the
+#   fixture test `kvm.batch` makes for the whole ctest run (its output and exit status are then
+#   reported here, so a failure names the doctest case as on the host). Skipped (77) only when
+#   neither can run KVM. <program> must be a path or $<TARGET_FILE:...>; arguments naming existing
+#   files are carried into the nested machine. Call vcpu_finish_kvm_tests() once, after every
+#   such test is added.
+set(VCPU_KVM_RESULTS ${CMAKE_BINARY_DIR}/kvm-results CACHE INTERNAL "")
+function(vcpu_add_kvm_test name)
+    cmake_parse_arguments(PARSE_ARGV 1 arg "RUN_SERIAL" "WORKING_DIRECTORY;TIMEOUT"
+                          "COMMAND;LABELS;ENVIRONMENT")
+    if(NOT arg_COMMAND)
+        message(FATAL_ERROR "vcpu_add_kvm_test(${name}): COMMAND is required")
+    endif()
+    set(wd ${CMAKE_CURRENT_BINARY_DIR})
+    if(arg_WORKING_DIRECTORY)
+        set(wd ${arg_WORKING_DIRECTORY})
+    endif()
+    add_test(NAME ${name}
+             COMMAND ${PROJECT_SOURCE_DIR}/scripts/kvm-run test --probe $<TARGET_FILE:vcpu_kvm_host>
+                     ${VCPU_KVM_RESULTS} ${name} -- ${arg_COMMAND}
+             WORKING_DIRECTORY ${wd})
+    set(labels kvm)
+    if(arg_LABELS)
+        set(labels ${arg_LABELS})
+    endif()
+    set_tests_properties(${name} PROPERTIES LABELS "${labels}" SKIP_RETURN_CODE 77
+                         FIXTURES_REQUIRED vcpu_kvm_batch)
+    if(arg_ENVIRONMENT)
+        set_tests_properties(${name} PROPERTIES ENVIRONMENT "${arg_ENVIRONMENT}")
+    endif()
+    if(arg_TIMEOUT)
+        set_tests_properties(${name} PROPERTIES TIMEOUT ${arg_TIMEOUT})
+    endif()
+    if(arg_RUN_SERIAL)
+        set_tests_properties(${name} PROPERTIES RUN_SERIAL TRUE)
+    endif()
+    # The manifest line for the nested run: NAME, CWD, ENV ('|'-separated, as ';' would split a
+    # CMake list; scripts/xarch-run reads '|' too), PROGRAM, ARGS, separated by TABs.
+    set(env -)
+    if(arg_ENVIRONMENT)
+        list(JOIN arg_ENVIRONMENT "|" env)
+    endif()
+    list(JOIN arg_COMMAND "\t" cmd)
+    set_property(GLOBAL APPEND PROPERTY VCPU_KVM_MANIFEST "${name}\t${wd}\t${env}\t${cmd}")
+endfunction()
+
+# vcpu_finish_kvm_tests(): writes the manifest of every vcpu_add_kvm_test and adds the fixture
+# test kvm.batch that runs them (once per ctest run) where real KVM is.
+function(vcpu_finish_kvm_tests)
+    get_property(lines GLOBAL PROPERTY VCPU_KVM_MANIFEST)
+    if(NOT lines)
+        return()
+    endif()
+    list(JOIN lines "\n" content)
+    set(manifest ${CMAKE_BINARY_DIR}/kvm-manifest.tsv)
+    file(GENERATE OUTPUT ${manifest} CONTENT "${content}\n")
+    add_test(NAME kvm.batch
+             COMMAND ${PROJECT_SOURCE_DIR}/scripts/kvm-run batch --probe $<TARGET_FILE:vcpu_kvm_host>
+                     ${manifest} ${VCPU_KVM_RESULTS})
+    set_tests_properties(kvm.batch PROPERTIES LABELS kvm FIXTURES_SETUP vcpu_kvm_batch
+                         TIMEOUT 1500 RESOURCE_LOCK x86nest)
+endfunction()

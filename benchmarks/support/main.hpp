@@ -9,6 +9,8 @@
 // - VCPU_BENCH_CORRUPT=1 makes bench::corrupt() true: suites then expect a wrong value on
 //   purpose, which proves the checks fire (ctest bench.framework.detects_wrong_results).
 
+#include <kvm/host.hpp>
+
 #include <benchmark/benchmark.h>
 
 #include <cerrno>
@@ -38,9 +40,14 @@ inline double thread_cpu_ns() noexcept {
 }
 
 /// True when VCPU_BENCH_CORRUPT=1: expected guest values are deliberately wrong.
+/// Read once: the checks call it at every exit, and getenv there would be most of what a
+/// loop measures.
 inline bool corrupt() noexcept {
-    const char* c = std::getenv("VCPU_BENCH_CORRUPT");
-    return c != nullptr && std::string_view(c) == "1";
+    static const bool on = [] {
+        const char* c = std::getenv("VCPU_BENCH_CORRUPT");
+        return c != nullptr && std::string_view(c) == "1";
+    }();
+    return on;
 }
 
 /// Empty when /dev/kvm opens read-write, otherwise why not.
@@ -79,6 +86,9 @@ inline int run_main(int argc, char** argv, bool needs_kvm) {
     }
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 2;
+    // Where the numbers come from: the host's KVM, or the nested machine (scripts/kvm-run sets
+    // VCPU_KVM_HOST_LABEL there). Shown in the console header and in the JSON "context".
+    if (needs_kvm) benchmark::AddCustomContext("kvm_host", vcpu::kvm::describe_host().c_str());
     checking_reporter reporter;
     const auto ran = benchmark::RunSpecifiedBenchmarks(&reporter);
     benchmark::Shutdown();

@@ -139,6 +139,9 @@ template <class... B> struct block_caches<type_list<B...>> {
 /// `struct kvm_coalesced_mmio_ring` header size in the kernel's C layout (see
 /// `flex_array_offset` in x86_64_abi.hpp for why the UAPI struct is not used).
 inline constexpr std::size_t coalesced_ring_header = 2 * sizeof(std::uint32_t);
+/// The ring header of a vCPU without a coalesced ring: `first == last`, never written (a
+/// ring of capacity 0), so the drain needs no null test per exit.
+alignas(8) inline std::uint32_t no_coalesced_ring[2] = {0, 0};
 static_assert(sizeof(::kvm_coalesced_mmio) == 24, "kvm: struct kvm_coalesced_mmio is 24 bytes");
 } // namespace detail
 
@@ -179,21 +182,23 @@ public:
 
     /// Takes over `o`'s fd, mapping and caches; `o` is left empty.
     hal_vcpu(hal_vcpu&& o) noexcept
-        : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, nullptr)), mmap_size_(o.mmap_size_),
-          ring_(std::exchange(o.ring_, nullptr)), ring_max_(o.ring_max_), dropped_(o.dropped_),
+        : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, detached_run())),
+          mmap_size_(std::exchange(o.mmap_size_, sizeof(::kvm_run))),
+          ring_(std::exchange(o.ring_, empty_ring())), ring_max_(std::exchange(o.ring_max_, 0)), dropped_(o.dropped_),
           sync_mask_(o.sync_mask_),
           system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)),
           valid_blocks_(o.valid_blocks_), dirty_blocks_(o.dirty_blocks_), idle_limit_(o.idle_limit_),
-          run_valid_(o.run_valid_), used_(o.used_), idle_(o.idle_) {}
+          run_valid_(o.run_valid_), used_(o.used_), counting_(o.counting_),
+          before_entry_(o.before_entry_), idle_(o.idle_) {}
     /// Releases this vCPU's mapping and fd, then takes over `o`'s.
     hal_vcpu& operator=(hal_vcpu&& o) noexcept {
         if (this != &o) {
             unmap();
             fd_ = std::move(o.fd_);
-            run_ = std::exchange(o.run_, nullptr);
-            mmap_size_ = o.mmap_size_;
-            ring_ = std::exchange(o.ring_, nullptr);
-            ring_max_ = o.ring_max_;
+            run_ = std::exchange(o.run_, detached_run());
+            mmap_size_ = std::exchange(o.mmap_size_, sizeof(::kvm_run));
+            ring_ = std::exchange(o.ring_, empty_ring());
+            ring_max_ = std::exchange(o.ring_max_, 0);
             dropped_ = o.dropped_;
             sync_mask_ = o.sync_mask_;
             system_fd_ = o.system_fd_;
@@ -203,6 +208,8 @@ public:
             idle_limit_ = o.idle_limit_;
             run_valid_ = o.run_valid_;
             used_ = o.used_;
+            counting_ = o.counting_;
+            before_entry_ = o.before_entry_;
             idle_ = o.idle_;
             caches_ = std::move(o.caches_);
         }
@@ -226,14 +233,18 @@ public:
     /// failing SET ioctl's name.
     /// No allocation; one ioctl per call when only synced blocks were modified.
     [[nodiscard]] result<void> enter() noexcept {
-        if (auto f = flush(); !f) return f;
-        adapt_sync();
+        if (before_entry_) [[unlikely]] {
+            if (auto f = prepare_entry(); !f) return f;
+        }
         int rc = 0;
         int err = 0;
-        do {
+        for (;;) {
             rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
-            err = errno;
-        } while (rc < 0 && err == EAGAIN);
+            if (rc >= 0) [[likely]]
+                break;
+            err = errno; // read only on failure: errno is a call into libc
+            if (err != EAGAIN) break;
+        }
         invalidate_unsynced();
         if (rc < 0) {
             if (err != EINTR) return error{ioctls::vcpu::run.name, err};
@@ -247,7 +258,12 @@ public:
     }
 
     /// The exit record of the last `enter()`: valid until the next one.
-    [[nodiscard]] raw_exit exit_record() const noexcept { return raw_exit{run_, mmap_size_}; }
+    [[nodiscard]] raw_exit exit_record() const noexcept {
+        // create() refused mappings smaller than struct kvm_run and the size never changes;
+        // saying so lets the decoder's own size check fold away.
+        if (mmap_size_ < sizeof(::kvm_run) || run_ == nullptr) __builtin_unreachable();
+        return raw_exit{run_, mmap_size_};
+    }
 
     /// Sets or clears `kvm_run::immediate_exit` (KVM API 4.10): while set,
     /// `KVM_RUN` returns `EINTR` at once.
@@ -277,8 +293,12 @@ public:
     [[nodiscard]] result<typename B::layout*> modify() noexcept {
         auto p = fetch<B>();
         if (!p) return p.err();
-        if (synced<B>()) run_->kvm_dirty_regs |= block_traits<B>::sync_bit;
-        else dirty_blocks_ |= block_bit<B>();
+        if (synced<B>()) {
+            run_->kvm_dirty_regs |= block_traits<B>::sync_bit;
+        } else {
+            dirty_blocks_ |= block_bit<B>();
+            before_entry_ = true;
+        }
         return *p;
     }
 
@@ -325,7 +345,6 @@ public:
     /// (entries are dropped, never read out of bounds). No allocation.
     template <class F>
     bool drain_coalesced(F&& f) noexcept {
-        if (ring_ == nullptr) return true;
         // The ring page is mapped with kvm_run (checked at creation); first/last
         // are naturally aligned u32s shared with the kernel, hence atomic_ref.
         auto* hdr = reinterpret_cast<std::uint32_t*>(ring_);
@@ -354,7 +373,7 @@ public:
     /// Times `drain_coalesced` found a ring index out of range.
     [[nodiscard]] std::size_t coalesced_ring_errors() const noexcept { return dropped_; }
     /// Entries the coalesced ring holds (`KVM_COALESCED_MMIO_MAX`), 0 without a ring.
-    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return ring_ ? ring_max_ : 0; }
+    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return ring_max_; }
 
 #if defined(__x86_64__)
     // --- x86 CPUID ----------------------------------------------------------------
@@ -391,7 +410,9 @@ public:
 private:
     hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask) noexcept
         : fd_(std::move(fd)), run_(run), mmap_size_(s.mmap_size), sync_mask_(mask),
-          system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask) {
+          system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
+          counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
+          before_entry_(counting_ != 0) {
         // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
         // mapping; only use it when that page lies wholly inside the mapping.
         const std::size_t page = s.page_size;
@@ -408,9 +429,11 @@ private:
     }
 
     void unmap() noexcept {
-        if (run_ != nullptr) (void)Sys::munmap(run_, mmap_size_);
-        run_ = nullptr;
-        ring_ = nullptr;
+        if (run_ != detached_run()) (void)Sys::munmap(run_, mmap_size_);
+        run_ = detached_run();
+        mmap_size_ = sizeof(::kvm_run);
+        ring_ = empty_ring();
+        ring_max_ = 0;
     }
 
     /// Where synced block `B` lives in `kvm_run::s.regs`.
@@ -432,6 +455,7 @@ private:
         typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
         if (synced<B>()) {
             used_ |= block_traits<B>::sync_bit;
+            before_entry_ = true;
             if (ran_ && (run_valid_ & block_traits<B>::sync_bit) != 0)
                 return p; // KVM stored it at the last exit
         }
@@ -447,21 +471,35 @@ private:
     /// exits, puts back those accessed since the last entry; remembers what
     /// this KVM_RUN will store.
     void adapt_sync() noexcept {
-        if (idle_limit_ != 0) {
-            for (std::uint64_t m = sync_mask_; m != 0; m &= m - 1) {
-                const auto b = static_cast<unsigned>(__builtin_ctzll(m));
-                if (b >= idle_.size()) continue; // beyond the tracked bits: always stored
-                const std::uint64_t bit = std::uint64_t{1} << b;
-                if ((used_ & bit) != 0) {
-                    idle_[b] = 0;
-                    run_->kvm_valid_regs |= bit;
-                } else if (idle_[b] < idle_limit_ && ++idle_[b] == idle_limit_) {
-                    run_->kvm_valid_regs &= ~bit;
-                }
+        std::uint64_t valid = run_valid_;
+        for (std::uint64_t m = (used_ | counting_) & tracked_sync_bits; m != 0; m &= m - 1) {
+            const auto b = static_cast<unsigned>(__builtin_ctzll(m));
+            const std::uint64_t bit = std::uint64_t{1} << b;
+            if ((used_ & bit) != 0) {
+                idle_[b] = 0;
+                valid |= bit;
+                if (idle_limit_ != 0) counting_ |= bit;
+            } else if (++idle_[b] >= idle_limit_) {
+                valid &= ~bit;
+                counting_ &= ~bit;
             }
         }
         used_ = 0;
-        run_valid_ = run_->kvm_valid_regs;
+        if (valid != run_valid_) {
+            run_->kvm_valid_regs = valid;
+            run_valid_ = valid;
+        }
+    }
+
+    /// The work `enter()` does before `KVM_RUN` when `before_entry_` says there is some: SET
+    /// ioctls for dirty unsynced blocks, then the sync-register adaptation. In the steady state
+    /// (no register touched, every idle block already out of kvm_valid_regs) `enter()` skips it
+    /// with one test.
+    [[nodiscard]] result<void> prepare_entry() noexcept {
+        if (auto f = flush(); !f) return f;
+        adapt_sync();
+        before_entry_ = counting_ != 0;
+        return ok();
     }
 
     /// SET ioctls for dirty unsynced blocks.
@@ -512,9 +550,19 @@ private:
     }
 
     basic_fd<Sys> fd_;
-    ::kvm_run* run_ = nullptr;
+    /// The `kvm_run` of a moved-from vCPU: never null, so the exit path needs no null test and
+    /// a stray use of a moved-from object reads a zeroed record instead of faulting. Its vCPU fd
+    /// is -1, so entering it fails with EBADF before anything is read.
+    static ::kvm_run* detached_run() noexcept {
+        static ::kvm_run r{};
+        return &r;
+    }
+    ::kvm_run* run_ = detached_run();
     std::size_t mmap_size_ = 0;
-    std::byte* ring_ = nullptr;
+    static std::byte* empty_ring() noexcept {
+        return reinterpret_cast<std::byte*>(detail::no_coalesced_ring);
+    }
+    std::byte* ring_ = empty_ring(); ///< the coalesced ring page, or the empty header
     std::uint32_t ring_max_ = 0;
     std::size_t dropped_ = 0;
     std::uint64_t sync_mask_ = 0;
@@ -524,9 +572,13 @@ private:
     std::uint32_t valid_blocks_ = 0; ///< blocks whose storage holds the vCPU's current values
     std::uint32_t dirty_blocks_ = 0; ///< unsynced blocks modified since the last enter()
     std::uint32_t idle_limit_ = 0;   ///< vcpu_options::sync_idle_exits
-    std::uint64_t run_valid_ = 0;    ///< kvm_valid_regs of the last KVM_RUN
+    std::uint64_t run_valid_ = 0;    ///< kvm_valid_regs of the last KVM_RUN (only we write it)
     std::uint64_t used_ = 0;         ///< synced blocks accessed since the last enter()
+    std::uint64_t counting_ = 0;     ///< synced blocks in kvm_valid_regs, idle count running
+    bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used_ or counting_
     std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
+    /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.
+    static constexpr std::uint64_t tracked_sync_bits = 0xff;
 };
 
 } // namespace vcpu::kvm

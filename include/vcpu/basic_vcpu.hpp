@@ -154,16 +154,19 @@ private:
     /// empty otherwise).
     template <class Out, class... Hs>
     [[gnu::always_inline]] inline result<void> advance(std::optional<Out>& out, Hs&... hs) noexcept {
-        if (!pending_) {
-            if (auto e = hal_.enter(); !e) return e;
-            pending_ = true;
+        if (pending_) [[unlikely]] {
+            pending_ = false; // entered earlier; its coalesced writes were being delivered
+        } else if (auto e = hal_.enter(); !e) {
+            return e;
         }
         if constexpr (requires(hal_vcpu& v) { v.drain_coalesced([](coalesced_write&) { return true; }); }) {
             const bool go_on = hal_.drain_coalesced(
                 [&](coalesced_write& w) noexcept { return dispatch<Out>(w, out, hs...); });
-            if (!go_on) return ok();
+            if (!go_on) [[unlikely]] {
+                pending_ = true; // the exit itself is dispatched by the next call
+                return ok();
+            }
         }
-        pending_ = false;
         Arch::decode(hal_.exit_record(), [&]<class E>(E& e) noexcept {
             static_assert(list_contains_v<E, typename Arch::exit_types>,
                           "vcpu: the decoder produced an exit type missing from Arch::exit_types");

@@ -44,7 +44,7 @@ constexpr void malformed(Visitor& visit, malformed_exit::why w, std::uint64_t ra
 /// mapping cannot hold a whole `struct kvm_run`.
 template <class Visitor>
 [[nodiscard]] ::kvm_run* checked_run(const kvm_run_view& v, Visitor& visit) noexcept {
-    if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) {
+    if (v.mapped < sizeof(::kvm_run) || v.run == nullptr) {
         malformed(visit, malformed_exit::why::io_out_of_bounds, 0, v.mapped);
         return nullptr;
     }

@@ -3,6 +3,8 @@
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <kvm/host.hpp>
+
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
                     reason.data());
         return skip_return_code;
     }
+    // Where these tests run: the host's KVM or the nested machine (scripts/kvm-run).
+    std::printf("vcpu kvm tests on %s\n", vcpu::kvm::describe_host().c_str());
     doctest::Context context;
     context.applyCommandLine(argc, argv);
     return context.run();
