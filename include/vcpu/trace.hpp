@@ -103,7 +103,8 @@ template <class T>
     ::kvm_run& r = *v.run;
     switch (r.exit_reason) {
     case KVM_EXIT_IO:
-        if (r.io.direction != KVM_EXIT_IO_IN) return {};
+        // A size the decoders reject (not 1, 2 or 4) is a malformed exit nobody answers.
+        if (r.io.direction != KVM_EXIT_IO_IN || (r.io.size != 1 && r.io.size != 2 && r.io.size != 4)) return {};
         return v.at(r.io.data_offset, std::uint64_t{r.io.size} * r.io.count);
     case KVM_EXIT_MMIO:
         if (r.mmio.is_write || r.mmio.len > sizeof(r.mmio.data)) return {};
@@ -120,7 +121,8 @@ template <class T>
 [[nodiscard]] inline std::span<const std::byte> out_data(const kvm_run_view& v) noexcept {
     if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) return {};
     const ::kvm_run& r = *v.run;
-    if (r.exit_reason != KVM_EXIT_IO || r.io.direction != KVM_EXIT_IO_OUT) return {};
+    // As the decoders read it: every direction but KVM_EXIT_IO_IN is an OUT.
+    if (r.exit_reason != KVM_EXIT_IO || r.io.direction == KVM_EXIT_IO_IN) return {};
     auto d = v.at(r.io.data_offset, std::uint64_t{r.io.size} * r.io.count);
     return d.size() <= max_pio_bytes ? d : std::span<std::byte>{};
 }

@@ -130,6 +130,32 @@ TEST_CASE("data abort ISV=1: MMIO read answered with sign extension into Wt/Xt")
     }
 }
 
+TEST_CASE("complete_mmio_read leaves Xt alone for a data abort the decoder did not emulate") {
+    // Found by tests/fuzz/aarch64_esr: with ISV=1 and a read, complete_mmio_read truncated or
+    // sign-extended Xt even when the decoder had reported a nested_page_fault (EA, CM, S1PTW),
+    // a nisv_abort (FnV) or a malformed_exit (64-bit access with SSE or to a W register), so an
+    // EL2 HAL completing "the data abort" corrupted a guest register the VMM never answered.
+    namespace d = a64::esr::dabt;
+    const std::uint32_t read_w3 = dabt_iss(true, 1, true, 3, false, false); // LDRSH W3
+    const std::uint32_t forged[] = {
+        read_w3 | static_cast<std::uint32_t>(d::ea.bits(1)),
+        read_w3 | static_cast<std::uint32_t>(d::cm.bits(1)),
+        read_w3 | static_cast<std::uint32_t>(d::s1ptw.bits(1)),
+        read_w3 | static_cast<std::uint32_t>(d::fnv.bits(1)),
+        dabt_iss(true, 3, true, 3, true, false),  // 64-bit load with SSE
+        dabt_iss(true, 3, false, 3, false, false), // 64-bit load into W3
+    };
+    for (std::uint32_t iss : forged) {
+        a64::gpr_frame f{};
+        f.x[3] = 0x1234'5678'9abc'def0;
+        const auto s = sync(exception_class::dabt_low, iss, f);
+        const auto e = decode(s);
+        CHECK_FALSE(std::holds_alternative<a64::mmio_access>(e));
+        a64::complete_mmio_read(s);
+        CHECK(f.x[3] == 0x1234'5678'9abc'def0);
+    }
+}
+
 TEST_CASE("data abort SRT=31 is XZR: writes carry zero, read answers are discarded") {
     a64::gpr_frame f{};
     f.x[31] = 0x55; // garbage in the discard slot

@@ -328,6 +328,42 @@ TEST_CASE("PVH: bad images") {
     CHECK(detail_of(l2.err()).find("does not fit in RAM") != std::string::npos);
 }
 
+TEST_CASE("PVH: RAM of 1 MiB or less is rejected, not described by a wrapped e820 entry") {
+    // Found by tests/fuzz/pvh_elf (issue 11, defect 5): with every segment below 1 MiB the
+    // loader accepted RAM <= 1 MiB and wrote a memory map whose last entry (1 MiB .. RAM end)
+    // had size 0 or wrapped to ~2^64.
+    auto v = pvh_image();
+    put<std::uint64_t>(v, 0x40 + 24, 0x30000); // PT_LOAD low, so the segment check passes
+    for (std::uint64_t ram : {std::uint64_t{0x100000}, std::uint64_t{0xa0000}}) {
+        guest g(static_cast<std::size_t>(ram));
+        auto l = x86::load_pvh_elf(g.mem, {v, {}, "", ram});
+        REQUIRE(!l);
+        CHECK(l.err().code == ENOMEM);
+        CHECK(detail_of(l.err()).find("RAM") != std::string::npos);
+        CHECK(get<std::uint32_t>(std::span<const std::byte>(g.ram), 0x6000) == 0); // nothing written
+    }
+    guest g(0x101000);
+    CHECK(x86::load_pvh_elf(g.mem, {v, {}, "", 0x101000}));
+}
+
+TEST_CASE("PVH: a PT_LOAD segment over the start info or the command line is rejected") {
+    // Found by tests/fuzz/pvh_elf: such a segment was loaded and then silently overwritten by
+    // hvm_start_info (0x6000) or the command line (0x20000).
+    for (std::uint64_t paddr : {std::uint64_t{0x6000}, std::uint64_t{0x5f00}, std::uint64_t{0x1ff00},
+                                std::uint64_t{0x20004}}) {
+        auto v = pvh_image();
+        put<std::uint64_t>(v, 0x40 + 24, paddr);
+        guest g(2 << 20);
+        auto l = x86::load_pvh_elf(g.mem, {v, {}, "console=ttyS0", g.ram.size()});
+        REQUIRE(!l);
+        CHECK(detail_of(l.err()).find("overlaps") != std::string::npos);
+    }
+    auto v = pvh_image();
+    put<std::uint64_t>(v, 0x40 + 24, 0x20000 + 14); // just past "console=ttyS0\0"
+    guest g(2 << 20);
+    CHECK(x86::load_pvh_elf(g.mem, {v, {}, "console=ttyS0", g.ram.size()}));
+}
+
 TEST_CASE("MP table: floating pointer and config table with checksums, CPUs and IOAPIC") {
     guest g(1 << 20);
     REQUIRE(x86::write_mptable(g.mem, 0x9fc00, 4));

@@ -279,3 +279,66 @@ TEST_CASE("trace: tests/data/hello.trace (the hello example on KVM) replays thro
     CHECK(answer_back == 42);
     CHECK(exits == cpu.hal().size());
 }
+
+TEST_CASE("trace: a port IN with an invalid size records no answer, so its replay is accepted") {
+    // Found by tests/fuzz/trace_roundtrip: trace::answer_area took size * count bytes of a port
+    // IN whatever its size, so the recorder stored as "the VMM's answer" the stale bytes an
+    // earlier exit left in the port data page for an exit the decoder reports as malformed and
+    // nobody answers; the replay (which clears that page) then failed with a mismatch.
+    vcpu::mock::script s;
+    s.raw(KVM_EXIT_IO, [](::kvm_run& r) {
+        r.io.direction = KVM_EXIT_IO_IN;
+        r.io.size = 3;
+        r.io.count = 1;
+        r.io.port = 0x60;
+        r.io.data_offset = vcpu::mock::pio_data_offset;
+    });
+    // What an earlier exit left in the port data page (KVM does not clear it either).
+    auto& in = s.mutable_exits().back();
+    in.pio[0] = std::byte{4}, in.pio[1] = std::byte{5}, in.pio[2] = std::byte{6};
+    in.pio_len = 3;
+    s.hlt();
+    auto handlers = [](auto& cpu, int& malformed) {
+        return cpu.run([](vcpu::port_io&) {}, [&](vcpu::malformed_exit&) { ++malformed; },
+                       [](vcpu::halt&) { return vcpu::action::stop; });
+    };
+    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(s))};
+    int malformed_a = 0;
+    REQUIRE(handlers(a, malformed_a));
+    REQUIRE(a.hal().finish());
+    CHECK(malformed_a == 1);
+    const auto b = a.hal().bytes();
+    auto rv = open_trace({b.begin(), b.end()});
+    REQUIRE(rv);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    int malformed_b = 0;
+    auto r = handlers(cpu, malformed_b);
+    REQUIRE(r);
+    CHECK(std::holds_alternative<vcpu::halt>(*r));
+    CHECK(malformed_b == 1);
+}
+
+TEST_CASE("trace: port OUT data is recorded for every direction the decoder reads as OUT") {
+    // Found by tests/fuzz/trace_roundtrip: the decoder treats any direction other than
+    // KVM_EXIT_IO_IN as OUT, but trace::out_data recorded data only for KVM_EXIT_IO_OUT, so a
+    // record with another direction value replayed with its OUT data zeroed.
+    vcpu::mock::script s;
+    s.io_out(0x3f8, 1, 'h');
+    s.mutable_exits().back().payload[0] = std::byte{2}; // kvm_run.io.direction
+    s.hlt();
+    auto run = [](auto& cpu, std::string& out) {
+        return cpu.run([&](vcpu::port_io& io) { out += static_cast<char>(io.value()); },
+                       [](vcpu::halt&) { return vcpu::action::stop; });
+    };
+    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(s))};
+    std::string out_a, out_b;
+    REQUIRE(run(a, out_a));
+    REQUIRE(a.hal().finish());
+    CHECK(out_a == "h");
+    const auto b = a.hal().bytes();
+    auto rv = open_trace({b.begin(), b.end()});
+    REQUIRE(rv);
+    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    REQUIRE(run(cpu, out_b));
+    CHECK(out_b == "h");
+}

@@ -267,12 +267,18 @@ struct el2_syndrome {
 
 /// Applies SSE/SF/size to the Xt of a completed MMIO read (idempotent). The
 /// EL2 HAL calls this before returning to the guest after a data-abort exit;
-/// any other syndrome is left alone.
+/// any syndrome that `decode` does not turn into an `mmio_access` read (other
+/// exception classes, and data aborts it reports as `nested_page_fault`,
+/// `nisv_abort` or `malformed_exit`) leaves the frame alone.
 inline void complete_mmio_read(const el2_syndrome& s) noexcept {
     using namespace esr;
     if (s.gprs == nullptr || s.vector != el2_vector::sync) return;
     if (ec.get(s.esr) != static_cast<std::uint64_t>(exception_class::dabt_low)) return;
     if (!dabt::isv.test(s.esr) || dabt::wnr.test(s.esr)) return;
+    // The same conditions as `detail::decode_data_abort`: no emulated access, no completion.
+    if (dabt::s1ptw.test(s.esr) || dabt::cm.test(s.esr) || dabt::ea.test(s.esr) || dabt::fnv.test(s.esr))
+        return;
+    if (dabt::sas.get(s.esr) == 3 && (!dabt::sf.test(s.esr) || dabt::sse.test(s.esr))) return;
     const auto rt = static_cast<unsigned>(dabt::srt.get(s.esr));
     mmio_access m{};
     m.size = static_cast<std::uint8_t>(1u << dabt::sas.get(s.esr));

@@ -392,8 +392,9 @@ struct pvh_loaded {
 /// Loads an ELF vmlinux for the PVH entry: PT_LOAD segments at their
 /// physical addresses (bss zeroed), the initrd after the kernel, the command
 /// line at 0x20000 and `hvm_start_info` (with module list and memory map) at
-/// 0x6000. Errors as `find_pvh_entry`, plus segments outside the file or
-/// RAM, command line too long, initrd does not fit.
+/// 0x6000. Errors as `find_pvh_entry`, plus RAM of 1 MiB or less, segments
+/// outside the file or RAM or over the start info / command line, command
+/// line too long, initrd does not fit.
 template <std::size_t N>
 [[nodiscard]] result<pvh_loaded> load_pvh_elf(basic_guest_memory<N>& mem, const pvh_load_options& o) noexcept {
     using detail::read_le;
@@ -403,7 +404,15 @@ template <std::size_t N>
     pvh_loaded out{};
     out.entry = *entry;
     if (o.ram_size > boot_layout::max_ram) return error{op, EINVAL, "RAM above 3 GiB is not supported (no PCI hole split)"};
+    // pc_e820_map describes RAM from 1 MiB up: below that its last entry would be empty or wrap.
+    if (o.ram_size <= boot_layout::high_ram) return error{op, ENOMEM, "RAM too small: the PVH memory map needs RAM above 1 MiB"};
     if (o.cmdline.size() + 1 > boot_layout::cmdline_max) return error{op, E2BIG, "command line longer than 64 KiB"};
+    // Where the loader's own structures go (start info, module list, memory map; command line):
+    // a segment there would be overwritten after loading.
+    const std::uint64_t si = out.start_info;
+    const std::uint64_t modlist = si + 0x40, memmap = modlist + pvh::modlist_entry_size;
+    const std::uint64_t structs_end = memmap + pc_e820_map(o.ram_size).size() * pvh::memmap_entry_size;
+    const std::uint64_t cmdline_end = boot_layout::cmdline + o.cmdline.size() + 1;
     std::uint64_t phoff = 0;
     std::uint16_t phnum = 0;
     (void)read_le(o.kernel, 0x20, phoff);
@@ -425,6 +434,9 @@ template <std::size_t N>
                     return error{op, ENOEXEC, "ELF PT_LOAD segment lies outside the file"};
                 if (paddr > o.ram_size || memsz > o.ram_size - paddr)
                     return error{op, ENOMEM, "ELF PT_LOAD segment does not fit in RAM"};
+                if (memsz != 0 && ((paddr < structs_end && si < paddr + memsz) ||
+                                   (paddr < cmdline_end && boot_layout::cmdline < paddr + memsz)))
+                    return error{op, EINVAL, "ELF PT_LOAD segment overlaps the start info or the command line"};
                 if (paddr + memsz > out.kernel_end) out.kernel_end = paddr + memsz;
                 continue;
             }
@@ -434,8 +446,6 @@ template <std::size_t N>
             std::memset(bss.data(), 0, bss.size());
         }
     }
-    const std::uint64_t si = out.start_info;
-    const std::uint64_t modlist = si + 0x40, memmap = modlist + pvh::modlist_entry_size;
     if (!o.initrd.empty()) {
         const std::uint64_t top = o.ram_size;
         const std::uint64_t base = (out.kernel_end + 0xfff) & ~std::uint64_t{0xfff};
