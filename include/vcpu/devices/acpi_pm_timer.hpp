@@ -54,10 +54,11 @@ public:
     acpi_pm_timer() noexcept : start_(clock_()) {}
     explicit acpi_pm_timer(Clock c) noexcept : clock_(static_cast<Clock&&>(c)), start_(clock_()) {}
 
-    /// The current count (24 bits), shifted for a read at byte `offset`.
-    std::uint32_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
+    /// The current count (24 bits): `size` bytes of it from byte `offset`.
+    std::uint32_t read(std::uint64_t offset, std::uint8_t size) noexcept {
         if (offset >= 4) return 0;
-        return count() >> (8 * offset);
+        const std::uint32_t v = count() >> (8 * offset);
+        return size >= 4 ? v : v & ((1u << (8 * size)) - 1);
     }
     /// Ignored: PM_TMR is read-only.
     void write(std::uint64_t, std::uint8_t, std::uint64_t) noexcept {}

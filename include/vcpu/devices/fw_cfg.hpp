@@ -144,7 +144,7 @@ public:
 private:
     [[nodiscard]] const fw_cfg_file* file(std::uint16_t key) const noexcept {
         const auto first = static_cast<std::uint16_t>(fw_cfg_key::file_first);
-        if (key < first || key - first >= file_count_) return nullptr;
+        if (key < first || static_cast<std::size_t>(key - first) >= file_count_) return nullptr;
         return &files_[key - first];
     }
     /// The directory: be32 count, then per file be32 size, be16 select,

@@ -30,7 +30,7 @@ namespace vcpu::devices {
 
 /// pc-testdev addresses (hw/misc/pc-testdev.c `testdev_realizefn`).
 inline constexpr std::uint16_t pc_testdev_port = 0xe0;        ///< scratch register
-inline constexpr std::uint16_t pc_testdev_ports = 12;         ///< 0xe0..0xeb
+inline constexpr std::uint16_t pc_testdev_port_count = 12;///< 0xe0..0xeb
 inline constexpr std::uint16_t pc_testdev_irq_port = 0x2000;  ///< IRQ line 0
 inline constexpr std::uint16_t pc_testdev_irq_lines = 24;     ///< 0x2000..0x2017
 inline constexpr std::uint64_t pc_testdev_iomem_base = 0xff000000;
