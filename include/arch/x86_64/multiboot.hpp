@@ -277,8 +277,21 @@ inline constexpr const char* multiboot_op = "load multiboot";
     return mb_bad(ENOEXEC, "no Multiboot header (magic 0x1BADB002) in the first 8 KiB");
 }
 
-/// True when `img` carries a valid Multiboot v1 header (for a VMM that
-/// picks the loader by looking at the file).
+/// True when the Multiboot magic appears at a 4-byte-aligned offset in the
+/// first 8 KiB of `img`, valid checksum or not: a VMM that picks its loader
+/// by looking at the file sends such an image to `load_multiboot`, whose
+/// error then names what is wrong with it.
+[[nodiscard]] inline bool has_multiboot_magic(std::span<const std::byte> img) noexcept {
+    const std::size_t limit = img.size() < multiboot::search_bytes ? img.size() : multiboot::search_bytes;
+    for (std::size_t off = 0; off + 4 <= limit; off += multiboot::header_align) {
+        std::uint32_t magic = 0;
+        (void)detail::read_le(img, off, magic);
+        if (magic == multiboot::header_magic) return true;
+    }
+    return false;
+}
+
+/// True when `img` carries a valid Multiboot v1 header.
 [[nodiscard]] inline bool is_multiboot(std::span<const std::byte> img) noexcept {
     return find_multiboot_header(img).has_value();
 }
