@@ -71,6 +71,9 @@ options:
   --cpus N         vCPUs, 1..32 (default 1); one host thread each, listed in an MP table
                    (and for Multiboot in the ACPI MADT and fw_cfg); the APs wait for INIT/SIPI.
   --quiet-summary  do not print the exit summary on stderr.
+  --no-kvm-status N  exit with status N instead of 2 when /dev/kvm cannot be opened (77 makes
+                   ctest report a test as skipped). VCPU_FORCE_NO_KVM=1 in the environment
+                   makes vmm behave as on a host without /dev/kvm.
   --help           this text.
 
 The guest's serial console (COM1, 0x3f8) is this terminal: output goes to stdout, stdin
@@ -91,6 +94,7 @@ struct options {
     unsigned mem_mib = 256, cpus = 1;
     bool summary = true;
     bool cmdline_given = false;
+    int no_kvm_status = 2;
 };
 
 [[noreturn]] void die(int code, const std::string& msg) {
@@ -130,6 +134,11 @@ options parse(int argc, char** argv) {
         } else if (a == "--cpus") {
             if (!parse_uint(value("--cpus"), o.cpus)) die(2, "--cpus wants a number");
         } else if (a == "--quiet-summary") o.summary = false;
+        else if (a == "--no-kvm-status") {
+            unsigned v = 0;
+            if (!parse_uint(value("--no-kvm-status"), v) || v > 255) die(2, "--no-kvm-status wants 0..255");
+            o.no_kvm_status = static_cast<int>(v);
+        }
         else if (a.starts_with("--")) die(2, "unknown option " + std::string(a) + " (see --help)");
         else positional.push_back(a);
     }
@@ -497,11 +506,15 @@ int main(int argc, char** argv) {
     mo.ram_bytes = std::size_t{opt.mem_mib} << 20;
     mo.vcpus = opt.cpus;
     mo.pit = false; // created below with the speaker port emulated in the kernel
+    // The test suites' convention (tests/kvm): VCPU_FORCE_NO_KVM=1 behaves as a host without KVM.
+    if (const char* f = std::getenv("VCPU_FORCE_NO_KVM"); f != nullptr && std::string_view(f) == "1")
+        mo.device = "/nonexistent/kvm";
     auto machine = vcpu::kvm::vm_init_x86_64(mo);
     if (!machine) {
         const auto& e = machine.err();
         if (std::string_view(e.op) == "open /dev/kvm")
-            die(2, "cannot use KVM: " + e.message() + " (is the kvm module loaded and /dev/kvm accessible?)");
+            die(opt.no_kvm_status, std::string(opt.no_kvm_status == 77 ? "SKIPPED: " : "") + "cannot use KVM: " +
+                                       e.message() + " (is the kvm module loaded and /dev/kvm accessible?)");
         die(2, "VM setup failed: " + e.message());
     }
     auto& m = *machine;
