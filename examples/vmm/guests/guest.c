@@ -388,8 +388,10 @@ static void check_pm_timer(void) {
     check(w1 && w2, "pmtimer: 20 ms of PM-timer ticks elapse");
     const uint64_t p1 = pm_delta(s0.pm, s1.pm), p2 = pm_delta(s1.pm, s2.pm);
     const uint64_t t1 = s1.tsc - s0.tsc, t2 = s2.tsc - s1.tsc;
-    note("PM ticks / TSC cycles, window 1", (p1 << 32) | (t1 & 0xffffffffu));
-    note("PM ticks / TSC cycles, window 2", (p2 << 32) | (t2 & 0xffffffffu));
+    note("window 1: PM ticks", p1);
+    note("window 1: TSC cycles", t1);
+    note("window 2: PM ticks", p2);
+    note("window 2: TSC cycles", t2);
     /* rate1 = p1 / t1, rate2 = p2 / t2; compare p1 * t2 with p2 * t1. */
     const uint64_t x1 = p1 * t2, x2 = p2 * t1;
     check(p1 > 0 && p2 > 0 && x1 * 10 < x2 * 11 && x2 * 10 < x1 * 11, "pmtimer: steady rate against the TSC");
