@@ -451,8 +451,48 @@ static void check_unknown_ports(void) {
     check(inl(0xcfc) == 0xffffffffu, "pci: config space of an absent device reads all ones");
 }
 
+/* ---- exit-cost measurement ("bench" argument) -------------------------------------------
+ * Cycles per operation, read from the TSC around a loop of N operations: CPUID (an exit
+ * handled inside KVM), a read of the PM timer port 0xb008 (an exit to the VMM) and, in long
+ * mode, a write of CR8 (the TPR; with the in-kernel LAPIC KVM handles it or the CPU does not
+ * exit at all). Prints "BENCH <name> <cycles per op>" lines. The port is fixed, not taken from
+ * the FADT, so a VMM without ACPI tables (benchmarks/multiboot_exits.cpp's raw loop) can run it. */
+#ifdef __x86_64__
+static void bench_line(const char* name, uint64_t cycles, uint32_t n) {
+    puts_("BENCH ");
+    puts_(name);
+    putc_(' ');
+    put_dec((uint32_t)(cycles / n));
+    putc_('\n');
+}
+static void run_bench(void) {
+    enum { n_cpuid = 20000, n_pio = 5000, n_cr8 = 20000 };
+    uint32_t a, b, c, d;
+    uint64_t t0 = rdtsc();
+    for (int i = 0; i < n_cpuid; ++i) cpuid(0, &a, &b, &c, &d);
+    bench_line("cpuid", rdtsc() - t0, n_cpuid);
+    t0 = rdtsc();
+    for (int i = 0; i < n_pio; ++i) (void)inl(0xb008);
+    bench_line("pmtimer_read", rdtsc() - t0, n_pio);
+    t0 = rdtsc();
+    for (int i = 0; i < n_cr8; ++i) __asm__ volatile("mov %0, %%cr8" ::"r"((uint64_t)(i & 1)));
+    bench_line("mov_cr8", rdtsc() - t0, n_cr8);
+}
+#endif
+
 void guest_main(uint32_t magic, uint32_t info) {
     const struct mb_info* mbi = (const struct mb_info*)(uptr)info;
+#ifdef __x86_64__
+    if (mbi->flags & MB_INFO_CMDLINE) {
+        split_args((const char*)(uptr)mbi->cmdline);
+        if (argc >= 2 && streq(argv[1], "bench")) {
+            run_bench();
+            outl(0xf4, 0);
+            return;
+        }
+        argc = 0;
+    }
+#endif
 #ifdef __x86_64__
     puts_("multiboot guest (x86-64 long mode)\n");
 #else
