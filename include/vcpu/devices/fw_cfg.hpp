@@ -89,12 +89,16 @@ public:
         return true;
     }
 
+    /// A 1-byte read at either port returns the next byte of the selected
+    /// item (0 past its end); wider reads are not valid and return all ones.
     std::uint32_t read(std::uint64_t /*offset*/, std::uint8_t size) noexcept {
         if (size != 1) return 0xffffffffu;
         const std::uint8_t b = byte_at(key_, offset_);
         if (offset_ < item_size(key_)) ++offset_;
         return b;
     }
+    /// A 16-bit write to the selector (offset 0) selects `value` and rewinds
+    /// the item; every other write is dropped.
     void write(std::uint64_t offset, std::uint8_t size, std::uint64_t value) noexcept {
         if (offset == 0 && size == 2) {
             key_ = static_cast<std::uint16_t>(value);
