@@ -6,8 +6,8 @@
  *   environ     module 0 is a text file of KEY=VALUE lines
  *   fw_cfg      signature "QEMU" at key 0, CPU count (key 5), RAM size (key 3)
  *   acpi        RSDP in 0xE0000..0xFFFFF, RSDT -> FACP (PM timer port) and APIC (CPUs)
- *   pmtimer     the ACPI PM timer advances at 3.579545 MHz (checked against the TSC's rate
- *               being steady, and against a lower bound), 24 bits
+ *   pmtimer     the ACPI PM timer advances, is 24 bits wide, and ticks at a steady rate
+ *               (two 20 ms windows measured against the TSC agree within 10 %)
  *   smp         every AP is woken with INIT + SIPI (trampoline at physical 0) and checks in
  *               with its own APIC id
  *   testdev     pc-testdev scratch register (1/2/4-byte and string I/O) and MMIO window
