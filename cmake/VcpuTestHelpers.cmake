@@ -38,18 +38,20 @@ endfunction()
 
 # ---- real-KVM tests ---------------------------------------------------------------------------
 # vcpu_add_kvm_test(<name> COMMAND <program> [args...] [LABELS <label>...]
-#                   [ENVIRONMENT <VAR=value>...] [WORKING_DIRECTORY <dir>] [TIMEOUT <s>] [RUN_SERIAL])
+#                   [ENVIRONMENT <VAR=value>...] [FILES <path>...] [WORKING_DIRECTORY <dir>]
+#                   [TIMEOUT <s>] [RUN_SERIAL])
 #   A test that needs real x86 KVM. It runs through scripts/kvm-run: on this host's /dev/kvm when
 #   the probe guest runs there, otherwise as one entry of the single nested-machine boot that the
 #   fixture test `kvm.batch` makes for the whole ctest run (its output and exit status are then
 #   reported here, so a failure names the doctest case as on the host). Skipped (77) only when
 #   neither can run KVM. <program> must be a path or $<TARGET_FILE:...>; arguments naming existing
-#   files are carried into the nested machine. Call vcpu_finish_kvm_tests() once, after every
+#   files are carried into the nested machine, and so are FILES (paths the program finds by
+#   itself, e.g. compiled in). Call vcpu_finish_kvm_tests() once, after every
 #   such test is added.
 set(VCPU_KVM_RESULTS ${CMAKE_BINARY_DIR}/kvm-results CACHE INTERNAL "")
 function(vcpu_add_kvm_test name)
     cmake_parse_arguments(PARSE_ARGV 1 arg "RUN_SERIAL" "WORKING_DIRECTORY;TIMEOUT"
-                          "COMMAND;LABELS;ENVIRONMENT")
+                          "COMMAND;LABELS;ENVIRONMENT;FILES")
     if(NOT arg_COMMAND)
         message(FATAL_ERROR "vcpu_add_kvm_test(${name}): COMMAND is required")
     endif()
@@ -78,9 +80,14 @@ function(vcpu_add_kvm_test name)
     endif()
     # The manifest line for the nested run: NAME, CWD, ENV ('|'-separated, as ';' would split a
     # CMake list; scripts/xarch-run reads '|' too), PROGRAM, ARGS, separated by TABs.
+    # FILES travel in the same field as "@<path>" entries.
+    set(env_items ${arg_ENVIRONMENT})
+    foreach(f IN LISTS arg_FILES)
+        list(APPEND env_items "@${f}")
+    endforeach()
     set(env -)
-    if(arg_ENVIRONMENT)
-        list(JOIN arg_ENVIRONMENT "|" env)
+    if(env_items)
+        list(JOIN env_items "|" env)
     endif()
     list(JOIN arg_COMMAND "\t" cmd)
     set_property(GLOBAL APPEND PROPERTY VCPU_KVM_MANIFEST "${name}\t${wd}\t${env}\t${cmd}")
