@@ -6,6 +6,7 @@
 
 #include <arch/x86_64/arch.hpp>
 #include <arch/x86_64/init.hpp>
+#include <kvm/host.hpp>
 #include <kvm/kvm.hpp>
 
 #include <chrono>
@@ -28,6 +29,7 @@ int main() {
         return std::strcmp(machine.err().op, "open /dev/kvm") == 0 ? 77 : 1;
     }
     auto& cpu = machine->vcpus.front();
+    std::printf("running on %s\n", vcpu::kvm::describe_host().c_str());
 
     // 2. Copy the guest code and its message into guest RAM.
     auto& mem = machine->memory;

@@ -11,7 +11,7 @@ root=$2
 skip() { echo "SKIPPED: $*"; exit 77; }
 
 kit=${VCPU_X86NEST:-}
-for k in "$kit" "$root/../shared/x86nest" /work/shared/x86nest; do
+for k in "$kit" "$root/../shared/x86nest"; do
     [[ -n "$k" && -x "$k/run.sh" ]] && { kit=$k; break; }
 done
 [[ -x "$kit/run.sh" ]] || skip "x86nest kit not found (set VCPU_X86NEST)"
@@ -33,6 +33,9 @@ WRAP
 chmod 755 "$stage/vmm-l2"
 
 echo "== building x86nest in $cache"
+# The same lock as scripts/xarch-run x86_64, which reuses this cache's L1 image.
+exec 9>"$cache/.lock-x86_64"
+flock 9
 if ! WORK=$cache EXTRA_BIN="$stage/vmm $stage/vmm-l2" "$kit/build.sh" >"$cache/build.log" 2>&1; then
     tail -20 "$cache/build.log"
     if grep -qiE 'Temporary failure|Could not resolve|Unable to fetch|unable to locate' "$cache/build.log"; then
@@ -41,6 +44,7 @@ if ! WORK=$cache EXTRA_BIN="$stage/vmm $stage/vmm-l2" "$kit/build.sh" >"$cache/b
     echo "FAIL: x86nest build.sh failed"
     exit 1
 fi
+flock -u 9
 echo "== running (L2=vmm-l2)"
 # no_timer_check: on a loaded host, TCG can starve the kernels' IO-APIC timer probe
 # ("8254 timer not connected to IO-APIC" panic in L1), which is not what this test checks.
