@@ -117,7 +117,46 @@ namespace detail {
 /// Cached image and state of one register block.
 template <class B>
 struct block_cache {
-    typename B::layout local{}; ///< storage when the block is not synced
+    typename B::layout local{};   ///< storage when the block is not synced
+    typename B::layout before{};  ///< the block as the exit left it, before a handler wrote it
+    typename B::layout scratch{}; ///< the handler's image while KVM completes the exit
+};
+
+/// True when the exit in `r` leaves work for KVM to finish at the next `KVM_RUN` that uses or
+/// moves the guest's registers (KVM API 4.10 "KVM_RUN", and `complete_userspace_io` in the
+/// kernel): the data of a port IN or MMIO read goes into the destination register or memory and
+/// the instruction is skipped; RDMSR/WRMSR, a hypercall, an SBI call or a CSR access writes its
+/// result and skips. KVM applies userspace's register writes (`kvm_dirty_regs`, SET ioctls)
+/// *before* that completion, and drops the completion when RIP moved, so a handler's register
+/// writes on such an exit are held back until the exit is completed (see `hal_vcpu::enter`).
+/// OUT and MMIO writes need no data back; KVM skips an OUT only when RIP did not move, so a
+/// handler's RIP write wins there on its own.
+[[nodiscard]] inline bool completion_pending(const ::kvm_run& r) noexcept {
+    switch (r.exit_reason) {
+    case KVM_EXIT_IO: return r.io.direction == KVM_EXIT_IO_IN;
+    case KVM_EXIT_MMIO: return r.mmio.is_write == 0;
+    case KVM_EXIT_HYPERCALL:
+#ifdef KVM_EXIT_X86_RDMSR
+    case KVM_EXIT_X86_RDMSR:
+    case KVM_EXIT_X86_WRMSR:
+#endif
+#ifdef KVM_EXIT_XEN
+    case KVM_EXIT_XEN:
+#endif
+#ifdef KVM_EXIT_RISCV_SBI
+    case KVM_EXIT_RISCV_SBI:
+    case KVM_EXIT_RISCV_CSR:
+#endif
+        return true;
+    default: return false;
+    }
+}
+
+/// A ONE_REG write held back while its exit is completed (see `completion_pending`).
+struct held_one_reg {
+    std::uint64_t id = 0;
+    std::array<std::byte, 16> bytes{};
+    std::uint8_t size = 0;
 };
 /// Position of block `B` in `List` (bit in `hal_vcpu`'s valid/dirty masks).
 template <class B, class List> struct block_index;
@@ -142,6 +181,53 @@ inline constexpr std::size_t coalesced_ring_header = 2 * sizeof(std::uint32_t);
 /// The ring header of a vCPU without a coalesced ring: `first == last`, never written (a
 /// ring of capacity 0), so the drain needs no null test per exit.
 alignas(8) inline std::uint32_t no_coalesced_ring[2] = {0, 0};
+
+/// The mapped `kvm_run` of a vCPU fd (KVM API 4.10, mmap of the vCPU fd at offset 0) and the
+/// coalesced ring page inside it. Move-only; moving leaves the source *detached*: a per-thread
+/// zeroed `kvm_run` that is never null, so the exit path needs no null test and a stray use of
+/// a moved-from vCPU reads an empty record instead of faulting.
+template <class Sys>
+struct run_mapping {
+    ::kvm_run* run = detached();
+    std::size_t size = sizeof(::kvm_run);
+    std::byte* ring = reinterpret_cast<std::byte*>(no_coalesced_ring); ///< ring page, or the empty header
+    std::uint32_t ring_max = 0;                                         ///< ring entries (0: none)
+
+    run_mapping() noexcept = default;
+    run_mapping(::kvm_run* r, std::size_t n) noexcept : run(r), size(n) {}
+    run_mapping(run_mapping&& o) noexcept
+        : run(std::exchange(o.run, detached())), size(std::exchange(o.size, sizeof(::kvm_run))),
+          ring(std::exchange(o.ring, reinterpret_cast<std::byte*>(no_coalesced_ring))),
+          ring_max(std::exchange(o.ring_max, 0)) {}
+    run_mapping& operator=(run_mapping&& o) noexcept {
+        if (this != &o) {
+            release();
+            run = std::exchange(o.run, detached());
+            size = std::exchange(o.size, sizeof(::kvm_run));
+            ring = std::exchange(o.ring, reinterpret_cast<std::byte*>(no_coalesced_ring));
+            ring_max = std::exchange(o.ring_max, 0);
+        }
+        return *this;
+    }
+    run_mapping(const run_mapping&) = delete;
+    run_mapping& operator=(const run_mapping&) = delete;
+    ~run_mapping() { release(); }
+
+    [[nodiscard]] bool attached() const noexcept { return run != detached(); }
+    static ::kvm_run* detached() noexcept {
+        static thread_local ::kvm_run r{};
+        return &r;
+    }
+
+private:
+    void release() noexcept {
+        if (attached()) (void)Sys::munmap(run, size);
+        run = detached();
+        size = sizeof(::kvm_run);
+        ring = reinterpret_cast<std::byte*>(no_coalesced_ring);
+        ring_max = 0;
+    }
+};
 static_assert(sizeof(::kvm_coalesced_mmio) == 24, "kvm: struct kvm_coalesced_mmio is 24 bytes");
 } // namespace detail
 
@@ -180,45 +266,14 @@ public:
         return hal_vcpu(std::move(fd), run, s, mask);
     }
 
-    /// Takes over `o`'s fd, mapping and caches; `o` is left empty.
-    hal_vcpu(hal_vcpu&& o) noexcept
-        : fd_(std::move(o.fd_)), run_(std::exchange(o.run_, detached_run())),
-          mmap_size_(std::exchange(o.mmap_size_, sizeof(::kvm_run))),
-          ring_(std::exchange(o.ring_, empty_ring())), ring_max_(std::exchange(o.ring_max_, 0)), dropped_(o.dropped_),
-          sync_mask_(o.sync_mask_),
-          system_fd_(o.system_fd_), ran_(o.ran_), caches_(std::move(o.caches_)),
-          valid_blocks_(o.valid_blocks_), dirty_blocks_(o.dirty_blocks_), idle_limit_(o.idle_limit_),
-          run_valid_(o.run_valid_), used_(o.used_), counting_(o.counting_),
-          before_entry_(o.before_entry_), idle_(o.idle_) {}
-    /// Releases this vCPU's mapping and fd, then takes over `o`'s.
-    hal_vcpu& operator=(hal_vcpu&& o) noexcept {
-        if (this != &o) {
-            unmap();
-            fd_ = std::move(o.fd_);
-            run_ = std::exchange(o.run_, detached_run());
-            mmap_size_ = std::exchange(o.mmap_size_, sizeof(::kvm_run));
-            ring_ = std::exchange(o.ring_, empty_ring());
-            ring_max_ = std::exchange(o.ring_max_, 0);
-            dropped_ = o.dropped_;
-            sync_mask_ = o.sync_mask_;
-            system_fd_ = o.system_fd_;
-            ran_ = o.ran_;
-            valid_blocks_ = o.valid_blocks_;
-            dirty_blocks_ = o.dirty_blocks_;
-            idle_limit_ = o.idle_limit_;
-            run_valid_ = o.run_valid_;
-            used_ = o.used_;
-            counting_ = o.counting_;
-            before_entry_ = o.before_entry_;
-            idle_ = o.idle_;
-            caches_ = std::move(o.caches_);
-        }
-        return *this;
-    }
+    /// Moves take over the fd, the mapping and the caches; the moved-from vCPU has no fd and a
+    /// detached `kvm_run`, so using it fails with EBADF ("this vCPU was moved from").
+    hal_vcpu(hal_vcpu&&) noexcept = default;
+    hal_vcpu& operator=(hal_vcpu&&) noexcept = default;
     hal_vcpu(const hal_vcpu&) = delete;
     hal_vcpu& operator=(const hal_vcpu&) = delete;
-    /// Unmaps `kvm_run`, then closes the vCPU fd.
-    ~hal_vcpu() { unmap(); }
+    /// Unmaps `kvm_run` (member order), then closes the vCPU fd.
+    ~hal_vcpu() = default;
 
     // --- entering the guest -------------------------------------------------
 
@@ -246,11 +301,13 @@ public:
             if (err != EAGAIN) break;
         }
         invalidate_unsynced();
+        completed_ = false;
         if (rc < 0) {
+            if (err == EBADF && !fd_) return moved_from(ioctls::vcpu::run.name);
             if (err != EINTR) return error{ioctls::vcpu::run.name, err};
             // KVM stores synced registers on the EINTR path too.
             ran_ = true;
-            run_->exit_reason = KVM_EXIT_INTR;
+            map_.run->exit_reason = KVM_EXIT_INTR;
             return ok();
         }
         ran_ = true;
@@ -261,19 +318,70 @@ public:
     [[nodiscard]] raw_exit exit_record() const noexcept {
         // create() refused mappings smaller than struct kvm_run and the size never changes;
         // saying so lets the decoder's own size check fold away.
-        if (mmap_size_ < sizeof(::kvm_run) || run_ == nullptr) __builtin_unreachable();
-        return raw_exit{run_, mmap_size_};
+        if (map_.size < sizeof(::kvm_run) || map_.run == nullptr) __builtin_unreachable();
+        return raw_exit{map_.run, map_.size};
     }
 
     /// Sets or clears `kvm_run::immediate_exit` (KVM API 4.10): while set,
     /// `KVM_RUN` returns `EINTR` at once.
     void immediate_exit(bool on) noexcept {
         // Shared with the kernel and with kicker threads: byte-wide atomic store.
-        std::atomic_ref<std::uint8_t>(run_->immediate_exit)
+        std::atomic_ref<std::uint8_t>(map_.run->immediate_exit)
             .store(on ? 1 : 0, std::memory_order_release);
     }
     /// A handle for kicking this vCPU from another thread (see `kicker`).
-    [[nodiscard]] kicker make_kicker() const noexcept { return kicker(run_); }
+    [[nodiscard]] kicker make_kicker() const noexcept { return kicker(map_.run); }
+
+    /// Finishes the exit KVM has not completed yet (see `detail::completion_pending`: the
+    /// data of an IN or MMIO read into the guest, the skip past the instruction), without
+    /// running the guest: `KVM_RUN` with `immediate_exit` set, as the KVM selftests'
+    /// `vcpu_run_complete_io` does. Register writes a handler made meanwhile are then applied on
+    /// top of the completed state: exactly the bytes it changed (blocks), or the held ONE_REG
+    /// writes. enter() calls it when a handler wrote registers during such an exit; call it
+    /// before reading the whole state to save it. No-op when nothing is pending.
+    /// Errors: "KVM_RUN (completing the exit)" with errno.
+    [[nodiscard]] result<void> complete_pending_io() noexcept {
+        if (!ran_ || completed_ || !detail::completion_pending(*map_.run)) {
+            held_blocks_ = 0;
+            return apply_held_regs();
+        }
+        // The handler's images of the synced blocks it wrote, kept while KVM stores its own.
+        const std::uint64_t dirty = map_.run->kvm_dirty_regs;
+        const std::uint64_t valid = map_.run->kvm_valid_regs;
+        std::uint64_t held_sync = 0;
+        std::apply([&](auto&... c) { (save_held(c, held_sync), ...); }, caches_);
+        // Nothing of the handler's may reach KVM before the completion; KVM stores the completed
+        // state of the held synced blocks into kvm_run on the way out.
+        map_.run->kvm_dirty_regs = 0;
+        map_.run->kvm_valid_regs = valid | held_sync;
+        std::atomic_ref<std::uint8_t> ie(map_.run->immediate_exit);
+        const std::uint8_t kicked = ie.exchange(1, std::memory_order_acq_rel);
+        int rc = 0;
+        int err = 0;
+        do {
+            rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
+            err = rc < 0 ? errno : 0;
+        } while (rc < 0 && err == EAGAIN);
+        ie.store(kicked, std::memory_order_release); // a kick that came meanwhile stays
+        map_.run->kvm_valid_regs = valid;
+        completed_ = true;
+        if (rc < 0 && err != EINTR) {
+            map_.run->kvm_dirty_regs = dirty;
+            held_blocks_ = 0;
+            held_regs_ = 0;
+            return error{ioctls::vcpu::run.name, err, "completing the exit before the handler's register writes"};
+        }
+        // Merge: the completed state, with the bytes the handler changed on top.
+        result<void> r;
+        std::apply([&](auto&... c) { (void)((merge_held(c, r)) && ...); }, caches_);
+        map_.run->kvm_dirty_regs = dirty | held_sync;
+        held_blocks_ = 0;
+        if (!r) {
+            held_regs_ = 0;
+            return r;
+        }
+        return apply_held_regs();
+    }
 
     // --- register blocks ------------------------------------------------------
 
@@ -293,8 +401,17 @@ public:
     [[nodiscard]] result<typename B::layout*> modify() noexcept {
         auto p = fetch<B>();
         if (!p) return p.err();
+        if ((held_blocks_ & block_bit<B>()) == 0 && ran_ && !completed_ &&
+            detail::completion_pending(*map_.run)) [[unlikely]] {
+            // The first write to this block during an exit KVM has not completed: remember the
+            // block as the exit left it, so enter() can complete the exit first and then apply
+            // exactly the bytes the handler changed (whatever the order of answer and write).
+            std::get<detail::block_cache<B>>(caches_).before = **p;
+            held_blocks_ |= block_bit<B>();
+            before_entry_ = true;
+        }
         if (synced<B>()) {
-            run_->kvm_dirty_regs |= block_traits<B>::sync_bit;
+            map_.run->kvm_dirty_regs |= block_traits<B>::sync_bit;
         } else {
             dirty_blocks_ |= block_bit<B>();
             before_entry_ = true;
@@ -327,10 +444,35 @@ public:
     /// Reads register `id` into `out` (KVM API 4.69 KVM_GET_ONE_REG). `out`
     /// must hold at least `KVM_REG_SIZE(id)` bytes, else EINVAL.
     [[nodiscard]] result<void> get_one_reg(std::uint64_t id, std::span<std::byte> out) noexcept {
+        // A write held back during this exit (see set_one_reg) is what the handler reads back.
+        for (std::size_t i = 0; i < held_regs_; ++i)
+            if (held_[i].id == id && out.size() >= held_[i].size) {
+                std::memcpy(out.data(), held_[i].bytes.data(), held_[i].size);
+                return ok();
+            }
         return one_reg(ioctls::vcpu::get_one_reg, id, out.data(), out.size());
     }
     /// Writes register `id` from `in` (KVM API 4.68 KVM_SET_ONE_REG).
     [[nodiscard]] result<void> set_one_reg(std::uint64_t id, std::span<const std::byte> in) noexcept {
+        // During an exit KVM has not completed (an MMIO read, an SBI call...), a register write
+        // is held back and applied by enter() after the completion, which would otherwise
+        // overwrite it or move the PC past it. Wider registers or a full table complete the
+        // exit now instead.
+        if (ran_ && !completed_ && detail::completion_pending(*map_.run)) [[unlikely]] {
+            const std::uint64_t size = std::uint64_t{1} << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
+            std::size_t slot = held_regs_;
+            for (std::size_t i = 0; i < held_regs_; ++i)
+                if (held_[i].id == id) slot = i;
+            if (size <= held_[0].bytes.size() && in.size() >= size && slot < held_.size()) {
+                held_[slot].id = id;
+                held_[slot].size = static_cast<std::uint8_t>(size);
+                std::memcpy(held_[slot].bytes.data(), in.data(), size);
+                if (slot == held_regs_) ++held_regs_;
+                before_entry_ = true;
+                return ok();
+            }
+            if (auto c = complete_pending_io(); !c) return c;
+        }
         // KVM_SET_ONE_REG only reads through kvm_one_reg::addr.
         return one_reg(ioctls::vcpu::set_one_reg, id, const_cast<std::byte*>(in.data()), in.size());
     }
@@ -347,33 +489,33 @@ public:
     bool drain_coalesced(F&& f) noexcept {
         // The ring page is mapped with kvm_run (checked at creation); first/last
         // are naturally aligned u32s shared with the kernel, hence atomic_ref.
-        auto* hdr = reinterpret_cast<std::uint32_t*>(ring_);
+        auto* hdr = reinterpret_cast<std::uint32_t*>(map_.ring);
         std::atomic_ref<std::uint32_t> first(hdr[0]);
         std::atomic_ref<std::uint32_t> last(hdr[1]);
         for (;;) {
             const std::uint32_t i = first.load(std::memory_order_relaxed); // only we write it
             const std::uint32_t end = last.load(std::memory_order_acquire); // entries before it are written
             if (i == end) return true;
-            if (i >= ring_max_ || end >= ring_max_) {
+            if (i >= map_.ring_max || end >= map_.ring_max) {
                 ++dropped_;
-                if (end < ring_max_) first.store(end, std::memory_order_release);
+                if (end < map_.ring_max) first.store(end, std::memory_order_release);
                 return true;
             }
             ::kvm_coalesced_mmio e;
-            std::memcpy(&e, ring_ + detail::coalesced_ring_header + i * sizeof(e), sizeof e);
+            std::memcpy(&e, map_.ring + detail::coalesced_ring_header + i * sizeof(e), sizeof e);
             coalesced_write w;
             w.address = e.phys_addr;
             w.size = e.len <= 8 ? e.len : 8;
             w.pio = e.pio != 0;
             std::memcpy(w.bytes.data(), e.data, w.size);
-            first.store((i + 1) % ring_max_, std::memory_order_release);
+            first.store((i + 1) % map_.ring_max, std::memory_order_release);
             if (!f(w)) return false;
         }
     }
     /// Times `drain_coalesced` found a ring index out of range.
     [[nodiscard]] std::size_t coalesced_ring_errors() const noexcept { return dropped_; }
     /// Entries the coalesced ring holds (`KVM_COALESCED_MMIO_MAX`), 0 without a ring.
-    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return ring_max_; }
+    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return map_.ring_max; }
 
 #if defined(__x86_64__)
     // --- x86 CPUID ----------------------------------------------------------------
@@ -394,9 +536,9 @@ public:
     /// The vCPU fd (owned here).
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     /// The mapped `kvm_run` (valid while this object lives).
-    [[nodiscard]] ::kvm_run* run() const noexcept { return run_; }
+    [[nodiscard]] ::kvm_run* run() const noexcept { return map_.run; }
     /// Bytes mapped at `run()`.
-    [[nodiscard]] std::size_t mmap_size() const noexcept { return mmap_size_; }
+    [[nodiscard]] std::size_t mmap_size() const noexcept { return map_.size; }
     /// `KVM_SYNC_*` bits in effect (`kvm_run::kvm_valid_regs`).
     [[nodiscard]] std::uint64_t sync_mask() const noexcept { return sync_mask_; }
     /// Any vCPU ioctl this class does not wrap; errors carry the entry's name.
@@ -409,7 +551,7 @@ public:
 
 private:
     hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask) noexcept
-        : fd_(std::move(fd)), run_(run), mmap_size_(s.mmap_size), sync_mask_(mask),
+        : fd_(std::move(fd)), map_(run, s.mmap_size), sync_mask_(mask),
           system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
           counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
           before_entry_(counting_ != 0) {
@@ -417,23 +559,21 @@ private:
         // mapping; only use it when that page lies wholly inside the mapping.
         const std::size_t page = s.page_size;
         if (s.coalesced_page_offset > 0 && page > detail::coalesced_ring_header &&
-            static_cast<std::size_t>(s.coalesced_page_offset) < mmap_size_ / page &&
-            (static_cast<std::size_t>(s.coalesced_page_offset) + 1) * page <= mmap_size_) {
+            static_cast<std::size_t>(s.coalesced_page_offset) < map_.size / page &&
+            (static_cast<std::size_t>(s.coalesced_page_offset) + 1) * page <= map_.size) {
             // In bounds of the mapping (checked just above).
-            ring_ = reinterpret_cast<std::byte*>(run_) +
+            map_.ring = reinterpret_cast<std::byte*>(map_.run) +
                     static_cast<std::size_t>(s.coalesced_page_offset) * page;
             // KVM_COALESCED_MMIO_MAX, computed from the runtime page size.
-            ring_max_ = static_cast<std::uint32_t>((page - detail::coalesced_ring_header) /
+            map_.ring_max = static_cast<std::uint32_t>((page - detail::coalesced_ring_header) /
                                                    sizeof(::kvm_coalesced_mmio));
         }
     }
 
-    void unmap() noexcept {
-        if (run_ != detached_run()) (void)Sys::munmap(run_, mmap_size_);
-        run_ = detached_run();
-        mmap_size_ = sizeof(::kvm_run);
-        ring_ = empty_ring();
-        ring_max_ = 0;
+
+    /// The error of any use of a moved-from vCPU.
+    [[nodiscard]] static error moved_from(const char* op) noexcept {
+        return error{op, EBADF, "this vCPU was moved from"};
     }
 
     /// Where synced block `B` lives in `kvm_run::s.regs`.
@@ -442,7 +582,7 @@ private:
         // kvm_run::s holds the arch's kvm_sync_regs, whose members the block
         // layouts are asserted identical to (x86_64_abi.hpp); the mapping spans
         // sizeof(kvm_run) (checked in create()).
-        return reinterpret_cast<typename B::layout*>(reinterpret_cast<std::byte*>(&run_->s) +
+        return reinterpret_cast<typename B::layout*>(reinterpret_cast<std::byte*>(&map_.run->s) +
                                                      block_traits<B>::sync_offset);
     }
 
@@ -451,6 +591,8 @@ private:
         static_assert(list_contains_v<B, typename Arch::register_blocks>,
                       "kvm: B is not one of Arch::register_blocks");
         static_assert(KvmBlock<B>, "kvm: no block_traits<B> for this host (see kvm/traits.hpp)");
+        if (!fd_) [[unlikely]]
+            return moved_from(block_traits<B>::get.name);
         auto& c = std::get<detail::block_cache<B>>(caches_);
         typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
         if (synced<B>()) {
@@ -486,7 +628,7 @@ private:
         }
         used_ = 0;
         if (valid != run_valid_) {
-            run_->kvm_valid_regs = valid;
+            map_.run->kvm_valid_regs = valid;
             run_valid_ = valid;
         }
     }
@@ -496,9 +638,60 @@ private:
     /// (no register touched, every idle block already out of kvm_valid_regs) `enter()` skips it
     /// with one test.
     [[nodiscard]] result<void> prepare_entry() noexcept {
+        if (held_blocks_ != 0 || held_regs_ != 0) {
+            if (auto c = complete_pending_io(); !c) return c;
+        }
         if (auto f = flush(); !f) return f;
         adapt_sync();
         before_entry_ = counting_ != 0;
+        return ok();
+    }
+
+    template <class B>
+    void save_held(detail::block_cache<B>& c, std::uint64_t& held_sync) noexcept {
+        if ((held_blocks_ & block_bit<B>()) == 0) return;
+        if (synced<B>()) {
+            c.scratch = *sync_area<B>();
+            held_sync |= block_traits<B>::sync_bit;
+        }
+    }
+    /// After the completion: `c`'s block = completed state where the handler left a byte as
+    /// the exit had it, the handler's byte where it changed one.
+    template <class B>
+    bool merge_held(detail::block_cache<B>& c, result<void>& r) noexcept {
+        if ((held_blocks_ & block_bit<B>()) == 0) return true;
+        auto* before = reinterpret_cast<const std::byte*>(&c.before);
+        if (synced<B>()) {
+            // kvm_run now holds the completed block; the handler's image is in scratch.
+            auto* now = reinterpret_cast<std::byte*>(sync_area<B>());
+            auto* mine = reinterpret_cast<const std::byte*>(&c.scratch);
+            for (std::size_t i = 0; i < sizeof(typename B::layout); ++i)
+                if (mine[i] != before[i]) now[i] = mine[i];
+            return true;
+        }
+        // Unsynced: the handler's image is the cache; fetch the completed block beside it.
+        constexpr auto io = block_traits<B>::get;
+        if (Sys::ioctl(fd_.get(), io.code, &c.scratch) < 0) {
+            r = last_error(io.name, "reading the completed exit's registers");
+            return false;
+        }
+        auto* mine = reinterpret_cast<std::byte*>(&c.local);
+        auto* done = reinterpret_cast<const std::byte*>(&c.scratch);
+        for (std::size_t i = 0; i < sizeof(typename B::layout); ++i)
+            if (mine[i] == before[i]) mine[i] = done[i];
+        valid_blocks_ |= block_bit<B>();
+        dirty_blocks_ |= block_bit<B>();
+        return true;
+    }
+    /// The ONE_REG writes held back during the exit, in order.
+    [[nodiscard]] result<void> apply_held_regs() noexcept {
+        const std::size_t n = held_regs_;
+        held_regs_ = 0;
+        for (std::size_t i = 0; i < n; ++i)
+            if (auto s = one_reg(ioctls::vcpu::set_one_reg, held_[i].id, held_[i].bytes.data(),
+                                 held_[i].size);
+                !s)
+                return s;
         return ok();
     }
 
@@ -550,20 +743,7 @@ private:
     }
 
     basic_fd<Sys> fd_;
-    /// The `kvm_run` of a moved-from vCPU: never null, so the exit path needs no null test and
-    /// a stray use of a moved-from object reads a zeroed record instead of faulting. Its vCPU fd
-    /// is -1, so entering it fails with EBADF before anything is read.
-    static ::kvm_run* detached_run() noexcept {
-        static ::kvm_run r{};
-        return &r;
-    }
-    ::kvm_run* run_ = detached_run();
-    std::size_t mmap_size_ = 0;
-    static std::byte* empty_ring() noexcept {
-        return reinterpret_cast<std::byte*>(detail::no_coalesced_ring);
-    }
-    std::byte* ring_ = empty_ring(); ///< the coalesced ring page, or the empty header
-    std::uint32_t ring_max_ = 0;
+    detail::run_mapping<Sys> map_; ///< after fd_: unmapped before the fd closes
     std::size_t dropped_ = 0;
     std::uint64_t sync_mask_ = 0;
     int system_fd_ = -1;
@@ -576,6 +756,10 @@ private:
     std::uint64_t used_ = 0;         ///< synced blocks accessed since the last enter()
     std::uint64_t counting_ = 0;     ///< synced blocks in kvm_valid_regs, idle count running
     bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used_ or counting_
+    bool completed_ = false;         ///< complete_pending_io() ran since the last exit
+    std::uint32_t held_blocks_ = 0;  ///< blocks a handler wrote during an uncompleted exit
+    std::size_t held_regs_ = 0;      ///< ONE_REG writes held back, in held_
+    std::array<detail::held_one_reg, 8> held_{};
     std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
     /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.
     static constexpr std::uint64_t tracked_sync_bits = 0xff;
