@@ -388,7 +388,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         }
         // Bring the other vCPUs out of KVM_RUN.
         for (unsigned j = 0; j < opt.cpus; ++j)
-            if (j != id) (void)kickers[j].kick(threads[j]);
+            if (j != id) (void)kickers[j].kick(threads[j], SIGUSR1);
     };
 
     std::vector<std::thread> workers;
@@ -431,7 +431,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         for (unsigned j = 0; j < opt.cpus; ++j) {
             if (stopped[j].load()) continue;
             all = false;
-            (void)kickers[j].kick(threads[j]);
+            (void)kickers[j].kick(threads[j], SIGUSR1);
         }
     }
     for (auto& w : workers) w.join();

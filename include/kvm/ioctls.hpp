@@ -52,9 +52,10 @@ inline constexpr unsigned long c_flex_header_size = 2 * sizeof(std::uint32_t);
 /// struct kvm_msrs)` request codes in `<linux/kvm.h>` come out wrong: the
 /// kernel rejects them (`KVM_GET_SUPPORTED_CPUID` fails with EINVAL). The
 /// direction, type and number still come from the header.
-[[nodiscard]] constexpr unsigned long with_c_flex_size(unsigned long req) noexcept {
+[[nodiscard]] constexpr unsigned long with_c_flex_size(unsigned long req,
+                                                      unsigned long header = c_flex_header_size) noexcept {
     constexpr unsigned long size_field = static_cast<unsigned long>(_IOC_SIZEMASK) << _IOC_SIZESHIFT;
-    return (req & ~size_field) | (c_flex_header_size << _IOC_SIZESHIFT);
+    return (req & ~size_field) | (header << _IOC_SIZESHIFT);
 }
 } // namespace vcpu::kvm::detail
 
@@ -65,6 +66,10 @@ inline constexpr unsigned long c_flex_header_size = 2 * sizeof(std::uint32_t);
 /// array (see `detail::with_c_flex_size`).
 #define VCPU_KVM_IOCTL_FLEX(kind, req)                                                             \
     ::vcpu::kvm::ioctl_def<::vcpu::kvm::fd_kind::kind>{::vcpu::kvm::detail::with_c_flex_size(req), #req}
+/// As `VCPU_KVM_IOCTL_FLEX` for a flexible-array struct whose C header is `bytes` long.
+#define VCPU_KVM_IOCTL_FLEX_HEADER(kind, req, bytes)                                               \
+    ::vcpu::kvm::ioctl_def<::vcpu::kvm::fd_kind::kind>{                                            \
+        ::vcpu::kvm::detail::with_c_flex_size(req, bytes), #req}
 
 namespace vcpu::kvm::ioctls {
 
@@ -123,6 +128,9 @@ inline constexpr auto run = VCPU_KVM_IOCTL(vcpu, KVM_RUN);
 inline constexpr auto get_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_GET_ONE_REG);
 /// 4.68 KVM_SET_ONE_REG.
 inline constexpr auto set_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_SET_ONE_REG);
+/// 4.17 KVM_SET_SIGNAL_MASK: the signal mask in effect while `KVM_RUN` runs the guest
+/// (`struct kvm_signal_mask`: a `__u32 len`, then the set; 4 bytes in C).
+inline constexpr auto set_signal_mask = VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_SIGNAL_MASK, 4);
 #if defined(__x86_64__)
 /// 4.11 KVM_GET_REGS.
 inline constexpr auto get_regs = VCPU_KVM_IOCTL(vcpu, KVM_GET_REGS);
@@ -186,11 +194,12 @@ inline constexpr auto vm_table = table<fd_kind::vm,
 
 inline constexpr auto vcpu_table = table<fd_kind::vcpu,
 #if defined(__x86_64__)
-                                         14
+                                         15
 #else
-                                         3
+                                         4
 #endif
                                          >{vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg,
+                                           vcpu::set_signal_mask,
 #if defined(__x86_64__)
                                            vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs,
                                            vcpu::set_sregs, vcpu::get_vcpu_events,

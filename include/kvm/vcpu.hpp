@@ -43,6 +43,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 #include <tuple>
 #include <type_traits>
@@ -74,31 +75,49 @@ struct vcpu_setup {
     vcpu_options options{};
 };
 
-/// A handle another thread uses to kick a vCPU out of `KVM_RUN`.
-///
-/// `kick(thread)` sets `kvm_run::immediate_exit` and sends `sig` to the
-/// thread running the vCPU; the signal interrupts `KVM_RUN` (or, if the thread
-/// is not in `KVM_RUN` yet, `immediate_exit` makes the next one return at
-/// once), and `enter()` reports it as an `interrupted` exit. Preconditions:
-/// `install_kick_handler(sig)` was called (otherwise the default action of
-/// `sig` kills the process); the vCPU outlives the kicker; after handling the
-/// interrupted exit the vCPU thread clears the flag with `immediate_exit(false)`.
-/// (KVM API 4.10 "KVM_RUN", `immediate_exit`.)
+namespace detail {
+/// What a vCPU and its kickers share. Allocated once per vCPU (setup path), so kickers stay
+/// valid when the vCPU object moves.
+struct kick_state {
+    std::atomic<std::uint32_t> requests{0}; ///< bits posted by kickers, taken by the vCPU
+    std::atomic<pthread_t> thread{};        ///< the thread running the vCPU (bind_kick_thread)
+    std::atomic<int> signal{0};             ///< the signal that interrupts it; 0: none bound
+    ::kvm_run* run = nullptr;               ///< for `immediate_exit`
+};
+} // namespace detail
+
+/// A handle other threads use to stop a vCPU: `kick(bits)` posts request bits, sets
+/// `kvm_run::immediate_exit` and signals the vCPU thread (once it called
+/// `hal_vcpu::bind_kick_thread`). The vCPU's next return from the guest is an `interrupted`
+/// exit whose `requests` holds every bit posted since the previous one: a kick that lands while
+/// the vCPU runs guest code interrupts `KVM_RUN`; one that lands while its thread is in
+/// userspace makes the next `KVM_RUN` return at once. No kick is lost: the vCPU clears
+/// `immediate_exit` *before* taking the bits, and a kicker posts the bits *before* setting it
+/// (both sequentially consistent), so a request taken late still finds the flag set.
+/// Thread-safe; copyable; valid while the vCPU lives (KVM API 4.10 "KVM_RUN", `immediate_exit`).
 class kicker {
 public:
-    /// A kicker for the `kvm_run` area `run` (mapped by a `hal_vcpu`).
-    explicit kicker(::kvm_run* run) noexcept : run_(run) {}
-    /// Sets `immediate_exit` and signals `thread`. Returns `pthread_kill`'s error.
-    [[nodiscard]] result<void> kick(pthread_t thread, int sig = SIGUSR1) const noexcept {
-        // The byte lives in the shared kvm_run page; atomic_ref orders the store
-        // before the signal without a data race with the vCPU thread.
-        std::atomic_ref<std::uint8_t>(run_->immediate_exit).store(1, std::memory_order_release);
+    explicit kicker(detail::kick_state* k) noexcept : k_(k) {}
+    /// Posts `requests` (at least one bit) and interrupts the vCPU. Errors: `pthread_kill`'s.
+    [[nodiscard]] result<void> kick(std::uint32_t requests = 1) const noexcept {
+        k_->requests.fetch_or(requests == 0 ? 1 : requests, std::memory_order_seq_cst);
+        std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
+        if (const int sig = k_->signal.load(std::memory_order_acquire); sig != 0)
+            if (const int e = ::pthread_kill(k_->thread.load(std::memory_order_acquire), sig); e != 0)
+                return error{"pthread_kill", e, "signalling the vCPU thread"};
+        return ok();
+    }
+    /// As `kick(1)`, signalling `thread` with `sig` when the vCPU thread did not bind itself.
+    [[nodiscard]] result<void> kick(pthread_t thread, int sig) const noexcept {
+        if (k_->signal.load(std::memory_order_acquire) != 0) return kick(std::uint32_t{1});
+        k_->requests.fetch_or(1, std::memory_order_seq_cst);
+        std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
         if (const int e = ::pthread_kill(thread, sig); e != 0) return error{"pthread_kill", e};
         return ok();
     }
 
 private:
-    ::kvm_run* run_;
+    detail::kick_state* k_;
 };
 
 /// Installs a no-op handler for `sig` without `SA_RESTART`, so that the signal
@@ -263,7 +282,9 @@ public:
         const std::uint64_t mask = s.kernel_sync_regs & s.options.sync_regs & arch_sync_bits;
         run->kvm_valid_regs = mask;
         run->kvm_dirty_regs = 0;
-        return hal_vcpu(std::move(fd), run, s, mask);
+        auto k = std::make_unique<detail::kick_state>();
+        k->run = run;
+        return hal_vcpu(std::move(fd), run, s, mask, std::move(k));
     }
 
     /// Moves take over the fd, the mapping and the caches; the moved-from vCPU has no fd and a
@@ -293,12 +314,18 @@ public:
         }
         int rc = 0;
         int err = 0;
-        for (;;) {
+        for (unsigned again = 0;;) {
             rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
             if (rc >= 0) [[likely]]
                 break;
             err = errno; // read only on failure: errno is a call into libc
             if (err != EAGAIN) break;
+            // EAGAIN again and again (an AP that never gets its SIPI, a broken kernel): never
+            // spin here for ever; a kick or enough retries end it as an interrupted exit.
+            if (++again >= max_again || kick_->requests.load(std::memory_order_relaxed) != 0) {
+                err = EINTR;
+                break;
+            }
         }
         invalidate_unsynced();
         completed_ = false;
@@ -308,6 +335,7 @@ public:
             // KVM stores synced registers on the EINTR path too.
             ran_ = true;
             map_.run->exit_reason = KVM_EXIT_INTR;
+            take_requests();
             return ok();
         }
         ran_ = true;
@@ -319,7 +347,7 @@ public:
         // create() refused mappings smaller than struct kvm_run and the size never changes;
         // saying so lets the decoder's own size check fold away.
         if (map_.size < sizeof(::kvm_run) || map_.run == nullptr) __builtin_unreachable();
-        return raw_exit{map_.run, map_.size};
+        return raw_exit{map_.run, map_.size, requests_};
     }
 
     /// Sets or clears `kvm_run::immediate_exit` (KVM API 4.10): while set,
@@ -330,7 +358,38 @@ public:
             .store(on ? 1 : 0, std::memory_order_release);
     }
     /// A handle for kicking this vCPU from another thread (see `kicker`).
-    [[nodiscard]] kicker make_kicker() const noexcept { return kicker(map_.run); }
+    [[nodiscard]] kicker make_kicker() const noexcept { return kicker(kick_.get()); }
+
+    /// Makes the calling thread the one kickers signal, with `sig`: installs a no-op handler
+    /// for `sig` when it has none (`install_kick_handler`), and sets the mask `KVM_RUN` runs
+    /// with (KVM API 4.17 KVM_SET_SIGNAL_MASK) to this thread's mask without `sig`, so a kick
+    /// interrupts the guest even when the thread blocks `sig` elsewhere (a blocked kick stays
+    /// pending and interrupts the next `KVM_RUN`). Call from the vCPU thread before running.
+    /// Errors: "sigaction", "pthread_sigmask", "KVM_SET_SIGNAL_MASK" with errno.
+    [[nodiscard]] result<void> bind_kick_thread(int sig = SIGUSR1) noexcept {
+        struct sigaction cur{};
+        if (::sigaction(sig, nullptr, &cur) != 0) return last_error("sigaction");
+        if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN) {
+            if (auto r = install_kick_handler(sig); !r) return r;
+        }
+        sigset_t mask;
+        if (const int e = ::pthread_sigmask(SIG_BLOCK, nullptr, &mask); e != 0)
+            return error{"pthread_sigmask", e};
+        sigdelset(&mask, sig);
+        // struct kvm_signal_mask { __u32 len; __u8 sigset[]; } with the kernel's 8-byte sigset
+        // after the header (glibc's sigset_t starts with the same 64 bits).
+        // The C layout (the C++ one differs, see detail::with_c_flex_size): len at 0, set at 4.
+        constexpr std::size_t head = sizeof(std::uint32_t);
+        alignas(std::uint32_t) std::array<std::byte, head + 8> arg{};
+        const std::uint32_t len = 8;
+        std::memcpy(arg.data(), &len, sizeof len);
+        std::memcpy(arg.data() + head, &mask, 8);
+        if (Sys::ioctl(fd_.get(), ioctls::vcpu::set_signal_mask.code, arg.data()) < 0)
+            return last_error(ioctls::vcpu::set_signal_mask.name);
+        kick_->thread.store(::pthread_self(), std::memory_order_release);
+        kick_->signal.store(sig, std::memory_order_release);
+        return ok();
+    }
 
     /// Finishes the exit KVM has not completed yet (see `detail::completion_pending`: the
     /// data of an IN or MMIO read into the guest, the skip past the instruction), without
@@ -362,7 +421,10 @@ public:
             rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
             err = rc < 0 ? errno : 0;
         } while (rc < 0 && err == EAGAIN);
-        ie.store(kicked, std::memory_order_release); // a kick that came meanwhile stays
+        // A kick that came meanwhile must still stop the next KVM_RUN: its bits are posted before
+        // its flag, so checking the bits after restoring the flag cannot miss it.
+        ie.store(kicked, std::memory_order_seq_cst);
+        if (kick_->requests.load(std::memory_order_seq_cst) != 0) ie.store(1, std::memory_order_seq_cst);
         map_.run->kvm_valid_regs = valid;
         completed_ = true;
         if (rc < 0 && err != EINTR) {
@@ -550,8 +612,9 @@ public:
     }
 
 private:
-    hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask) noexcept
-        : fd_(std::move(fd)), map_(run, s.mmap_size), sync_mask_(mask),
+    hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask,
+             std::unique_ptr<detail::kick_state> k) noexcept
+        : fd_(std::move(fd)), map_(run, s.mmap_size), kick_(std::move(k)), sync_mask_(mask),
           system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
           counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
           before_entry_(counting_ != 0) {
@@ -570,6 +633,13 @@ private:
         }
     }
 
+
+    /// After KVM_RUN returned EINTR: clear `immediate_exit`, *then* take the posted requests
+    /// (see `kicker` for why this order loses none).
+    void take_requests() noexcept {
+        std::atomic_ref<std::uint8_t>(map_.run->immediate_exit).store(0, std::memory_order_seq_cst);
+        requests_ = kick_->requests.exchange(0, std::memory_order_seq_cst);
+    }
 
     /// The error of any use of a moved-from vCPU.
     [[nodiscard]] static error moved_from(const char* op) noexcept {
@@ -744,6 +814,7 @@ private:
 
     basic_fd<Sys> fd_;
     detail::run_mapping<Sys> map_; ///< after fd_: unmapped before the fd closes
+    std::unique_ptr<detail::kick_state> kick_;
     std::size_t dropped_ = 0;
     std::uint64_t sync_mask_ = 0;
     int system_fd_ = -1;
@@ -757,10 +828,13 @@ private:
     std::uint64_t counting_ = 0;     ///< synced blocks in kvm_valid_regs, idle count running
     bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used_ or counting_
     bool completed_ = false;         ///< complete_pending_io() ran since the last exit
+    std::uint32_t requests_ = 0;     ///< kick requests taken at the last interrupted exit
     std::uint32_t held_blocks_ = 0;  ///< blocks a handler wrote during an uncompleted exit
     std::size_t held_regs_ = 0;      ///< ONE_REG writes held back, in held_
     std::array<detail::held_one_reg, 8> held_{};
     std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
+    /// `KVM_RUN` re-issued after `EAGAIN` at most this often in one `enter()`.
+    static constexpr unsigned max_again = 1024;
     /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.
     static constexpr std::uint64_t tracked_sync_bits = 0xff;
 };

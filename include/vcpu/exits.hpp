@@ -222,9 +222,15 @@ struct external_interrupt {
     std::uint32_t vector = 0;
 };
 
-/// The HAL returned to userspace without a guest exit: a signal or
-/// `immediate_exit` interrupted `KVM_RUN` (used to kick a vCPU thread).
-struct interrupted {};
+/// The HAL returned to userspace without a guest exit: another thread kicked
+/// the vCPU (KVM: a signal or `immediate_exit` interrupted `KVM_RUN`).
+/// `requests` holds the request bits the kickers posted since the last
+/// interrupted exit; they are taken (cleared) by this exit, so every request
+/// is reported exactly once. 0 when something else interrupted the run (a
+/// signal not sent by a kicker).
+struct interrupted {
+    std::uint32_t requests = 0;
+};
 
 /// The hardware refused to enter the guest (VM-entry failure, bad state).
 struct fail_entry {

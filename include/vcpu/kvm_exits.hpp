@@ -67,7 +67,7 @@ void internal(::kvm_run& r, Visitor& visit) noexcept {
 /// Decodes every architecture-neutral exit reason of `r`; any other reason
 /// becomes `unknown` (with `hardware_exit_reason` for `KVM_EXIT_UNKNOWN`).
 template <class Visitor>
-void decode(::kvm_run& r, Visitor& visit) noexcept {
+void decode(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
     using why = malformed_exit::why;
     const std::uint32_t reason = r.exit_reason;
     switch (reason) {
@@ -98,7 +98,7 @@ void decode(::kvm_run& r, Visitor& visit) noexcept {
         return;
     }
     case KVM_EXIT_INTR: {
-        interrupted e{};
+        interrupted e{requests};
         visit(e);
         return;
     }

@@ -22,6 +22,9 @@ namespace vcpu {
 struct kvm_run_view {
     ::kvm_run* run = nullptr;
     std::size_t mapped = 0;
+    /// Kick requests taken at this exit (`interrupted::requests`); not part of `kvm_run`, so a
+    /// HAL passes them beside it (the KVM HAL's kicker protocol; 0 for mock and replay).
+    std::uint32_t requests = 0;
 
     /// The mapped bytes as a span (the bound every offset is checked against).
     [[nodiscard]] std::span<std::byte> bytes() const noexcept {

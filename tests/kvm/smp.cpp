@@ -85,7 +85,7 @@ TEST_CASE("smp: 4 vCPU threads start, run and stop together") {
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     const bool all_done = halted.load() == cpus;
     if (!all_done)
-        for (unsigned i = 0; i < cpus; ++i) (void)m->vcpus[i].hal().make_kicker().kick(ids[i]);
+        for (unsigned i = 0; i < cpus; ++i) (void)m->vcpus[i].hal().make_kicker().kick(ids[i], SIGUSR1);
     for (auto& t : threads) t.join();
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     MESSAGE("4 vCPUs x " << int{rounds} << " exits in " << secs << " s");

@@ -364,7 +364,7 @@ template <class Visitor>
         visit(e);
         return;
     }
-    default: kvm_common::decode(r, visit); return;
+    default: kvm_common::decode(r, visit, v.requests); return;
     }
 }
 

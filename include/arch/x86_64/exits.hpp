@@ -256,7 +256,7 @@ template <class Visitor>
         visit(e);
         return;
     }
-    default: kvm_common::decode(r, visit); return;
+    default: kvm_common::decode(r, visit, v.requests); return;
     }
 }
 
