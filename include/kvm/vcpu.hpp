@@ -312,23 +312,13 @@ public:
         if (before_entry_) [[unlikely]] {
             if (auto f = prepare_entry(); !f) return f;
         }
-        int rc = 0;
+        int rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
         int err = 0;
-        for (unsigned again = 0;;) {
-            rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
-            if (rc >= 0) [[likely]]
-                break;
+        if (rc < 0) [[unlikely]] {
             err = errno; // read only on failure: errno is a call into libc
-            if (err != EAGAIN) break;
-            // EAGAIN again and again (an AP that never gets its SIPI, a broken kernel): never
-            // spin here for ever; a kick or enough retries end it as an interrupted exit.
-            if (++again >= max_again || kick_->requests.load(std::memory_order_relaxed) != 0) {
-                err = EINTR;
-                break;
-            }
+            if (err == EAGAIN) rc = run_again(err);
         }
         invalidate_unsynced();
-        completed_ = false;
         if (rc < 0) {
             if (err == EBADF && !fd_) return moved_from(ioctls::vcpu::run.name);
             if (err != EINTR) return error{ioctls::vcpu::run.name, err};
@@ -399,7 +389,7 @@ public:
     /// writes. enter() calls it when a handler wrote registers during such an exit; call it
     /// before reading the whole state to save it. No-op when nothing is pending.
     /// Errors: "KVM_RUN (completing the exit)" with errno.
-    [[nodiscard]] result<void> complete_pending_io() noexcept {
+    [[nodiscard, gnu::noinline]] result<void> complete_pending_io() noexcept {
         if (!ran_ || completed_ || !detail::completion_pending(*map_.run)) {
             held_blocks_ = 0;
             return apply_held_regs();
@@ -427,6 +417,7 @@ public:
         if (kick_->requests.load(std::memory_order_seq_cst) != 0) ie.store(1, std::memory_order_seq_cst);
         map_.run->kvm_valid_regs = valid;
         completed_ = true;
+        before_entry_ = true; // prepare_entry() resets completed_ before the next KVM_RUN
         if (rc < 0 && err != EINTR) {
             map_.run->kvm_dirty_regs = dirty;
             held_blocks_ = 0;
@@ -634,6 +625,26 @@ private:
     }
 
 
+    /// `KVM_RUN` again after `EAGAIN` (see `enter`), at most `max_again` times: EAGAIN again
+    /// and again (an AP that never gets its SIPI, a broken kernel) must not spin for ever, so
+    /// a kick or enough retries end it as an interrupted exit (`err` = EINTR).
+    [[gnu::noinline]] int run_again(int& err) noexcept {
+        int rc = -1;
+        for (unsigned again = 1; err == EAGAIN; ++again) {
+            if (again >= max_again || kick_->requests.load(std::memory_order_relaxed) != 0) {
+                err = EINTR;
+                return -1;
+            }
+            rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
+            if (rc >= 0) {
+                err = 0;
+                return rc;
+            }
+            err = errno;
+        }
+        return rc;
+    }
+
     /// After KVM_RUN returned EINTR: clear `immediate_exit`, *then* take the posted requests
     /// (see `kicker` for why this order loses none).
     void take_requests() noexcept {
@@ -707,10 +718,11 @@ private:
     /// ioctls for dirty unsynced blocks, then the sync-register adaptation. In the steady state
     /// (no register touched, every idle block already out of kvm_valid_regs) `enter()` skips it
     /// with one test.
-    [[nodiscard]] result<void> prepare_entry() noexcept {
+    [[nodiscard, gnu::noinline]] result<void> prepare_entry() noexcept {
         if (held_blocks_ != 0 || held_regs_ != 0) {
             if (auto c = complete_pending_io(); !c) return c;
         }
+        completed_ = false; // the exit about to come is a new one
         if (auto f = flush(); !f) return f;
         adapt_sync();
         before_entry_ = counting_ != 0;
