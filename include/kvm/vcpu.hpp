@@ -321,7 +321,7 @@ public:
         invalidate_unsynced();
         if (rc < 0) {
             if (err == EBADF && !fd_) return moved_from(ioctls::vcpu::run.name);
-            if (err != EINTR) return error{ioctls::vcpu::run.name, err};
+            if (err != EINTR) return failed_run(err);
             // KVM stores synced registers on the EINTR path too.
             ran_ = true;
             map_.run->exit_reason = KVM_EXIT_INTR;
@@ -608,7 +608,7 @@ private:
         : fd_(std::move(fd)), map_(run, s.mmap_size), kick_(std::move(k)), sync_mask_(mask),
           system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
           counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
-          before_entry_(counting_ != 0) {
+          before_entry_(true) {
         // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
         // mapping; only use it when that page lies wholly inside the mapping.
         const std::size_t page = s.page_size;
@@ -683,6 +683,12 @@ private:
                 return p; // KVM stored it at the last exit
         }
         if ((valid_blocks_ & block_bit<B>()) == 0) {
+            // A synced block with a write still pending (kvm_dirty_regs) holds the newest values:
+            // fetching it from KVM would drop them.
+            if (synced<B>() && (map_.run->kvm_dirty_regs & block_traits<B>::sync_bit) != 0) {
+                valid_blocks_ |= block_bit<B>();
+                return p;
+            }
             constexpr auto io = block_traits<B>::get;
             if (Sys::ioctl(fd_.get(), io.code, p) < 0) return last_error(io.name);
             valid_blocks_ |= block_bit<B>();
@@ -725,8 +731,39 @@ private:
         completed_ = false; // the exit about to come is a new one
         if (auto f = flush(); !f) return f;
         adapt_sync();
-        before_entry_ = counting_ != 0;
+        if (!ran_) {
+            // Keep the boot state the first KVM_RUN is to apply: if that run fails, KVM may have
+            // overwritten it in kvm_run (failed_run() puts it back and explains the failure).
+            first_dirty_ = map_.run->kvm_dirty_regs;
+            std::apply([&](auto&... c) { (keep_first(c), ...); }, caches_);
+        }
+        before_entry_ = counting_ != 0 || !ran_;
         return ok();
+    }
+
+    template <class B>
+    void keep_first(detail::block_cache<B>& c) noexcept {
+        if (synced<B>() && (first_dirty_ & block_traits<B>::sync_bit) != 0) c.scratch = *sync_area<B>();
+    }
+    template <class B>
+    void restore_first(detail::block_cache<B>& c, const char*& why) noexcept {
+        if (!synced<B>() || (first_dirty_ & block_traits<B>::sync_bit) == 0) return;
+        *sync_area<B>() = c.scratch;
+        if constexpr (requires { block_traits<B>::explain_invalid(c.scratch); })
+            if (why == nullptr) why = block_traits<B>::explain_invalid(c.scratch);
+    }
+    /// KVM_RUN failed with `err` (not EINTR). Before the first successful run, the writes the
+    /// run was to apply are put back (KVM may have stored its own state over them) and stay
+    /// pending, so a register read returns them and a retry applies them; when a pending block
+    /// breaks an architectural rule, the error says which.
+    [[gnu::noinline]] error failed_run(int err) noexcept {
+        const char* why = nullptr;
+        if (!ran_ && first_dirty_ != 0) {
+            std::apply([&](auto&... c) { (restore_first(c, why), ...); }, caches_);
+            map_.run->kvm_dirty_regs |= first_dirty_;
+        }
+        before_entry_ = true;
+        return error{ioctls::vcpu::run.name, err, why != nullptr ? why : ""};
     }
 
     template <class B>
@@ -840,6 +877,7 @@ private:
     std::uint64_t counting_ = 0;     ///< synced blocks in kvm_valid_regs, idle count running
     bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used_ or counting_
     bool completed_ = false;         ///< complete_pending_io() ran since the last exit
+    std::uint64_t first_dirty_ = 0;  ///< kvm_dirty_regs the first KVM_RUN was given
     std::uint32_t requests_ = 0;     ///< kick requests taken at the last interrupted exit
     std::uint32_t held_blocks_ = 0;  ///< blocks a handler wrote during an uncompleted exit
     std::size_t held_regs_ = 0;      ///< ONE_REG writes held back, in held_

@@ -15,6 +15,7 @@
 #if defined(__x86_64__)
 
 #include <arch/x86_64/abi.hpp>
+#include <arch/x86_64/registers.hpp>
 
 #include <linux/kvm.h>
 
@@ -127,6 +128,10 @@ struct block_traits<::vcpu::x86_64::sregs_block> {
     static constexpr auto set = ioctls::vcpu::set_sregs;
     static constexpr std::uint64_t sync_bit = KVM_SYNC_X86_SREGS;
     static constexpr std::size_t sync_offset = offsetof(::kvm_sync_regs, sregs);
+    /// Why KVM would refuse this block (explains a failed KVM_RUN / KVM_SET_SREGS), or null.
+    [[nodiscard]] static constexpr const char* explain_invalid(const ::vcpu::x86_64::sregs_layout& s) noexcept {
+        return ::vcpu::x86_64::invalid_state_reason(s);
+    }
 };
 /// `kvm_vcpu_events`: KVM API 4.31/4.32 KVM_GET/SET_VCPU_EVENTS, synced by `KVM_SYNC_X86_EVENTS`.
 template <>

@@ -12,6 +12,8 @@
 #include <vcpu/registers.hpp>
 #include <vcpu/result.hpp>
 
+#include <atomic>
+#include <cerrno>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -129,6 +131,9 @@ public:
     /// handler took it or its handler said `action::stop`, else `nullopt`.
     template <class... Hs>
     [[nodiscard]] result<std::optional<exit_for<Hs...>>> step(Hs&&... hs) noexcept {
+        static_assert(every_handler_called<typename Arch::exit_types, Hs...>);
+        const busy_guard guard(running_);
+        if (!guard) return guard.error_of("vcpu step");
         std::optional<exit_for<Hs...>> out;
         if (auto e = advance(out, hs...); !e) return e.err();
         return out;
@@ -139,6 +144,9 @@ public:
     /// No allocation, no exceptions, no virtual calls.
     template <class... Hs>
     [[nodiscard]] result<exit_for<Hs...>> run(Hs&&... hs) noexcept {
+        static_assert(every_handler_called<typename Arch::exit_types, Hs...>);
+        const busy_guard guard(running_);
+        if (!guard) return guard.error_of("vcpu run");
         // One slot for the returned exit, outside the loop: building and
         // returning a fresh optional<variant> per exit (as step() does) costs
         // more than decode + dispatch (benchmarks/framework.cpp, docs/benchmarks.md).
@@ -175,9 +183,31 @@ private:
         return ok();
     }
 
-private:
+    /// Marks the vCPU as running for the duration of a `run()`/`step()`; a second thread (or
+    /// a handler re-entering) finds it taken and gets EBUSY instead of racing on the exit
+    /// record. One atomic exchange per call, not per exit.
+    class busy_guard {
+    public:
+        explicit busy_guard(bool& flag) noexcept
+            : flag_(flag), mine_(!std::atomic_ref<bool>(flag).exchange(true, std::memory_order_acquire)) {}
+        ~busy_guard() {
+            if (mine_) std::atomic_ref<bool>(flag_).store(false, std::memory_order_release);
+        }
+        busy_guard(const busy_guard&) = delete;
+        busy_guard& operator=(const busy_guard&) = delete;
+        explicit operator bool() const noexcept { return mine_; }
+        [[nodiscard]] static error error_of(const char* op) noexcept {
+            return error{op, EBUSY, "another thread (or a handler) is running this vCPU already"};
+        }
+
+    private:
+        bool& flag_;
+        bool mine_;
+    };
+
     hal_vcpu hal_;
     bool pending_ = false; ///< an exit was entered but not yet dispatched
+    alignas(std::atomic_ref<bool>::required_alignment) bool running_ = false; ///< a run()/step() is on
 };
 
 } // namespace vcpu

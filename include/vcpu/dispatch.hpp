@@ -20,6 +20,7 @@
 #include <boost/hana/type.hpp>
 #include <boost/hana/unpack.hpp>
 
+#include <array>
 #include <cstddef>
 #include <optional>
 #include <tuple>
@@ -82,6 +83,74 @@ struct unhandled<type_list<Es...>, Hs...> {
 };
 
 } // namespace detail
+
+/// A handler that may go uncalled: `run()` and `step()` reject, at compile time, any handler
+/// that no exit type of the architecture selects (its parameter matches none of them, it takes
+/// two parameters or a pointer, or an earlier handler takes every exit it accepts). Wrapping it
+/// with `allow_unused` says that is intended, e.g. a handler set shared by VMMs for several
+/// architectures. Calls forward to the wrapped handler.
+template <class H>
+struct allowed_unused {
+    H fn;
+    template <class E>
+        requires std::is_invocable_v<H&, E&>
+    constexpr decltype(auto) operator()(E& e) noexcept(std::is_nothrow_invocable_v<H&, E&>) {
+        return fn(e);
+    }
+};
+
+/// Wraps `h` so that it may be called for no exit of the architecture (see `allowed_unused`).
+template <class H>
+[[nodiscard]] constexpr allowed_unused<std::decay_t<H>> allow_unused(H&& h) {
+    return {std::forward<H>(h)};
+}
+
+namespace detail {
+template <class H> struct is_allowed_unused : std::false_type {};
+template <class H> struct is_allowed_unused<allowed_unused<H>> : std::true_type {};
+template <class> inline constexpr bool always_false = false;
+
+/// Instantiated with `Used = false` only for a handler no exit type selects; the compiler's
+/// note "required from ... handler_is_called<I, H, false>" names its position `I` (from 0)
+/// and its type `H`.
+template <std::size_t I, class H, bool Used>
+struct handler_is_called : std::true_type {};
+template <std::size_t I, class H>
+struct handler_is_called<I, H, false> : std::true_type {
+    static_assert(always_false<H>,
+                  "vcpu: handler number I (from 0; see the note naming handler_is_called<I, H>) "
+                  "is never called: no exit type of this architecture selects it (its parameter "
+                  "matches none of them, or an earlier handler takes every exit it accepts). "
+                  "Fix its parameter type, or wrap it in vcpu::allow_unused(...) if that is "
+                  "intended");
+};
+
+template <class Types, class... Hs> struct handler_use;
+template <class... Es, class... Hs>
+struct handler_use<type_list<Es...>, Hs...> {
+    /// used[i]: some exit type's first accepting handler is handler i.
+    static constexpr std::array<bool, sizeof...(Hs) + 1> used = [] {
+        std::array<bool, sizeof...(Hs) + 1> u{};
+        ((handler_index<Es, Hs...>() >= 0 ? void(u[static_cast<std::size_t>(handler_index<Es, Hs...>())] = true)
+                                          : void()),
+         ...);
+        return u;
+    }();
+    template <std::size_t... I>
+    static constexpr bool check(std::index_sequence<I...>) {
+        return (handler_is_called<I, std::remove_cvref_t<std::tuple_element_t<I, std::tuple<Hs...>>>,
+                                  used[I] || is_allowed_unused<std::remove_cvref_t<
+                                                 std::tuple_element_t<I, std::tuple<Hs...>>>>::value>::value &&
+                ...);
+    }
+    static constexpr bool value = check(std::index_sequence_for<Hs...>{});
+};
+} // namespace detail
+
+/// True when every handler in `Hs...` is selected by some exit type in `ExitTypes` (or is
+/// wrapped in `allow_unused`); otherwise instantiating it fails to compile, naming the handler.
+template <class ExitTypes, class... Hs>
+inline constexpr bool every_handler_called = detail::handler_use<ExitTypes, Hs...>::value;
 
 /// The `std::variant` of exit types that `run(handlers...)` may return for an
 /// arch with `ExitTypes` (a `type_list`) and handler types `Hs...`;

@@ -41,7 +41,17 @@ struct u128 {
     friend constexpr bool operator==(const u128&, const u128&) = default;
 };
 
+namespace detail {
+/// Not constexpr on purpose: a `block_reg` whose bytes leave its block calls it during constant
+/// evaluation, so the descriptor does not compile and the diagnostic names this function.
+inline void block_register_lies_outside_its_block() noexcept {}
+} // namespace detail
+
 /// Register that lives at byte `offset` inside block `Block`'s layout.
+///
+/// Descriptors are made at compile time (the constructor is `consteval`), and one whose
+/// `[offset, offset + sizeof(T))` leaves `Block::layout` does not compile; reads and writes then
+/// need no run-time bounds test.
 template <class Block, class T, access A = access::rw>
 struct block_reg {
     using block = Block;
@@ -51,19 +61,23 @@ struct block_reg {
     std::size_t offset = 0;
 
     static_assert(std::is_trivially_copyable_v<T>, "block register values are copied bytewise");
+
+    constexpr block_reg() noexcept = default;
+    consteval block_reg(std::string_view n, std::size_t off) noexcept : name(n), offset(off) {
+        if (off > sizeof(typename Block::layout) || sizeof(T) > sizeof(typename Block::layout) - off)
+            detail::block_register_lies_outside_its_block();
+    }
+
     [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
 
-    /// Reads the value out of a block image (bounds checked at compile time
-    /// for constant offsets, at run time otherwise).
+    /// Reads the value out of a block image.
     [[nodiscard]] T read_from(const typename Block::layout& l) const noexcept {
         T v{};
-        if (offset + sizeof(T) <= sizeof(l))
-            std::memcpy(&v, reinterpret_cast<const std::byte*>(&l) + offset, sizeof(T));
+        std::memcpy(&v, reinterpret_cast<const std::byte*>(&l) + offset, sizeof(T));
         return v;
     }
     void write_to(typename Block::layout& l, const T& v) const noexcept {
-        if (offset + sizeof(T) <= sizeof(l))
-            std::memcpy(reinterpret_cast<std::byte*>(&l) + offset, &v, sizeof(T));
+        std::memcpy(reinterpret_cast<std::byte*>(&l) + offset, &v, sizeof(T));
     }
 };
 

@@ -101,7 +101,7 @@ TEST_CASE("dispatch: the first handler whose parameter type matches is chosen") 
     auto cpu = make(std::move(s));
     int first = 0, second = 0, mmio = 0, rest = 0;
     auto r = cpu.run([&](vcpu::port_io& io) { first += io.port == 0x3f8 && io.value() == 'A'; },
-                     [&](vcpu::port_io&) { ++second; },
+                     vcpu::allow_unused([&](vcpu::port_io&) { ++second; }), // shadowed on purpose
                      [&](const vcpu::mmio& m) { mmio += m.address == 0xd0000000 && m.value() == 7; },
                      [&](vcpu::halt) { return action::stop; }, // by value works too
                      [&](auto&) { ++rest; });

@@ -7,6 +7,7 @@
 
 #if defined(__x86_64__)
 #include <arch/x86_64/arch.hpp>
+#include <arch/x86_64/registers.hpp>
 
 #include <array>
 #include <cstring>
@@ -84,8 +85,20 @@ struct fake_kernel {
     }
     static int do_run() noexcept {
         if (run->kvm_dirty_regs & KVM_SYNC_X86_REGS) std::memcpy(&regs, sync(0), sizeof regs);
-        if (run->kvm_dirty_regs & KVM_SYNC_X86_SREGS)
-            std::memcpy(&sregs, sync(offsetof(x86::sync_regs_layout, sregs)), sizeof sregs);
+        run->kvm_dirty_regs &= ~std::uint64_t{KVM_SYNC_X86_REGS};
+        if (run->kvm_dirty_regs & KVM_SYNC_X86_SREGS) {
+            x86::sregs_layout s{};
+            std::memcpy(&s, sync(offsetof(x86::sync_regs_layout, sregs)), sizeof s);
+            if (x86::invalid_state_reason(s) != nullptr) {
+                // As KVM's sync_regs(): REGS applied, SREGS refused and left dirty, then
+                // store_regs() writes the vCPU's own state over kvm_run::s.regs.
+                std::memcpy(sync(0), &regs, sizeof regs);
+                std::memcpy(sync(offsetof(x86::sync_regs_layout, sregs)), &sregs, sizeof sregs);
+                errno = EINVAL;
+                return -1;
+            }
+            sregs = s;
+        }
         run->kvm_dirty_regs = 0;
         if (run_errno == 0) {
             regs.rax += 1;
@@ -280,3 +293,30 @@ TEST_CASE("kvm fake: ioctl table names and fd kinds") {
 }
 
 #endif // __x86_64__
+
+#if defined(__x86_64__)
+TEST_CASE("kvm fake: a failed first KVM_RUN keeps the pending boot state and says what is wrong") {
+    fake_kernel::reset();
+    auto cpu = make_cpu();
+    REQUIRE(cpu.set(x86::rip, 0x1234));
+    REQUIRE(cpu.set(x86::cr0, x86::cr0_bits::pg.bits())); // paging without protection: refused
+    auto e = cpu.hal().enter();
+    REQUIRE_FALSE(e);
+    CHECK(std::string(e.err().op) == "KVM_RUN");
+    CHECK(e.err().code == EINVAL);
+    CHECK(std::string(e.err().detail) == "CR0.PG set without CR0.PE");
+    CHECK(e.err().message().find("CR0.PG set without CR0.PE") != std::string::npos);
+    // The pending writes were not replaced by the kernel's state.
+    auto rip = cpu.get(x86::rip);
+    REQUIRE(rip);
+    CHECK(*rip == 0x1234);
+    auto cr0 = cpu.get(x86::cr0);
+    REQUIRE(cr0);
+    CHECK(*cr0 == x86::cr0_bits::pg.bits());
+    // Fixed, the retry applies the whole boot state.
+    REQUIRE(cpu.set(x86::cr0, x86::cr0_bits::pe.bits()));
+    REQUIRE(cpu.hal().enter());
+    CHECK(fake_kernel::regs.rip == 0x1234);
+    CHECK(fake_kernel::sregs.cr0 == x86::cr0_bits::pe.bits());
+}
+#endif

@@ -179,6 +179,22 @@ inline constexpr std::uint8_t tss_busy_16 = 0x3;       ///< system: 16-bit busy 
 inline constexpr std::uint8_t tss_busy_64 = 0xb;       ///< system: 32/64-bit busy TSS
 } // namespace segment_type
 
+/// Why a system-register state is one no x86 CPU can be in (and KVM refuses with EINVAL, see
+/// `kvm_is_valid_sregs`), or null when none of these rules is broken. The rules: SDM Vol. 3A
+/// §2.5 (CR0.PG requires CR0.PE; CR0.NW requires CR0.CD), §9.8.5 (IA-32e mode: paging with
+/// EFER.LME requires CR4.PAE; EFER.LMA equals LME && PG), §3.4.5 / §5.2.1 (a 64-bit code
+/// segment, CS.L, has CS.D clear). Used to explain a failed entry.
+[[nodiscard]] constexpr const char* invalid_state_reason(const sregs_layout& s) noexcept {
+    const bool pg = cr0_bits::pg.test(s.cr0), pe = cr0_bits::pe.test(s.cr0);
+    const bool lme = efer_bits::lme.test(s.efer), lma = efer_bits::lma.test(s.efer);
+    if (pg && !pe) return "CR0.PG set without CR0.PE";
+    if (cr0_bits::nw.test(s.cr0) && !cr0_bits::cd.test(s.cr0)) return "CR0.NW set without CR0.CD";
+    if (pg && lme && !cr4_bits::pae.test(s.cr4)) return "EFER.LME and CR0.PG set without CR4.PAE";
+    if (lma != (lme && pg)) return "EFER.LMA differs from EFER.LME && CR0.PG";
+    if (s.cs.l != 0 && s.cs.db != 0) return "CS.L and CS.D both set";
+    return nullptr;
+}
+
 /// x86 exception vectors (SDM Vol. 3A §6.15, Table 6-1).
 namespace vector {
 inline constexpr std::uint8_t de = 0, db = 1, nmi = 2, bp = 3, of = 4, br = 5, ud = 6, nm = 7,
