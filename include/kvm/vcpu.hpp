@@ -403,8 +403,12 @@ public:
         // state of the held synced blocks into kvm_run on the way out.
         map_.run->kvm_dirty_regs = 0;
         map_.run->kvm_valid_regs = valid | held_sync;
+        // Load then store, not exchange: a one-byte exchange needs libatomic on some targets
+        // (riscv64). A kick landing between the two has posted its bits first; the check of
+        // the bits below restores its flag.
         std::atomic_ref<std::uint8_t> ie(map_.run->immediate_exit);
-        const std::uint8_t kicked = ie.exchange(1, std::memory_order_acq_rel);
+        const std::uint8_t kicked = ie.load(std::memory_order_seq_cst);
+        ie.store(1, std::memory_order_seq_cst);
         int rc = 0;
         int err = 0;
         do {
@@ -650,6 +654,18 @@ private:
     void take_requests() noexcept {
         std::atomic_ref<std::uint8_t>(map_.run->immediate_exit).store(0, std::memory_order_seq_cst);
         requests_ = kick_->requests.exchange(0, std::memory_order_seq_cst);
+        // When the vCPU thread blocks the kick signal, KVM_SET_SIGNAL_MASK lets it interrupt
+        // KVM_RUN, but KVM restores the thread's mask before returning: the signal stays
+        // pending and would end every later KVM_RUN at once. Consume it here (QEMU does the
+        // same with sigtimedwait after KVM_RUN).
+        if (const int sig = kick_->signal.load(std::memory_order_relaxed); sig != 0) {
+            sigset_t set;
+            sigemptyset(&set);
+            sigaddset(&set, sig);
+            const timespec now{};
+            while (::sigtimedwait(&set, nullptr, &now) == sig) {
+            }
+        }
     }
 
     /// The error of any use of a moved-from vCPU.

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdint>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -188,10 +189,11 @@ private:
     /// record. One atomic exchange per call, not per exit.
     class busy_guard {
     public:
-        explicit busy_guard(bool& flag) noexcept
-            : flag_(flag), mine_(!std::atomic_ref<bool>(flag).exchange(true, std::memory_order_acquire)) {}
+        // A word, not a bool: a one-byte atomic exchange needs libatomic on some targets.
+        explicit busy_guard(std::uint32_t& flag) noexcept
+            : flag_(flag), mine_(std::atomic_ref<std::uint32_t>(flag).exchange(1, std::memory_order_acquire) == 0) {}
         ~busy_guard() {
-            if (mine_) std::atomic_ref<bool>(flag_).store(false, std::memory_order_release);
+            if (mine_) std::atomic_ref<std::uint32_t>(flag_).store(0, std::memory_order_release);
         }
         busy_guard(const busy_guard&) = delete;
         busy_guard& operator=(const busy_guard&) = delete;
@@ -201,13 +203,13 @@ private:
         }
 
     private:
-        bool& flag_;
+        std::uint32_t& flag_;
         bool mine_;
     };
 
     hal_vcpu hal_;
     bool pending_ = false; ///< an exit was entered but not yet dispatched
-    alignas(std::atomic_ref<bool>::required_alignment) bool running_ = false; ///< a run()/step() is on
+    alignas(std::atomic_ref<std::uint32_t>::required_alignment) std::uint32_t running_ = 0; ///< a run()/step() is on
 };
 
 } // namespace vcpu
