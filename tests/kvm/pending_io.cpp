@@ -154,7 +154,7 @@ outcome run_case(guest_access a, regwrite w, bool user) {
             return vcpu::action::resume;
         },
         [&](vcpu::mmio& mm) {
-            if (++exits > 64 || mm.is_write()) return vcpu::action::stop;
+            if (++exits > 64 || mm.is_write() || mm.address != bench::mmio_gpa) return vcpu::action::stop;
             answer([&] { mm.set(answer32); });
             return vcpu::action::resume;
         });
