@@ -193,7 +193,7 @@ TEST_CASE("stress: every kick is acknowledged: signal unblocked, blocked, and tw
         const char* name[] = {"signal unblocked", "signal blocked", "two kickers racing"};
         CAPTURE(mode);
         const auto r = kick_storm(blocked, racing);
-        MESSAGE(name[mode] << ": " << r.sent << " kicks, " << r.lost
+        MESSAGE(std::string(name[mode]) << ": " << r.sent << " kicks, " << r.lost
                 << " lost, stop latency median " << r.median_us << " us, worst " << r.worst_us
                 << " us (bound " << std::chrono::duration<double>(lost_after).count()
                 << " s); busy guest " << r.exits[0] << " exits; " << r.spurious
