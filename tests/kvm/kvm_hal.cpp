@@ -533,7 +533,7 @@ TEST_CASE("errors: a bad fd fails with EBADF named in the message") {
     REQUIRE_FALSE(cpu);
     CHECK(std::string(cpu.err().op) == "KVM_CREATE_VCPU");
     CHECK(cpu.err().code == EBADF);
-    CHECK(cpu.err().message() == "KVM_CREATE_VCPU failed: Bad file descriptor (EBADF)");
+    CHECK(cpu.err().message() == "KVM_CREATE_VCPU failed: Bad file descriptor (EBADF) (vcpu_id=0)");
     auto irq = bad_vm.create_irqchip();
     REQUIRE_FALSE(irq);
     CHECK(std::string(irq.err().op) == "KVM_CREATE_IRQCHIP");
