@@ -392,7 +392,8 @@ public:
     /// top of the completed state: exactly the bytes it changed (blocks), or the held ONE_REG
     /// writes. enter() calls it when a handler wrote registers during such an exit; call it
     /// before reading the whole state to save it. No-op when nothing is pending.
-    /// Errors: "KVM_RUN (completing the exit)" with errno.
+    /// `EAGAIN` is re-issued at most `max_again` times. Errors: "KVM_RUN" with errno (EAGAIN
+    /// when it persisted), detail "completing the exit...", the vCPU id and exit reason.
     [[nodiscard, gnu::noinline]] result<void> complete_pending_io() noexcept {
         if (!ran_ || completed_ || !detail::completion_pending(*map_.run)) {
             held_blocks_ = 0;
@@ -413,12 +414,15 @@ public:
         std::atomic_ref<std::uint8_t> ie(map_.run->immediate_exit);
         const std::uint8_t kicked = ie.load(std::memory_order_seq_cst);
         ie.store(1, std::memory_order_seq_cst);
+        // EAGAIN is re-issued as in enter(), and as there at most `max_again` times: a kernel
+        // answering EAGAIN for ever must not hang the vCPU thread (it then fails with EAGAIN).
         int rc = 0;
         int err = 0;
+        unsigned again = 0;
         do {
             rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
             err = rc < 0 ? errno : 0;
-        } while (rc < 0 && err == EAGAIN);
+        } while (rc < 0 && err == EAGAIN && ++again < max_again);
         // A kick that came meanwhile must still stop the next KVM_RUN: its bits are posted before
         // its flag, so checking the bits after restoring the flag cannot miss it.
         ie.store(kicked, std::memory_order_seq_cst);
