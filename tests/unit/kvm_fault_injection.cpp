@@ -68,6 +68,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <map>
 #include <set>
@@ -123,11 +124,15 @@ struct fault_sys {
         ::kvm_run* run = nullptr;
         x86::regs_layout regs{};
         x86::sregs_layout sregs{};
+        x86::debugregs_layout debugregs{};
+        x86::events_layout events{};
         int step = 0;
         bool pending_in = false; ///< an IN exit KVM completes at the next KVM_RUN
+        std::uint64_t one_reg = 0;
     };
     static inline std::map<int, vcpu_state> vcpus;
     static inline std::map<std::uint32_t, std::pair<std::uint64_t, std::uint64_t>> slots;
+    static inline int max_vcpu_id = 8; ///< KVM_CAP_MAX_VCPU_ID (0: absent); KVM_CREATE_VCPU takes ids below 8
 
     static void reset(long at, int err, bool persist) {
         inject_at = at;
@@ -144,6 +149,12 @@ struct fault_sys {
         defects.clear();
         vcpus.clear();
         slots.clear();
+        max_vcpu_id = 8;
+    }
+    static long count(unsigned long req) {
+        long n = 0;
+        for (const auto& c : log) n += c.kind == call_kind::ioctl && c.request == req ? 1 : 0;
+        return n;
     }
     static std::size_t page() noexcept { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
 
@@ -286,7 +297,7 @@ struct fault_sys {
         case KVM_CAP_READONLY_MEM: return 1;
         case KVM_CAP_NR_VCPUS: return 4;
         case KVM_CAP_MAX_VCPUS: return 8;
-        case KVM_CAP_MAX_VCPU_ID: return 8;
+        case KVM_CAP_MAX_VCPU_ID: return max_vcpu_id;
         default: return 0;
         }
     }
@@ -349,8 +360,19 @@ struct fault_sys {
         case KVM_SET_REGS: std::memcpy(&v.regs, arg, sizeof v.regs); return 0;
         case KVM_GET_SREGS: std::memcpy(arg, &v.sregs, sizeof v.sregs); return 0;
         case KVM_SET_SREGS: std::memcpy(&v.sregs, arg, sizeof v.sregs); return 0;
-        case KVM_GET_VCPU_EVENTS: std::memset(arg, 0, sizeof(x86::events_layout)); return 0;
-        case KVM_SET_VCPU_EVENTS: return 0;
+        case KVM_GET_VCPU_EVENTS: std::memcpy(arg, &v.events, sizeof v.events); return 0;
+        case KVM_SET_VCPU_EVENTS: std::memcpy(&v.events, arg, sizeof v.events); return 0;
+        case KVM_GET_DEBUGREGS: std::memcpy(arg, &v.debugregs, sizeof v.debugregs); return 0;
+        case KVM_SET_DEBUGREGS: std::memcpy(&v.debugregs, arg, sizeof v.debugregs); return 0;
+        case KVM_GET_ONE_REG:
+        case KVM_SET_ONE_REG: {
+            // One 64-bit register, whatever its id.
+            const auto* r = static_cast<const ::kvm_one_reg*>(arg);
+            auto* p = reinterpret_cast<std::uint64_t*>(static_cast<std::uintptr_t>(r->addr)); // the caller's buffer
+            if (req == KVM_GET_ONE_REG) *p = v.one_reg;
+            else v.one_reg = *p;
+            return 0;
+        }
         }
         if (req == kvm::ioctls::vcpu::set_cpuid2.code || req == kvm::ioctls::vcpu::set_signal_mask.code) return 0;
         if (req == kvm::ioctls::vcpu::set_msrs.code || req == kvm::ioctls::vcpu::get_msrs.code) {
@@ -452,6 +474,15 @@ vcpu::result<outcome> lifecycle(bool sync) {
     auto rip = cpu.get(x86::rip);
     if (!rip) return rip.err();
     VCPU_TRY_VOID(cpu.set(x86::rax, 0x1200));
+    VCPU_TRY_VOID(cpu.set(x86::dr7, 0x400)); // an unsynced block: GET, then SET before KVM_RUN
+    auto misc = cpu.get(x86::ia32_misc_enable);
+    if (!misc) return misc.err();
+    auto events = cpu.hal().template modify<x86::events_block>(); // synced, or GET + SET
+    if (!events) return events.err();
+    std::array<std::byte, 8> reg{};
+    constexpr std::uint64_t reg_id = KVM_REG_X86 | KVM_REG_SIZE_U64; // any 64-bit ONE_REG id
+    VCPU_TRY_VOID(cpu.hal().set_one_reg(reg_id, reg));
+    VCPU_TRY_VOID(cpu.hal().get_one_reg(reg_id, reg));
 
     vcpu::result<void> handler_error;
     for (int round = 0; round < 8 && !out.halted; ++round) {
@@ -468,6 +499,9 @@ vcpu::result<outcome> lifecycle(bool sync) {
         else if (std::holds_alternative<vcpu::interrupted>(*r)) ++out.interrupted;
     }
     if (out.halted) {
+        auto dr7 = cpu.get(x86::dr7);
+        if (!dr7) return dr7.err();
+        if (*dr7 != 0x400) return vcpu::error{"dr7 after the runs", EIO};
         auto rax = cpu.get(x86::rax);
         if (!rax) return rax.err();
         out.in_al = static_cast<std::uint8_t>(*rax & 0xff);
@@ -531,6 +565,162 @@ void release_leftovers() {
 }
 
 } // namespace
+
+TEST_CASE("kvm errors: open names the path it tried, under the stable 'open /dev/kvm' op") {
+    fault_sys::reset(0, 0, false);
+    auto sys = kvm::basic_system<fault_sys>::open("/nonexistent/kvm");
+    REQUIRE_FALSE(sys);
+    CHECK(std::string(sys.err().op) == kvm::basic_system<fault_sys>::open_op);
+    CHECK(sys.err().code == ENOENT);
+    CHECK(sys.err().text() == "/nonexistent/kvm");
+    CHECK(sys.err().message().find("path=\"/nonexistent/kvm\"") != std::string::npos);
+}
+
+TEST_CASE("kvm errors: vm_init_x86_64 refuses bad options up front, naming the values") {
+    const auto page = fault_sys::page();
+    auto init = [](kvm::x86_64_options o) {
+        fault_sys::reset(0, 0, false);
+        return kvm::vm_init_x86_64<fault_sys>(o);
+    };
+    kvm::x86_64_options o;
+    o.ram_bytes = 5000;
+    auto r = init(o);
+    REQUIRE_FALSE(r);
+    CHECK(std::string(r.err().op) == "vm_init_x86_64");
+    CHECK(r.err().code == EINVAL);
+    CHECK(r.err().value("ram_bytes") == 5000);
+    CHECK(r.err().value("page_size") == page);
+    CHECK(r.err().message().find("ram_bytes=5000") != std::string::npos);
+    CHECK(fault_sys::calls == 0); // refused before any system call
+    CHECK(fault_sys::fds.empty());
+
+    o.ram_bytes = 16 * page;
+    o.vcpus = 0;
+    r = init(o);
+    REQUIRE_FALSE(r);
+    CHECK(r.err().value("vcpus") == 0);
+
+    o.vcpus = 9; // the fake's KVM_CAP_MAX_VCPUS is 8
+    r = init(o);
+    REQUIRE_FALSE(r);
+    CHECK(r.err().code == EINVAL);
+    CHECK(r.err().value("vcpus") == 9);
+    CHECK(r.err().value("max_vcpus") == 8);
+    CHECK(fault_sys::fds.empty());
+    CHECK(fault_sys::maps.empty());
+
+    o.vcpus = 1;
+    o.irqchip = false; // PIT still asked for
+    r = init(o);
+    REQUIRE_FALSE(r);
+    CHECK(std::string(r.err().detail).find("irqchip") != std::string::npos);
+
+    o.pit = false;
+    r = init(o);
+    REQUIRE_MESSAGE(r, (r ? "" : r.err().message()));
+}
+
+TEST_CASE("kvm errors: memory slots are checked up front; overlaps name both slots and ranges") {
+    const auto page = fault_sys::page();
+    fault_sys::reset(0, 0, false);
+    fault_sys::logging = true;
+    auto sys = kvm::basic_system<fault_sys>::open();
+    REQUIRE(sys);
+    auto vm = sys->create_vm();
+    REQUIRE(vm);
+    auto ram = kvm::basic_guest_ram<fault_sys>::allocate(16 * page);
+    REQUIRE(ram);
+    REQUIRE(vm->set_memory({0, 0, ram->bytes()}));
+    const long kernel_calls = fault_sys::count(KVM_SET_USER_MEMORY_REGION);
+
+    auto overlap = vm->set_memory({1, 8 * page, ram->bytes().first(4 * page)});
+    REQUIRE_FALSE(overlap);
+    const auto& e = overlap.err();
+    CHECK(std::string(e.op) == "KVM_SET_USER_MEMORY_REGION");
+    CHECK(e.code == EEXIST);
+    CHECK(e.value("slot") == 1);
+    CHECK(e.value("gpa") == 8 * page);
+    CHECK(e.value("other_slot") == 0);
+    CHECK(e.value("other_gpa") == 0);
+    CHECK(e.message().find("other_gpa=[0x0, 0x" + [&] {
+        char b[32];
+        std::snprintf(b, sizeof b, "%zx", 16 * page);
+        return std::string(b);
+    }() + ")") != std::string::npos);
+
+    auto unaligned = vm->set_memory({1, 0x100000 + 8, ram->bytes().first(page)});
+    REQUIRE_FALSE(unaligned);
+    CHECK(unaligned.err().code == EINVAL);
+    CHECK(unaligned.err().value("gpa") == 0x100000 + 8);
+    auto odd_size = vm->set_memory({1, 0x100000, ram->bytes().first(5000)});
+    REQUIRE_FALSE(odd_size);
+    CHECK(odd_size.err().value("size") == 5000);
+    auto odd_host = vm->set_memory({1, 0x100000, ram->bytes().subspan(8, page)});
+    REQUIRE_FALSE(odd_host);
+    CHECK(odd_host.err().value("host").has_value());
+    auto wraps = vm->set_memory({1, ~std::uint64_t{0} - page + 1, ram->bytes().first(2 * page)});
+    REQUIRE_FALSE(wraps);
+    CHECK(wraps.err().code == EINVAL);
+    CHECK(fault_sys::count(KVM_SET_USER_MEMORY_REGION) == kernel_calls); // none reached the kernel
+
+    // Another address space (slot id bit 16 and up) may overlap; moving slot 0 over itself is
+    // no overlap; once slot 0 is gone, slot 1 may take its range.
+    REQUIRE(vm->set_memory({0, 0x200000, ram->bytes()}));
+    REQUIRE(vm->remove_memory(0));
+    REQUIRE(vm->set_memory({1, 0, ram->bytes().first(4 * page)}));
+    auto again = vm->set_memory({2, 0, ram->bytes().first(page)});
+    REQUIRE_FALSE(again);
+    CHECK(again.err().value("other_slot") == 1);
+
+    // A kernel refusal carries the slot and range as well.
+    fault_sys::inject_at = fault_sys::calls + 1;
+    fault_sys::inject_errno = ENOMEM;
+    auto refused = vm->set_memory({3, 0x400000, ram->bytes().first(page)});
+    REQUIRE_FALSE(refused);
+    CHECK(refused.err().code == ENOMEM);
+    CHECK(refused.err().value("slot") == 3);
+    CHECK(refused.err().value("gpa") == 0x400000);
+    fault_sys::inject_at = 0;
+    fault_sys::logging = false;
+}
+
+TEST_CASE("kvm errors: a vCPU id over the host limit is refused with the id and the limits") {
+    fault_sys::reset(0, 0, false);
+    fault_sys::logging = true;
+    auto sys = kvm::basic_system<fault_sys>::open();
+    REQUIRE(sys);
+    auto vm = sys->create_vm();
+    REQUIRE(vm);
+    auto cpu = vm->create_vcpu<arch>(8);
+    REQUIRE_FALSE(cpu);
+    CHECK(std::string(cpu.err().op) == "KVM_CREATE_VCPU");
+    CHECK(cpu.err().code == EINVAL);
+    CHECK(cpu.err().value("vcpu_id") == 8);
+    CHECK(cpu.err().value("max_vcpu_id") == 8);
+    CHECK(fault_sys::count(KVM_CREATE_VCPU) == 0); // refused before the kernel saw it
+
+    // Without KVM_CAP_MAX_VCPU_ID the kernel refuses, and the error still says the limits.
+    fault_sys::max_vcpu_id = 0;
+    auto late = vm->create_vcpu<arch>(8);
+    REQUIRE_FALSE(late);
+    CHECK(fault_sys::count(KVM_CREATE_VCPU) == 1);
+    CHECK(late.err().code == EINVAL);
+    CHECK(late.err().value("vcpu_id") == 8);
+    CHECK(late.err().value("max_vcpus") == 8);
+    CHECK(late.err().value("max_vcpu_id") == 8); // MAX_VCPU_ID absent: MAX_VCPUS, as the API says
+    CHECK(late.err().message().find("vcpu_id=8, max_vcpu_id=8, max_vcpus=8") != std::string::npos);
+
+    // A vCPU's failures name it.
+    auto ok_cpu = vm->create_vcpu<arch>(3);
+    REQUIRE(ok_cpu);
+    fault_sys::inject_at = fault_sys::calls + 1;
+    fault_sys::inject_errno = EFAULT;
+    auto run = ok_cpu->hal().enter();
+    REQUIRE_FALSE(run);
+    CHECK(run.err().value("vcpu_id") == 3);
+    fault_sys::inject_at = 0;
+    fault_sys::logging = false;
+}
 
 TEST_CASE("kvm fault injection: the lifecycle runs clean on the fake kernel") {
     for (bool sync : {true, false}) {
