@@ -29,19 +29,27 @@ class basic_system {
 
 public:
     /// Opens `path` (`O_RDWR | O_CLOEXEC`) and checks KVM API 4.1
-    /// KVM_GET_API_VERSION == `KVM_API_VERSION` (12). Errors: "open /dev/kvm"
-    /// with errno; "KVM_GET_API_VERSION" with errno, or EPROTO when the
-    /// version differs.
+    /// KVM_GET_API_VERSION == `KVM_API_VERSION` (12). Errors: `open_op` ("open
+    /// /dev/kvm", whatever the path: callers match it to tell "no KVM here") with
+    /// errno and the path tried; "KVM_GET_API_VERSION" with errno, or EPROTO with
+    /// the version found when it differs.
     [[nodiscard]] static result<basic_system> open(const char* path = "/dev/kvm") noexcept {
+        if (path == nullptr) return error{open_op, EFAULT, "path is null"};
         basic_fd<Sys> fd(Sys::open(path, O_RDWR | O_CLOEXEC));
-        if (!fd) return last_error("open /dev/kvm");
+        if (!fd) return last_error(open_op).with_text("path", path);
         basic_system s(std::move(fd));
         auto v = s.api_version();
-        if (!v) return v.err();
+        if (!v) return error(v.err()).with_text("path", path);
         if (*v != KVM_API_VERSION)
-            return error{ioctls::system::get_api_version.name, EPROTO, "KVM API version is not 12"};
+            return error{ioctls::system::get_api_version.name, EPROTO, "KVM API version is not 12"}
+                .with("version", *v)
+                .with("expected", KVM_API_VERSION)
+                .with_text("path", path);
         return s;
     }
+
+    /// The operation name of a failed `open()` of the device node.
+    static constexpr const char* open_op = "open /dev/kvm";
 
     /// Adopts `fd` without checks (tests use bad fds to exercise errors).
     explicit basic_system(basic_fd<Sys> fd) noexcept : fd_(std::move(fd)) {}
@@ -56,7 +64,9 @@ public:
     /// KVM API 4.4 KVM_CHECK_EXTENSION: 0 when `cap` is absent, else a
     /// positive, capability-specific value.
     [[nodiscard]] result<int> check_extension(long cap) const noexcept {
-        return call(ioctls::system::check_extension, detail::int_arg(static_cast<std::uint64_t>(cap)));
+        auto r = call(ioctls::system::check_extension, detail::int_arg(static_cast<std::uint64_t>(cap)));
+        if (!r) return error(r.err()).with("cap", cap);
+        return r;
     }
     /// `check_extension(cap) > 0`, with a query failure reported as absent.
     [[nodiscard]] bool has_extension(long cap) const noexcept {
@@ -68,6 +78,11 @@ public:
     [[nodiscard]] result<std::size_t> vcpu_mmap_size() const noexcept {
         auto r = call(ioctls::system::get_vcpu_mmap_size, nullptr);
         if (!r) return r.err();
+        if (static_cast<std::size_t>(*r) < sizeof(::kvm_run))
+            return error{ioctls::system::get_vcpu_mmap_size.name, EPROTO,
+                         "mapping is smaller than struct kvm_run"}
+                .with("mmap_size", *r)
+                .with("needed", sizeof(::kvm_run));
         return static_cast<std::size_t>(*r);
     }
 
@@ -77,7 +92,7 @@ public:
         auto size = vcpu_mmap_size();
         if (!size) return size.err();
         auto fd = call(ioctls::system::create_vm, detail::int_arg(type));
-        if (!fd) return fd.err();
+        if (!fd) return error(fd.err()).with("type", type);
         return basic_vm<Sys>(basic_fd<Sys>(*fd), fd_.get(), *size);
     }
 

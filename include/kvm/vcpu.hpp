@@ -73,6 +73,7 @@ struct vcpu_setup {
     long coalesced_page_offset = 0;     ///< `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)`; 0 = none
     std::uint64_t kernel_sync_regs = 0; ///< `KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS)`
     vcpu_options options{};
+    unsigned id = 0;                    ///< the `KVM_CREATE_VCPU` id (named in errors)
 };
 
 namespace detail {
@@ -273,9 +274,12 @@ public:
     [[nodiscard]] static result<hal_vcpu> create(basic_fd<Sys> fd, const vcpu_setup& s) noexcept {
         if (s.mmap_size < sizeof(::kvm_run))
             return error{ioctls::system::get_vcpu_mmap_size.name, EPROTO,
-                         "mapping is smaller than struct kvm_run"};
+                         "mapping is smaller than struct kvm_run"}
+                .with("mmap_size", s.mmap_size)
+                .with("needed", sizeof(::kvm_run));
         void* p = Sys::mmap(nullptr, s.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-        if (p == MAP_FAILED) return last_error("mmap kvm_run");
+        if (p == MAP_FAILED)
+            return last_error("mmap kvm_run").with("vcpu_id", s.id).with("size", s.mmap_size);
         // The vCPU fd's page 0 is struct kvm_run (KVM API 4.10), and the mapping
         // spans at least sizeof(kvm_run) (checked above).
         auto* run = static_cast<::kvm_run*>(p);
@@ -375,7 +379,7 @@ public:
         std::memcpy(arg.data(), &len, sizeof len);
         std::memcpy(arg.data() + head, &mask, 8);
         if (Sys::ioctl(fd_.get(), ioctls::vcpu::set_signal_mask.code, arg.data()) < 0)
-            return last_error(ioctls::vcpu::set_signal_mask.name);
+            return last_error(ioctls::vcpu::set_signal_mask.name).with("vcpu_id", id_).with("signal", sig);
         kick_->thread.store(::pthread_self(), std::memory_order_release);
         kick_->signal.store(sig, std::memory_order_release);
         return ok();
@@ -388,7 +392,8 @@ public:
     /// top of the completed state: exactly the bytes it changed (blocks), or the held ONE_REG
     /// writes. enter() calls it when a handler wrote registers during such an exit; call it
     /// before reading the whole state to save it. No-op when nothing is pending.
-    /// Errors: "KVM_RUN (completing the exit)" with errno.
+    /// `EAGAIN` is re-issued at most `max_again` times. Errors: "KVM_RUN" with errno (EAGAIN
+    /// when it persisted), detail "completing the exit...", the vCPU id and exit reason.
     [[nodiscard, gnu::noinline]] result<void> complete_pending_io() noexcept {
         if (!ran_ || completed_ || !detail::completion_pending(*map_.run)) {
             held_blocks_ = 0;
@@ -409,12 +414,15 @@ public:
         std::atomic_ref<std::uint8_t> ie(map_.run->immediate_exit);
         const std::uint8_t kicked = ie.load(std::memory_order_seq_cst);
         ie.store(1, std::memory_order_seq_cst);
+        // EAGAIN is re-issued as in enter(), and as there at most `max_again` times: a kernel
+        // answering EAGAIN for ever must not hang the vCPU thread (it then fails with EAGAIN).
         int rc = 0;
         int err = 0;
+        unsigned again = 0;
         do {
             rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
             err = rc < 0 ? errno : 0;
-        } while (rc < 0 && err == EAGAIN);
+        } while (rc < 0 && err == EAGAIN && ++again < max_again);
         // A kick that came meanwhile must still stop the next KVM_RUN: its bits are posted before
         // its flag, so checking the bits after restoring the flag cannot miss it.
         ie.store(kicked, std::memory_order_seq_cst);
@@ -426,7 +434,9 @@ public:
             map_.run->kvm_dirty_regs = dirty;
             held_blocks_ = 0;
             held_regs_ = 0;
-            return error{ioctls::vcpu::run.name, err, "completing the exit before the handler's register writes"};
+            return error{ioctls::vcpu::run.name, err, "completing the exit before the handler's register writes"}
+                .with("vcpu_id", id_)
+                .with("exit_reason", map_.run->exit_reason);
         }
         // Merge: the completed state, with the bytes the handler changed on top.
         result<void> r;
@@ -602,9 +612,11 @@ public:
     /// Precondition: register caches are not relied on across it.
     [[nodiscard]] result<int> ioctl(ioctl_def<fd_kind::vcpu> io, void* arg) noexcept {
         const int rc = Sys::ioctl(fd_.get(), io.code, arg);
-        if (rc < 0) return last_error(io.name);
+        if (rc < 0) return last_error(io.name).with("vcpu_id", id_);
         return rc;
     }
+    /// The `KVM_CREATE_VCPU` id.
+    [[nodiscard]] unsigned id() const noexcept { return id_; }
 
 private:
     hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask,
@@ -612,7 +624,7 @@ private:
         : fd_(std::move(fd)), map_(run, s.mmap_size), kick_(std::move(k)), sync_mask_(mask),
           system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
           counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
-          before_entry_(true) {
+          before_entry_(true), id_(s.id) {
         // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
         // mapping; only use it when that page lies wholly inside the mapping.
         const std::size_t page = s.page_size;
@@ -672,6 +684,10 @@ private:
     [[nodiscard]] static error moved_from(const char* op) noexcept {
         return error{op, EBADF, "this vCPU was moved from"};
     }
+    /// The error of vCPU ioctl `op` that just failed: errno and this vCPU's id.
+    [[nodiscard]] error failed(const char* op, const char* detail = "") const noexcept {
+        return last_error(op, detail).with("vcpu_id", id_);
+    }
 
     /// Where synced block `B` lives in `kvm_run::s.regs`.
     template <class B>
@@ -706,7 +722,7 @@ private:
                 return p;
             }
             constexpr auto io = block_traits<B>::get;
-            if (Sys::ioctl(fd_.get(), io.code, p) < 0) return last_error(io.name);
+            if (Sys::ioctl(fd_.get(), io.code, p) < 0) return failed(io.name);
             valid_blocks_ |= block_bit<B>();
         }
         return p;
@@ -779,7 +795,7 @@ private:
             map_.run->kvm_dirty_regs |= first_dirty_;
         }
         before_entry_ = true;
-        return error{ioctls::vcpu::run.name, err, why != nullptr ? why : ""};
+        return error{ioctls::vcpu::run.name, err, why != nullptr ? why : ""}.with("vcpu_id", id_);
     }
 
     template <class B>
@@ -807,7 +823,7 @@ private:
         // Unsynced: the handler's image is the cache; fetch the completed block beside it.
         constexpr auto io = block_traits<B>::get;
         if (Sys::ioctl(fd_.get(), io.code, &c.scratch) < 0) {
-            r = last_error(io.name, "reading the completed exit's registers");
+            r = failed(io.name, "reading the completed exit's registers");
             return false;
         }
         auto* mine = reinterpret_cast<std::byte*>(&c.local);
@@ -846,7 +862,7 @@ private:
         if ((dirty_blocks_ & block_bit<B>()) == 0) return true;
         constexpr auto io = block_traits<B>::set;
         if (Sys::ioctl(fd_.get(), io.code, &c.local) < 0) {
-            r = last_error(io.name);
+            r = failed(io.name);
             return false;
         }
         dirty_blocks_ &= ~block_bit<B>();
@@ -869,11 +885,15 @@ private:
     [[nodiscard]] result<void> one_reg(ioctl_def<K> io, std::uint64_t id, std::byte* buf,
                                        std::size_t len) noexcept {
         const std::uint64_t need = std::uint64_t{1} << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
-        if (len < need) return error{io.name, EINVAL, "buffer smaller than the register"};
+        if (len < need)
+            return error{io.name, EINVAL, "buffer smaller than the register"}
+                .with_hex("reg", id)
+                .with("size", len)
+                .with("needed", need);
         ::kvm_one_reg r{};
         r.id = id;
         r.addr = reinterpret_cast<std::uintptr_t>(buf); // the kernel copies KVM_REG_SIZE(id) bytes
-        if (Sys::ioctl(fd_.get(), io.code, &r) < 0) return last_error(io.name);
+        if (Sys::ioctl(fd_.get(), io.code, &r) < 0) return failed(io.name).with_hex("reg", id);
         return ok();
     }
 
@@ -899,6 +919,7 @@ private:
     std::size_t held_regs_ = 0;      ///< ONE_REG writes held back, in held_
     std::array<detail::held_one_reg, 8> held_{};
     std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
+    unsigned id_ = 0;                     ///< KVM_CREATE_VCPU id, for errors
     /// `KVM_RUN` re-issued after `EAGAIN` at most this often in one `enter()`.
     static constexpr unsigned max_again = 1024;
     /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.

@@ -18,6 +18,7 @@
 
 #include <linux/kvm.h>
 
+#include <array>
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
@@ -39,10 +40,10 @@ public:
     /// Maps `bytes` (rounded up by the kernel to whole pages) of zeroed RAM.
     /// Errors: "mmap guest RAM" with errno; EINVAL for 0 bytes.
     [[nodiscard]] static result<basic_guest_ram> allocate(std::size_t bytes) noexcept {
-        if (bytes == 0) return error{"mmap guest RAM", EINVAL, "size is zero"};
+        if (bytes == 0) return error{"mmap guest RAM", EINVAL, "size is zero"}.with("size", bytes);
         void* p = Sys::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) return last_error("mmap guest RAM");
+        if (p == MAP_FAILED) return last_error("mmap guest RAM").with("size", bytes);
         // A fresh anonymous mapping of `bytes` readable, writable bytes.
         return basic_guest_ram(static_cast<std::byte*>(p), bytes);
     }
@@ -83,6 +84,20 @@ private:
 
 /// Production guest RAM.
 using guest_ram = basic_guest_ram<linux_sys>;
+
+namespace detail {
+/// The host page size (`sysconf(_SC_PAGESIZE)`, 4096 if it cannot say).
+[[nodiscard]] inline std::size_t host_page_size() noexcept {
+    const long page = ::sysconf(_SC_PAGESIZE);
+    return page > 0 ? static_cast<std::size_t>(page) : 4096;
+}
+/// A memory slot a `basic_vm` installed: enough to name the slot an overlap is with.
+struct known_slot {
+    std::uint32_t slot = 0;
+    std::uint64_t gpa = 0;
+    std::uint64_t size = 0;
+};
+} // namespace detail
 
 /// One user memory slot (KVM API 4.35 KVM_SET_USER_MEMORY_REGION).
 struct memory_slot {
@@ -125,14 +140,44 @@ public:
     /// KVM API 4.4 KVM_CHECK_EXTENSION on the VM fd: 0 when `cap` is absent,
     /// else a positive, capability-specific value.
     [[nodiscard]] result<int> check_extension(long cap) const noexcept {
-        return call(ioctls::vm::check_extension, detail::int_arg(static_cast<std::uint64_t>(cap)));
+        auto r = call(ioctls::vm::check_extension, detail::int_arg(static_cast<std::uint64_t>(cap)));
+        if (!r) return error(r.err()).with("cap", cap);
+        return r;
+    }
+
+    /// The host's vCPU limits for this VM (KVM API 8 "KVM_CAP_MAX_VCPUS",
+    /// "KVM_CAP_MAX_VCPU_ID", "KVM_CAP_NR_VCPUS"): ids must be below
+    /// `max_vcpu_id`, at most `max_vcpus` vCPUs exist. Absent capabilities fall
+    /// back as the API says (MAX_VCPU_ID to MAX_VCPUS, MAX_VCPUS to NR_VCPUS, that to 4).
+    struct vcpu_limits {
+        unsigned long max_vcpu_id = 0;
+        unsigned long max_vcpus = 0;
+    };
+    [[nodiscard]] result<vcpu_limits> limits() const noexcept {
+        vcpu_limits l;
+        auto nr = check_extension(KVM_CAP_NR_VCPUS);
+        if (!nr) return nr.err();
+        auto max = check_extension(KVM_CAP_MAX_VCPUS);
+        if (!max) return max.err();
+        auto id = check_extension(KVM_CAP_MAX_VCPU_ID);
+        if (!id) return id.err();
+        const long n = *nr > 0 ? *nr : 4;
+        l.max_vcpus = static_cast<unsigned long>(*max > 0 ? *max : n);
+        l.max_vcpu_id = *id > 0 ? static_cast<unsigned long>(*id) : l.max_vcpus;
+        return l;
     }
 
     /// Installs, moves or (empty `host`) removes a memory slot (KVM API 4.35).
-    /// A read-only slot without `KVM_CAP_READONLY_MEM` fails with EOPNOTSUPP
-    /// before reaching the kernel.
-    [[nodiscard]] result<void> set_memory(const memory_slot& m) const noexcept {
+    /// Checked before reaching the kernel, with the values in the error: the guest
+    /// address, size and host address must be page aligned (EINVAL), the range must
+    /// not wrap (EINVAL) nor overlap another slot this VM installed in the same
+    /// address space (EEXIST, naming both slots and ranges; the first
+    /// `max_tracked_slots` slots are remembered), and a read-only slot needs
+    /// `KVM_CAP_READONLY_MEM` (EOPNOTSUPP). Kernel errors carry the slot and range.
+    /// Not thread-safe on one VM (the slot bookkeeping).
+    [[nodiscard]] result<void> set_memory(const memory_slot& m) noexcept {
         constexpr auto io = ioctls::vm::set_user_memory_region;
+        if (auto v = check_slot(m); !v) return v;
         ::kvm_userspace_memory_region r{};
         r.slot = m.slot;
         r.guest_phys_addr = m.guest_phys_addr;
@@ -142,15 +187,25 @@ public:
         if (m.read_only) {
             auto cap = check_extension(KVM_CAP_READONLY_MEM);
             if (!cap) return cap.err();
-            if (*cap <= 0) return error{io.name, EOPNOTSUPP, "read-only slots need KVM_CAP_READONLY_MEM"};
+            if (*cap <= 0)
+                return error{io.name, EOPNOTSUPP, "read-only slots need KVM_CAP_READONLY_MEM"}
+                    .with("slot", m.slot);
             r.flags |= KVM_MEM_READONLY;
         }
-        return call_void(io, &r);
+        if (Sys::ioctl(fd_.get(), io.code, &r) < 0)
+            return last_error(io.name)
+                .with("slot", m.slot)
+                .with_range("gpa", m.guest_phys_addr, r.memory_size)
+                .with_hex("flags", r.flags);
+        remember_slot(m.slot, m.guest_phys_addr, r.memory_size);
+        return ok();
     }
     /// Removes slot `slot` (a zero-sized KVM_SET_USER_MEMORY_REGION).
-    [[nodiscard]] result<void> remove_memory(std::uint32_t slot) const noexcept {
+    [[nodiscard]] result<void> remove_memory(std::uint32_t slot) noexcept {
         return set_memory(memory_slot{slot, 0, {}, false, false});
     }
+    /// Slots whose ranges `set_memory` remembers to name overlaps.
+    static constexpr std::size_t max_tracked_slots = 32;
 
     /// KVM API 4.24 KVM_CREATE_IRQCHIP (x86: PIC, IOAPIC and a local APIC per vCPU).
     /// Call before creating vCPUs.
@@ -162,7 +217,9 @@ public:
         ::kvm_irq_level l{};
         l.irq = irq;
         l.level = level ? 1 : 0;
-        return call_void(ioctls::vm::irq_line, &l);
+        if (Sys::ioctl(fd_.get(), ioctls::vm::irq_line.code, &l) < 0)
+            return last_error(ioctls::vm::irq_line.name).with("irq", irq).with("level", l.level);
+        return ok();
     }
 
 #if defined(__x86_64__)
@@ -170,18 +227,24 @@ public:
     [[nodiscard]] result<void> create_pit2(std::uint32_t flags = 0) const noexcept {
         ::kvm_pit_config c{};
         c.flags = flags;
-        return call_void(ioctls::vm::create_pit2, &c);
+        if (Sys::ioctl(fd_.get(), ioctls::vm::create_pit2.code, &c) < 0)
+            return last_error(ioctls::vm::create_pit2.name).with_hex("flags", flags);
+        return ok();
     }
     /// KVM API 4.36 KVM_SET_TSS_ADDR: three pages KVM uses for real-mode
     /// emulation on Intel (the C VMM uses 0xffffd000).
     [[nodiscard]] result<void> set_tss_addr(std::uint64_t addr) const noexcept {
-        return call_void(ioctls::vm::set_tss_addr, detail::int_arg(addr));
+        if (Sys::ioctl(fd_.get(), ioctls::vm::set_tss_addr.code, detail::int_arg(addr)) < 0)
+            return last_error(ioctls::vm::set_tss_addr.name).with_hex("addr", addr);
+        return ok();
     }
     /// KVM API 4.40 KVM_SET_IDENTITY_MAP_ADDR: one page for the EPT identity map
     /// (the C VMM uses 0xffffc000). Before creating vCPUs.
     [[nodiscard]] result<void> set_identity_map_addr(std::uint64_t addr) const noexcept {
         std::uint64_t a = addr;
-        return call_void(ioctls::vm::set_identity_map_addr, &a);
+        if (Sys::ioctl(fd_.get(), ioctls::vm::set_identity_map_addr.code, &a) < 0)
+            return last_error(ioctls::vm::set_identity_map_addr.name).with_hex("addr", addr);
+        return ok();
     }
 #endif
 
@@ -235,18 +298,33 @@ public:
 
     /// KVM API 4.7 KVM_CREATE_VCPU, then maps its `kvm_run` and enables sync
     /// registers (see `vcpu_options`). Returns the bare HAL state; most users
-    /// want `create_vcpu`. Errors: "KVM_CREATE_VCPU", "mmap kvm_run", or
-    /// "KVM_CHECK_EXTENSION", with errno.
+    /// want `create_vcpu`. An id not below the host's `KVM_CAP_MAX_VCPU_ID` is
+    /// refused before the kernel sees it (EINVAL, naming id and limit). Errors:
+    /// "KVM_CREATE_VCPU" (with the id, and on EINVAL the host's limits), "mmap
+    /// kvm_run", or "KVM_CHECK_EXTENSION", with errno.
     template <class Arch>
     [[nodiscard]] result<hal_vcpu<Sys, Arch>> create_hal_vcpu(unsigned id, vcpu_options opt = {}) const noexcept {
-        auto fd = call(ioctls::vm::create_vcpu, detail::int_arg(id));
-        if (!fd) return fd.err();
+        constexpr auto io = ioctls::vm::create_vcpu;
+        // Only an explanation aid: when the query fails, KVM_CREATE_VCPU checks the id itself.
+        auto max_id = check_extension(KVM_CAP_MAX_VCPU_ID);
+        if (max_id && *max_id > 0 && id >= static_cast<unsigned long>(*max_id))
+            return error{io.name, EINVAL, "vCPU id is not below the host's KVM_CAP_MAX_VCPU_ID"}
+                .with("vcpu_id", id)
+                .with("max_vcpu_id", *max_id);
+        auto fd = call(io, detail::int_arg(id));
+        if (!fd) {
+            error e = error(fd.err()).with("vcpu_id", id);
+            if (e.code == EINVAL) { // too many vCPUs, or an id the host refuses: say its limits
+                if (auto l = limits(); l) e.with("max_vcpu_id", l->max_vcpu_id).with("max_vcpus", l->max_vcpus);
+            }
+            return e;
+        }
         basic_fd<Sys> owned(*fd);
         vcpu_setup s;
         s.system_fd = system_fd_;
         s.mmap_size = mmap_size_;
-        const long page = ::sysconf(_SC_PAGESIZE);
-        s.page_size = page > 0 ? static_cast<std::size_t>(page) : 4096;
+        s.page_size = detail::host_page_size();
+        s.id = id;
         s.options = opt;
         if (hal_vcpu<Sys, Arch>::arch_sync_bits != 0 && opt.sync_regs != 0) {
             auto sync = check_extension(KVM_CAP_SYNC_REGS);
@@ -282,6 +360,56 @@ private:
         if (Sys::ioctl(fd_.get(), io.code, arg) < 0) return last_error(io.name);
         return ok();
     }
+    /// Checks `m` the way KVM will (kvm_set_memory_region), with the values in the error.
+    [[nodiscard]] result<void> check_slot(const memory_slot& m) const noexcept {
+        constexpr auto io = ioctls::vm::set_user_memory_region;
+        const std::size_t page = detail::host_page_size();
+        const std::uint64_t size = m.host.size();
+        const auto host = reinterpret_cast<std::uintptr_t>(m.host.data());
+        if (m.guest_phys_addr % page != 0)
+            return error{io.name, EINVAL, "guest physical address is not page aligned"}
+                .with("slot", m.slot)
+                .with_hex("gpa", m.guest_phys_addr)
+                .with("page_size", page);
+        if (size % page != 0)
+            return error{io.name, EINVAL, "size is not a multiple of the host page size"}
+                .with("slot", m.slot)
+                .with("size", size)
+                .with("page_size", page);
+        if (size == 0) return ok(); // removal: KVM ignores the rest
+        if (host % page != 0)
+            return error{io.name, EINVAL, "host memory is not page aligned"}
+                .with("slot", m.slot)
+                .with_hex("host", host)
+                .with("page_size", page);
+        if (m.guest_phys_addr + (size - 1) < m.guest_phys_addr)
+            return error{io.name, EINVAL, "guest range wraps the address space"}
+                .with("slot", m.slot)
+                .with_hex("gpa", m.guest_phys_addr)
+                .with_hex("size", size);
+        for (std::size_t i = 0; i < nslots_; ++i) {
+            const auto& k = slots_[i];
+            if (k.slot == m.slot || (k.slot >> 16) != (m.slot >> 16)) continue; // other address space
+            // Neither range wraps (checked above, and when it was remembered).
+            if (m.guest_phys_addr - k.gpa < k.size || k.gpa - m.guest_phys_addr < size)
+                return error{io.name, EEXIST, "guest range overlaps another slot"}
+                    .with("slot", m.slot)
+                    .with_range("gpa", m.guest_phys_addr, size)
+                    .with("other_slot", k.slot)
+                    .with_range("other_gpa", k.gpa, k.size);
+        }
+        return ok();
+    }
+    /// Records what KVM accepted: slot `slot` now covers `[gpa, gpa+size)` (size 0: removed).
+    void remember_slot(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size) noexcept {
+        for (std::size_t i = 0; i < nslots_; ++i) {
+            if (slots_[i].slot != slot) continue;
+            if (size == 0) slots_[i] = slots_[--nslots_];
+            else slots_[i] = detail::known_slot{slot, gpa, size};
+            return;
+        }
+        if (size != 0 && nslots_ < slots_.size()) slots_[nslots_++] = detail::known_slot{slot, gpa, size};
+    }
     [[nodiscard]] result<void> ioeventfd_call(const ioeventfd_spec& s, int efd, std::uint32_t extra) const noexcept {
         ::kvm_ioeventfd e{};
         e.addr = s.addr;
@@ -293,32 +421,46 @@ private:
             e.flags |= KVM_IOEVENTFD_FLAG_DATAMATCH;
             e.datamatch = *s.datamatch;
         }
-        return call_void(ioctls::vm::ioeventfd, &e);
+        if (Sys::ioctl(fd_.get(), ioctls::vm::ioeventfd.code, &e) < 0)
+            return last_error(ioctls::vm::ioeventfd.name)
+                .with_hex(s.pio ? "port" : "gpa", s.addr)
+                .with("len", s.len)
+                .with("eventfd", efd)
+                .with_hex("flags", e.flags);
+        return ok();
     }
     [[nodiscard]] result<void> irqfd_call(int efd, std::uint32_t gsi, std::uint32_t flags) const noexcept {
         ::kvm_irqfd f{};
         f.fd = static_cast<std::uint32_t>(efd);
         f.gsi = gsi;
         f.flags = flags;
-        return call_void(ioctls::vm::irqfd, &f);
+        if (Sys::ioctl(fd_.get(), ioctls::vm::irqfd.code, &f) < 0)
+            return last_error(ioctls::vm::irqfd.name).with("gsi", gsi).with("eventfd", efd).with_hex("flags", flags);
+        return ok();
     }
     [[nodiscard]] result<void> zone(ioctl_def<fd_kind::vm> io, std::uint64_t addr, std::uint32_t size,
                                     bool pio) const noexcept {
         if (pio) {
             auto cap = check_extension(KVM_CAP_COALESCED_PIO);
             if (!cap) return cap.err();
-            if (*cap <= 0) return error{io.name, EOPNOTSUPP, "coalesced PIO needs KVM_CAP_COALESCED_PIO"};
+            if (*cap <= 0)
+                return error{io.name, EOPNOTSUPP, "coalesced PIO needs KVM_CAP_COALESCED_PIO"}
+                    .with_range("port", addr, size);
         }
         ::kvm_coalesced_mmio_zone z{};
         z.addr = addr;
         z.size = size;
         z.pio = pio ? 1 : 0;
-        return call_void(io, &z);
+        if (Sys::ioctl(fd_.get(), io.code, &z) < 0)
+            return last_error(io.name).with_range(pio ? "port" : "gpa", addr, size);
+        return ok();
     }
 
     basic_fd<Sys> fd_;
     int system_fd_ = -1;
     std::size_t mmap_size_ = 0;
+    std::array<detail::known_slot, max_tracked_slots> slots_{}; ///< slots set through this VM
+    std::size_t nslots_ = 0;
 };
 
 /// Production VM handle.

@@ -75,15 +75,32 @@ struct reset_state {
 /// Order (KVM API 4.36, 4.40, 4.24, 4.71, 4.35, 4.7): KVM_CREATE_VM,
 /// KVM_SET_TSS_ADDR, KVM_SET_IDENTITY_MAP_ADDR, KVM_CREATE_IRQCHIP,
 /// KVM_CREATE_PIT2, RAM slot 0, KVM_CREATE_VCPU × n, `cpu.init(init)`.
-/// The first failing step's error is returned. Allocates (the vCPU vector) —
-/// setup path only; allocation failure terminates, as everywhere in vcpu.
+/// The first failing step's error is returned. Options KVM would refuse are
+/// refused first, naming the values (op "vm_init_x86_64", EINVAL): `ram_bytes`
+/// zero or not a multiple of the host page size, no vCPUs, a PIT without the
+/// irqchip, more vCPUs than the host's `KVM_CAP_MAX_VCPUS`. Allocates (the vCPU
+/// vector) — setup path only; allocation failure terminates, as everywhere in vcpu.
 template <class Sys = linux_sys, class Init = reset_state>
 [[nodiscard]] result<basic_x86_64_machine<Sys>> vm_init_x86_64(const x86_64_options& o = {},
                                                                const Init& init = {}) {
+    constexpr const char* op = "vm_init_x86_64";
+    const std::size_t page = detail::host_page_size();
+    if (o.ram_bytes == 0 || o.ram_bytes % page != 0)
+        return error{op, EINVAL, "ram_bytes is not a non-zero multiple of the host page size"}
+            .with("ram_bytes", o.ram_bytes)
+            .with("page_size", page);
+    if (o.vcpus == 0) return error{op, EINVAL, "no vCPUs"}.with("vcpus", o.vcpus);
+    if (o.pit && !o.irqchip)
+        return error{op, EINVAL, "the PIT needs the in-kernel irqchip (KVM API 4.71)"};
     auto sys = basic_system<Sys>::open(o.device);
     if (!sys) return sys.err();
     auto vm = sys->create_vm();
     if (!vm) return vm.err();
+    // An explanation aid: when the query fails, KVM_CREATE_VCPU refuses the extra vCPUs itself.
+    if (auto limits = vm->limits(); limits && o.vcpus > limits->max_vcpus)
+        return error{op, EINVAL, "more vCPUs than the host's KVM_CAP_MAX_VCPUS"}
+            .with("vcpus", o.vcpus)
+            .with("max_vcpus", limits->max_vcpus);
     if (o.tss_and_identity_map) {
         VCPU_TRY_VOID(vm->set_tss_addr(o.tss_addr));
         VCPU_TRY_VOID(vm->set_identity_map_addr(o.identity_map_addr));

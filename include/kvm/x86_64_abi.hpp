@@ -180,8 +180,8 @@ struct keyed_traits<::vcpu::x86_64::msr_bank> {
         detail::one_msr m;
         m.entry.index = static_cast<std::uint32_t>(index);
         const int n = Sys::ioctl(vcpu_fd, ioctls::vcpu::get_msrs.code, &m);
-        if (n < 0) return last_error(ioctls::vcpu::get_msrs.name);
-        if (n != 1) return error{ioctls::vcpu::get_msrs.name, EINVAL, "MSR not supported"};
+        if (n < 0) return last_error(ioctls::vcpu::get_msrs.name).with_hex("msr", index);
+        if (n != 1) return error{ioctls::vcpu::get_msrs.name, EINVAL, "MSR not supported"}.with_hex("msr", index);
         return m.entry.data;
     }
     /// Writes MSR `index`.
@@ -192,8 +192,9 @@ struct keyed_traits<::vcpu::x86_64::msr_bank> {
         m.entry.index = static_cast<std::uint32_t>(index);
         m.entry.data = value;
         const int n = Sys::ioctl(vcpu_fd, ioctls::vcpu::set_msrs.code, &m);
-        if (n < 0) return last_error(ioctls::vcpu::set_msrs.name);
-        if (n != 1) return error{ioctls::vcpu::set_msrs.name, EINVAL, "MSR not supported"};
+        if (n < 0) return last_error(ioctls::vcpu::set_msrs.name).with_hex("msr", index).with_hex("value", value);
+        if (n != 1)
+            return error{ioctls::vcpu::set_msrs.name, EINVAL, "MSR not supported"}.with_hex("msr", index).with_hex("value", value);
         return ok();
     }
 };
@@ -240,7 +241,8 @@ template <class Sys>
     cpuid2_buffer b(out.size());
     if (!b.ok()) return error{io.name, ENOMEM, "cannot allocate the kvm_cpuid2 buffer"};
     if (Sys::ioctl(system_fd, io.code, b.arg()) < 0)
-        return last_error(io.name, errno == E2BIG ? "buffer has fewer entries than KVM reports" : "");
+        return last_error(io.name, errno == E2BIG ? "buffer has fewer entries than KVM reports" : "")
+            .with("entries", out.size());
     const std::size_t n = b.nent() <= out.size() ? b.nent() : out.size();
     // Layouts asserted identical above (x86_64_layout); memcpy avoids aliasing questions.
     if (n != 0) std::memcpy(out.data(), b.entries(), n * sizeof(::kvm_cpuid_entry2));
@@ -256,7 +258,7 @@ template <class Sys>
     cpuid2_buffer b(in.size());
     if (!b.ok()) return error{io.name, ENOMEM, "cannot allocate the kvm_cpuid2 buffer"};
     if (!in.empty()) std::memcpy(b.entries(), in.data(), in.size() * sizeof(::kvm_cpuid_entry2));
-    if (Sys::ioctl(vcpu_fd, io.code, b.arg()) < 0) return last_error(io.name);
+    if (Sys::ioctl(vcpu_fd, io.code, b.arg()) < 0) return last_error(io.name).with("entries", in.size());
     return ok();
 }
 } // namespace detail

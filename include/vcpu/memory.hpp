@@ -37,16 +37,23 @@ public:
     /// Adds a region; fails with `EEXIST` on overlap, `ENOSPC` when full,
     /// `EOVERFLOW` when `gpa + size` wraps.
     [[nodiscard]] result<void> add(guest_region r) noexcept {
-        if (count_ == MaxRegions) return error{"add guest region", ENOSPC, "region table full"};
+        if (count_ == MaxRegions)
+            return error{"add guest region", ENOSPC, "region table full"}
+                .with_range("gpa", r.gpa, r.size())
+                .with("capacity", MaxRegions);
         if (r.size() != 0 && r.gpa + (r.size() - 1) < r.gpa)
-            return error{"add guest region", EOVERFLOW, "region wraps the address space"};
+            return error{"add guest region", EOVERFLOW, "region wraps the address space"}
+                .with_hex("gpa", r.gpa)
+                .with_hex("size", r.size());
         for (std::size_t i = 0; i < count_; ++i) {
             const auto& o = regions_[i];
             // One start lies inside the other range. Never forms `gpa + size`, which is 0 for a
             // region ending at 2^64; neither range wraps (checked above), so the unsigned
             // differences are exact.
             if (r.gpa - o.gpa < o.size() || o.gpa - r.gpa < r.size())
-                return error{"add guest region", EEXIST, "region overlaps an existing one"};
+                return error{"add guest region", EEXIST, "region overlaps an existing one"}
+                    .with_range("gpa", r.gpa, r.size())
+                    .with_range("existing", o.gpa, o.size());
         }
         regions_[count_++] = r;
         return ok();
@@ -68,20 +75,25 @@ public:
         for (std::size_t i = 0; i < count_; ++i) {
             const auto& r = regions_[i];
             if (r.contains(gpa, src.size())) {
-                if (r.read_only) return error{"write guest memory", EACCES, "region is read-only"};
+                if (r.read_only)
+                    return error{"write guest memory", EACCES, "region is read-only"}
+                        .with_range("gpa", gpa, src.size())
+                        .with_range("region", r.gpa, r.size());
                 if (!src.empty())
                     std::memcpy(r.host.data() + (gpa - r.gpa), src.data(), src.size());
                 return ok();
             }
         }
-        return error{"write guest memory", EFAULT, "range is not inside one guest region"};
+        return error{"write guest memory", EFAULT, "range is not inside one guest region"}
+            .with_range("gpa", gpa, src.size());
     }
 
     /// Copies guest bytes at `gpa` into `dst`.
     [[nodiscard]] result<void> read(std::uint64_t gpa, std::span<std::byte> dst) const noexcept {
         auto s = at(gpa, dst.size());
         if (s.size() != dst.size() || (dst.empty() && !covers(gpa)))
-            return error{"read guest memory", EFAULT, "range is not inside one guest region"};
+            return error{"read guest memory", EFAULT, "range is not inside one guest region"}
+                .with_range("gpa", gpa, dst.size());
         if (!dst.empty()) std::memcpy(dst.data(), s.data(), dst.size());
         return ok();
     }

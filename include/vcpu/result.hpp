@@ -4,15 +4,25 @@
 ///
 /// `vcpu::error` names the failing operation (a KVM ioctl name such as
 /// `"KVM_CREATE_VCPU"`, or a library step such as `"load bzImage"`), the errno
-/// it failed with, and an optional static detail string. All three are
-/// trivially copyable, so an error can be returned from `noexcept` code.
+/// it failed with, an optional static detail string, and the values that
+/// explain it (slot, guest range, vCPU id and host limit, path...) in a small
+/// inline `error_context`. It is trivially copyable and built without
+/// allocation, so it can be returned from `noexcept` code; only `message()`
+/// formats (and allocates).
+///
+/// `result<T>` holds a `T` or an `error` in a union: the success path writes the
+/// value and a flag, never the error's bytes, so the error's size does not cost the
+/// hot path (`result<void>` of `hal_vcpu::enter()` is a flag on success).
 
 #include <vcpu/config.hpp>
 
 #include <cerrno>
+#include <cstddef>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <new>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -20,14 +30,103 @@
 
 namespace vcpu {
 
-/// An operation that failed, with its errno. Cheap to copy; `message()`
-/// renders it (allocates, so call it off the hot path).
+/// Values that explain an error, stored inline (no allocation): up to `max_values` named
+/// numbers (a slot, a guest physical range, a size, a vCPU id and the host's limit...) and one
+/// named short text (a path, truncated to `max_text` characters). Names are static strings.
+/// Filled through `error::with`, `with_hex`, `with_range` and `with_text`; rendered only by
+/// `error::message()`. Values past capacity are dropped (the message ends in ", ...").
+struct error_context {
+    /// How a value is rendered.
+    enum class format : std::uint8_t {
+        dec,     ///< unsigned decimal
+        sdec,    ///< the value's bits as a signed decimal
+        hex,     ///< 0x-prefixed hexadecimal
+        range,   ///< with the next slot: [start, start+size) in hexadecimal
+    };
+    static constexpr std::size_t max_values = 6;
+    static constexpr std::size_t max_text = 31;
+
+    const char* names[max_values] = {};
+    std::uint64_t values[max_values] = {};
+    format formats[max_values] = {};
+    std::uint8_t count = 0;      ///< slots used in `names`/`values` (a range takes two)
+    bool truncated = false;      ///< a value did not fit, or the text was cut
+    const char* text_name = nullptr; ///< name of `text`; null when there is none
+    char text[max_text + 1] = {};
+};
+
+/// An operation that failed, with its errno and the values that explain it.
+/// Trivially copyable and allocation-free to build (it can be returned from
+/// `noexcept` code); `message()` renders it (allocates, so call it off the hot path).
 struct error {
     const char* op = "";      ///< operation: "KVM_RUN", "mmap kvm_run", ...
     int code = 0;             ///< errno value (0 when not a system error)
     const char* detail = "";  ///< optional static explanation
+    error_context context{};  ///< values that explain it (see `with`)
 
-    /// "KVM_CREATE_VCPU failed: Bad file descriptor (EBADF)" or with detail.
+    /// Adds the integer `v` named `name` (a static string), rendered in decimal.
+    template <class I>
+        requires std::is_integral_v<I>
+    constexpr error& with(const char* name, I v) & noexcept {
+        return put(name, static_cast<std::uint64_t>(v),
+                   std::is_signed_v<I> ? error_context::format::sdec : error_context::format::dec);
+    }
+    template <class I>
+        requires std::is_integral_v<I>
+    [[nodiscard]] constexpr error with(const char* name, I v) && noexcept {
+        with(name, v);
+        return std::move(*this);
+    }
+    /// Adds `v` named `name`, rendered in hexadecimal (addresses, flags).
+    constexpr error& with_hex(const char* name, std::uint64_t v) & noexcept {
+        return put(name, v, error_context::format::hex);
+    }
+    [[nodiscard]] constexpr error with_hex(const char* name, std::uint64_t v) && noexcept {
+        with_hex(name, v);
+        return std::move(*this);
+    }
+    /// Adds the range `[start, start+size)` named `name` (two value slots).
+    constexpr error& with_range(const char* name, std::uint64_t start, std::uint64_t size) & noexcept {
+        auto& c = context;
+        if (std::size_t{c.count} + 2 > error_context::max_values) {
+            c.truncated = true;
+            return *this;
+        }
+        put(name, start, error_context::format::range);
+        return put(nullptr, size, error_context::format::range);
+    }
+    [[nodiscard]] constexpr error with_range(const char* name, std::uint64_t start, std::uint64_t size) && noexcept {
+        with_range(name, start, size);
+        return std::move(*this);
+    }
+    /// Sets the text named `name` (a path...), copied and cut to `max_text` characters.
+    constexpr error& with_text(const char* name, std::string_view t) & noexcept {
+        auto& c = context;
+        c.text_name = name;
+        const std::size_t n = t.size() < error_context::max_text ? t.size() : error_context::max_text;
+        for (std::size_t i = 0; i < n; ++i) c.text[i] = t[i];
+        c.text[n] = '\0';
+        if (n < t.size()) c.truncated = true;
+        return *this;
+    }
+    [[nodiscard]] constexpr error with_text(const char* name, std::string_view t) && noexcept {
+        with_text(name, t);
+        return std::move(*this);
+    }
+
+    /// The value named `name` (a range's start), if the error has one.
+    [[nodiscard]] constexpr std::optional<std::uint64_t> value(std::string_view name) const noexcept {
+        for (std::size_t i = 0; i < context.count; ++i)
+            if (context.names[i] != nullptr && std::string_view(context.names[i]) == name)
+                return context.values[i];
+        return std::nullopt;
+    }
+    /// The text (e.g. the path), "" when there is none.
+    [[nodiscard]] constexpr std::string_view text() const noexcept {
+        return context.text_name != nullptr ? std::string_view(context.text) : std::string_view();
+    }
+
+    /// "KVM_CREATE_VCPU failed: Invalid argument (EINVAL): detail (vcpu_id=300, max_vcpu_id=288)".
     [[nodiscard]] std::string message() const {
         std::string m = op;
         m += " failed";
@@ -44,6 +143,46 @@ struct error {
             m += ": ";
             m += detail;
         }
+        const auto& c = context;
+        if (c.count == 0 && c.text_name == nullptr && !c.truncated) return m;
+        const char* sep = " (";
+        for (std::size_t i = 0; i < c.count; ++i) {
+            m += sep;
+            sep = ", ";
+            m += c.names[i] != nullptr ? c.names[i] : "?";
+            m += '=';
+            switch (c.formats[i]) {
+            case error_context::format::dec: m += std::to_string(c.values[i]); break;
+            case error_context::format::sdec:
+                m += std::to_string(static_cast<std::int64_t>(c.values[i]));
+                break;
+            case error_context::format::hex: m += hex(c.values[i]); break;
+            case error_context::format::range:
+                m += '[';
+                m += hex(c.values[i]);
+                m += ", ";
+                if (i + 1 < c.count) {
+                    const std::uint64_t end = c.values[i] + c.values[i + 1];
+                    m += end < c.values[i] ? std::string("2^64") : hex(end);
+                    ++i;
+                }
+                m += ')';
+                break;
+            }
+        }
+        if (c.text_name != nullptr) {
+            m += sep;
+            sep = ", ";
+            m += c.text_name;
+            m += "=\"";
+            m += c.text;
+            m += '"';
+        }
+        if (c.truncated) {
+            m += sep;
+            m += "...";
+        }
+        m += ')';
         return m;
     }
 
@@ -76,10 +215,36 @@ struct error {
         }
     }
 
+    /// Same operation and errno (the explaining values are not compared).
     friend constexpr bool operator==(const error& a, const error& b) noexcept {
         return a.code == b.code && std::string_view(a.op) == std::string_view(b.op);
     }
+
+private:
+    constexpr error& put(const char* name, std::uint64_t v, error_context::format f) noexcept {
+        auto& c = context;
+        if (c.count == error_context::max_values) {
+            c.truncated = true;
+            return *this;
+        }
+        c.names[c.count] = name;
+        c.values[c.count] = v;
+        c.formats[c.count] = f;
+        ++c.count;
+        return *this;
+    }
+    [[nodiscard]] static std::string hex(std::uint64_t v) {
+        char b[19] = {'0', 'x'};
+        int n = 2;
+        int shift = 60;
+        while (shift > 0 && ((v >> shift) & 0xf) == 0) shift -= 4;
+        for (; shift >= 0; shift -= 4) b[n++] = "0123456789abcdef"[(v >> shift) & 0xf];
+        return std::string(b, static_cast<std::size_t>(n));
+    }
 };
+static_assert(std::is_trivially_copyable_v<error>, "vcpu::error must stay trivially copyable");
+// Returned by value from every fallible call: keep it a few cache lines at most.
+static_assert(sizeof(error) <= 192, "vcpu::error grew: keep its context small");
 
 /// Builds an error from the current `errno`.
 [[nodiscard]] inline error last_error(const char* op, const char* detail = "") noexcept {
@@ -109,23 +274,17 @@ public:
     constexpr explicit result(std::in_place_t, A&&... a) : v_(std::forward<A>(a)...), ok_(true) {}
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
 
+    // The union is left without an active member until the body constructs one: zeroing the
+    // error first (as `e_()` would) cost the success path the whole error's size.
     constexpr result(const result& o) noexcept(std::is_nothrow_copy_constructible_v<T>)
-        : e_(), ok_(o.ok_) {
-        if (ok_) {
-            std::destroy_at(&e_);
-            std::construct_at(&v_, o.v_);
-        } else {
-            e_ = o.e_;
-        }
+        : ok_(o.ok_) {
+        if (ok_) std::construct_at(&v_, o.v_);
+        else std::construct_at(&e_, o.e_);
     }
     constexpr result(result&& o) noexcept(std::is_nothrow_move_constructible_v<T>)
-        : e_(), ok_(o.ok_) {
-        if (ok_) {
-            std::destroy_at(&e_);
-            std::construct_at(&v_, std::move(o.v_));
-        } else {
-            e_ = o.e_;
-        }
+        : ok_(o.ok_) {
+        if (ok_) std::construct_at(&v_, std::move(o.v_));
+        else std::construct_at(&e_, o.e_);
     }
     constexpr result& operator=(result o) noexcept(std::is_nothrow_move_constructible_v<T>) {
         reset();
@@ -170,12 +329,13 @@ private:
     bool ok_;
 };
 
-/// `result<void>`: success or an error.
+/// `result<void>`: success or an error. Success is one flag: the error's bytes are only
+/// written on failure (a union), which keeps `enter()`'s success path as cheap as a bool.
 template <>
 class [[nodiscard]] result<void> {
 public:
     using value_type = void;
-    constexpr result() noexcept = default;
+    constexpr result() noexcept : ok_(true) {}
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
     [[nodiscard]] constexpr bool has_value() const noexcept { return ok_; }
     constexpr explicit operator bool() const noexcept { return ok_; }
@@ -188,9 +348,12 @@ public:
     }
 
 private:
-    error e_{};
-    bool ok_ = true;
+    union {
+        error e_;
+    };
+    bool ok_;
 };
+static_assert(std::is_trivially_copyable_v<result<void>>);
 
 /// Shorthand for a successful `result<void>`.
 [[nodiscard]] constexpr result<void> ok() noexcept { return {}; }

@@ -159,11 +159,39 @@ TEST_CASE("system: open, API version, capabilities, mmap size") {
     CHECK(*sz % static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)) == 0);
 }
 
-TEST_CASE("system: a missing device is an 'open /dev/kvm' error with ENOENT") {
+TEST_CASE("system: a missing device is an 'open /dev/kvm' error with ENOENT and the path tried") {
     auto sys = kvm::system::open("/dev/does-not-exist-kvm");
     REQUIRE_FALSE(sys);
     CHECK(std::string(sys.err().op) == "open /dev/kvm");
     CHECK(sys.err().code == ENOENT);
+    CHECK(sys.err().text() == "/dev/does-not-exist-kvm");
+    CHECK(sys.err().message().find("path=\"/dev/does-not-exist-kvm\"") != std::string::npos);
+}
+
+TEST_CASE("vm: vCPU ids the host refuses are named with its limits") {
+    auto sys = kvm::system::open();
+    REQUIRE(sys);
+    auto vm = sys->create_vm();
+    REQUIRE(vm);
+    auto limits = vm->limits();
+    REQUIRE(limits);
+    CHECK(limits->max_vcpus >= 1);
+    CHECK(limits->max_vcpu_id >= limits->max_vcpus);
+    const auto over = static_cast<unsigned>(limits->max_vcpu_id);
+    auto cpu = vm->create_vcpu<arch>(over);
+    REQUIRE_FALSE(cpu);
+    CHECK(std::string(cpu.err().op) == "KVM_CREATE_VCPU");
+    CHECK(cpu.err().code == EINVAL);
+    CHECK(cpu.err().value("vcpu_id") == over);
+    CHECK(cpu.err().value("max_vcpu_id") == limits->max_vcpu_id);
+    // The kernel's own refusal (the id exists already) names the id too.
+    auto first = vm->create_vcpu<arch>(1);
+    REQUIRE(first);
+    auto twice = vm->create_vcpu<arch>(1);
+    REQUIRE_FALSE(twice);
+    CHECK(twice.err().code == EEXIST);
+    CHECK(twice.err().value("vcpu_id") == 1);
+    MESSAGE(cpu.err().message());
 }
 
 TEST_CASE("vm: create, capability query on the VM fd, vCPU and its kvm_run mapping") {
@@ -209,6 +237,10 @@ TEST_CASE("vm: several memory slots; guest reads both, read-only slot traps writ
     REQUIRE_FALSE(overlap);
     CHECK(std::string(overlap.err().op) == "KVM_SET_USER_MEMORY_REGION");
     CHECK(overlap.err().code == EEXIST);
+    CHECK(overlap.err().value("slot") == 2);
+    CHECK(overlap.err().value("other_slot") == 1);
+    CHECK(overlap.err().value("other_gpa") == 0x20000);
+    MESSAGE(overlap.err().message());
 
     auto* run = enter(t.cpu);
     REQUIRE(run->exit_reason == KVM_EXIT_IO);
@@ -533,7 +565,7 @@ TEST_CASE("errors: a bad fd fails with EBADF named in the message") {
     REQUIRE_FALSE(cpu);
     CHECK(std::string(cpu.err().op) == "KVM_CREATE_VCPU");
     CHECK(cpu.err().code == EBADF);
-    CHECK(cpu.err().message() == "KVM_CREATE_VCPU failed: Bad file descriptor (EBADF)");
+    CHECK(cpu.err().message() == "KVM_CREATE_VCPU failed: Bad file descriptor (EBADF) (vcpu_id=0)");
     auto irq = bad_vm.create_irqchip();
     REQUIRE_FALSE(irq);
     CHECK(std::string(irq.err().op) == "KVM_CREATE_IRQCHIP");
@@ -643,11 +675,30 @@ TEST_CASE("vm_init_x86_64: the C VMM's vm_init in one call") {
     }
     SUBCASE("a failing step is reported by name") {
         kvm::x86_64_options o;
-        o.irqchip = false; // PIT2 needs the irqchip
+        o.ram_bytes = 1 << 20;
+        faulty_sys::reset();
+        faulty_sys::fail_ioctl = KVM_CREATE_PIT2;
+        faulty_sys::fail_errno = ENOENT;
+        auto m = kvm::vm_init_x86_64<faulty_sys>(o);
+        faulty_sys::reset();
+        REQUIRE_FALSE(m);
+        CHECK(std::string(m.err().op) == "KVM_CREATE_PIT2");
+        CHECK(m.err().code == ENOENT);
+    }
+    SUBCASE("options KVM would refuse are refused first, naming the values") {
+        kvm::x86_64_options o;
+        o.irqchip = false; // PIT2 needs the irqchip (KVM: ENOENT)
         o.ram_bytes = 1 << 20;
         auto m = kvm::vm_init_x86_64(o);
-        if (!m) CHECK(std::string(m.err().op) == "KVM_CREATE_PIT2");
-        else MESSAGE("this KVM accepts KVM_CREATE_PIT2 without an irqchip");
+        REQUIRE_FALSE(m);
+        CHECK(std::string(m.err().op) == "vm_init_x86_64");
+        CHECK(m.err().code == EINVAL);
+        o.irqchip = true;
+        o.ram_bytes = 5000;
+        m = kvm::vm_init_x86_64(o);
+        REQUIRE_FALSE(m);
+        CHECK(m.err().value("ram_bytes") == 5000);
+        MESSAGE(m.err().message());
     }
 }
 

@@ -215,7 +215,7 @@ TEST_CASE("kvm fake: EINTR from KVM_RUN becomes KVM_EXIT_INTR; other errors name
     fake_kernel::run_errno = ENOMEM;
     auto e = cpu.hal().enter();
     REQUIRE_FALSE(e);
-    CHECK(e.err().message() == "KVM_RUN failed: Cannot allocate memory (ENOMEM)");
+    CHECK(e.err().message() == "KVM_RUN failed: Cannot allocate memory (ENOMEM) (vcpu_id=0)");
 }
 
 TEST_CASE("kvm fake: coalesced ring drains in order, stops when the handler says so") {

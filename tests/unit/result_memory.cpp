@@ -13,6 +13,7 @@
 #include <limits>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -177,6 +178,82 @@ TEST_CASE("error: errno names, last_error, equality") {
     CHECK(vcpu::error{"a", 1} == vcpu::error{"a", 1, "detail is not compared"});
     CHECK_FALSE(vcpu::error{"a", 1} == vcpu::error{"a", 2});
     CHECK_FALSE(vcpu::error{"a", 1} == vcpu::error{"b", 1});
+}
+
+TEST_CASE("error: context values, ranges and text are kept inline and rendered by message()") {
+    const auto e = vcpu::error{"KVM_SET_USER_MEMORY_REGION", EEXIST, "guest range overlaps another slot"}
+                       .with("slot", 1u)
+                       .with_range("gpa", 0x8000, 0x2000)
+                       .with("other_slot", 0)
+                       .with_range("other_gpa", 0, 0x10000);
+    CHECK(e.value("slot") == 1);
+    CHECK(e.value("gpa") == 0x8000);
+    CHECK(e.value("other_slot") == 0);
+    CHECK_FALSE(e.value("nothing").has_value());
+    CHECK(e.text().empty());
+    CHECK(e.message() == std::string("KVM_SET_USER_MEMORY_REGION failed: ") + std::strerror(EEXIST) +
+                             " (EEXIST): guest range overlaps another slot (slot=1, gpa=[0x8000, 0xa000), "
+                             "other_slot=0, other_gpa=[0x0, 0x10000))");
+    // Signed values, hexadecimal, text; the operation and errno stay first.
+    auto t = vcpu::error{"open /dev/kvm", ENOENT}.with("fd", -1).with_hex("flags", 0x80002).with_text("path", "/nonexistent");
+    CHECK(t.text() == "/nonexistent");
+    CHECK(t.message() == std::string("open /dev/kvm failed: ") + std::strerror(ENOENT) +
+                             " (ENOENT) (fd=-1, flags=0x80002, path=\"/nonexistent\")");
+    // Past capacity: values are dropped, the text is cut, and the message says so.
+    vcpu::error full{"many", 0};
+    for (unsigned i = 0; i < vcpu::error_context::max_values + 2; ++i) full.with("v", i);
+    CHECK(full.context.count == vcpu::error_context::max_values);
+    full.with_text("path", std::string(100, 'x'));
+    CHECK(full.text().size() == vcpu::error_context::max_text);
+    CHECK(full.message().find(", ...)") != std::string::npos);
+    // A range ending at 2^64 does not wrap to 0 in the message.
+    CHECK(vcpu::error{"r", 0}.with_range("gpa", ~std::uint64_t{0} - 0xfff, 0x1000).message() ==
+          "r failed (gpa=[0xfffffffffffff000, 2^64))");
+    // Equality still compares operation and errno only.
+    CHECK(e == vcpu::error{"KVM_SET_USER_MEMORY_REGION", EEXIST});
+}
+
+// Building an error is constant-evaluable (no allocation), and it stays a plain value.
+static_assert([] {
+    auto e = vcpu::error{"x", EINVAL}.with("id", 300u).with("max", 288).with_text("path", "/dev/kvm");
+    return *e.value("id") == 300 && *e.value("max") == 288 && e.text() == "/dev/kvm";
+}());
+static_assert(std::is_trivially_copyable_v<vcpu::error> && std::is_trivially_destructible_v<vcpu::error>);
+// result<void> is a flag plus the error's bytes, which success never writes (a union).
+static_assert(std::is_trivially_copyable_v<vcpu::result<void>>);
+static_assert(sizeof(vcpu::result<void>) <= sizeof(vcpu::error) + alignof(vcpu::error));
+static_assert([] {
+    vcpu::result<void> ok = vcpu::ok();
+    vcpu::result<void> copy = ok; // copying a success copies no error
+    vcpu::result<int> v = 3;
+    vcpu::result<int> w = std::move(v);
+    vcpu::result<int> bad = vcpu::error{"y", 1}.with("n", 5u);
+    vcpu::result<int> bad2 = bad;
+    return copy.has_value() && *w == 3 && !bad2 && bad2.err().value("n") == 5;
+}());
+
+TEST_CASE("guest_memory: errors name the ranges involved") {
+    std::vector<std::byte> a(0x1000), b(0x2000);
+    vcpu::basic_guest_memory<2> mem;
+    REQUIRE(mem.add({0x10000, a}));
+    auto overlap = mem.add({0x10800, b});
+    REQUIRE_FALSE(overlap);
+    CHECK(overlap.err().value("gpa") == 0x10800);
+    CHECK(overlap.err().value("existing") == 0x10000);
+    CHECK(overlap.err().message().find("gpa=[0x10800, 0x12800), existing=[0x10000, 0x11000)") != std::string::npos);
+    std::array<std::byte, 4> four{};
+    auto w = mem.write(0x10ffe, four);
+    REQUIRE_FALSE(w);
+    CHECK(w.err().code == EFAULT);
+    CHECK(w.err().message().find("gpa=[0x10ffe, 0x11002)") != std::string::npos);
+    auto rd = mem.read(0x20000, four);
+    REQUIRE_FALSE(rd);
+    CHECK(rd.err().value("gpa") == 0x20000);
+    REQUIRE(mem.add({0x20000, b}));
+    auto full = mem.add({0x40000, b});
+    REQUIRE_FALSE(full);
+    CHECK(full.err().code == ENOSPC);
+    CHECK(full.err().value("capacity") == 2);
 }
 
 TEST_CASE("guest_memory: add rejects overlap, wrap-around and a full table") {
