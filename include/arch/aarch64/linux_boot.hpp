@@ -49,16 +49,16 @@ struct image_format {
     /// shorter than the 64-byte header; no "ARM\x64" magic; a big-endian
     /// kernel; image_size 0 (a pre-3.17 kernel whose footprint is unknown);
     /// text_offset not 4 KiB aligned (EINVAL).
-    [[nodiscard]] static constexpr result<boot::image_header> parse(std::span<const std::byte> img) noexcept {
+    [[nodiscard]] static constexpr result<::vcpu::boot::image_header> parse(std::span<const std::byte> img) noexcept {
         constexpr const char* op = "load arm64 Image";
-        namespace f = boot::image_field;
+        namespace f = ::vcpu::boot::image_field;
         if (img.size() < f::header_size) return error{op, ENOEXEC, "image shorter than its 64-byte header"};
         std::uint64_t magic = 0;
-        boot::image_header h{};
-        (void)boot::read_le(img, image::magic_offset, 4, magic);
-        (void)boot::read_le(img, f::text_offset, 8, h.text_offset);
-        (void)boot::read_le(img, f::image_size, 8, h.image_size);
-        (void)boot::read_le(img, f::flags, 8, h.flags);
+        ::vcpu::boot::image_header h{};
+        (void)::vcpu::boot::read_le(img, image::magic_offset, 4, magic);
+        (void)::vcpu::boot::read_le(img, f::text_offset, 8, h.text_offset);
+        (void)::vcpu::boot::read_le(img, f::image_size, 8, h.image_size);
+        (void)::vcpu::boot::read_le(img, f::flags, 8, h.flags);
         if (magic != image::magic) return error{op, ENOEXEC, "no \"ARM\\x64\" magic at offset 56 (not an arm64 Image)"};
         if (h.flags & image::flag_be) return error{op, ENOEXEC, "big-endian kernel (flags bit 0)"};
         if (h.image_size == 0) return error{op, ENOEXEC, "image_size is 0 (kernel older than 3.17): footprint unknown"};

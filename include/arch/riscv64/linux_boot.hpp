@@ -24,6 +24,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
+#include <string_view>
 
 namespace vcpu::riscv64 {
 
@@ -49,16 +51,16 @@ struct image_format {
     /// shorter than the 64-byte header; no "RSC\x05" magic2 (not a RISC-V
     /// Image, or header older than 0.2); a big-endian kernel; image_size 0;
     /// text_offset not 4 KiB aligned (EINVAL).
-    [[nodiscard]] static constexpr result<boot::image_header> parse(std::span<const std::byte> img) noexcept {
+    [[nodiscard]] static constexpr result<::vcpu::boot::image_header> parse(std::span<const std::byte> img) noexcept {
         constexpr const char* op = "load RISC-V Image";
-        namespace f = boot::image_field;
+        namespace f = ::vcpu::boot::image_field;
         if (img.size() < f::header_size) return error{op, ENOEXEC, "image shorter than its 64-byte header"};
         std::uint64_t magic = 0;
-        boot::image_header h{};
-        (void)boot::read_le(img, image::magic2_offset, 4, magic);
-        (void)boot::read_le(img, f::text_offset, 8, h.text_offset);
-        (void)boot::read_le(img, f::image_size, 8, h.image_size);
-        (void)boot::read_le(img, f::flags, 8, h.flags);
+        ::vcpu::boot::image_header h{};
+        (void)::vcpu::boot::read_le(img, image::magic2_offset, 4, magic);
+        (void)::vcpu::boot::read_le(img, f::text_offset, 8, h.text_offset);
+        (void)::vcpu::boot::read_le(img, f::image_size, 8, h.image_size);
+        (void)::vcpu::boot::read_le(img, f::flags, 8, h.flags);
         if (magic != image::magic2) return error{op, ENOEXEC, "no \"RSC\\x05\" magic at offset 56 (not a RISC-V Image)"};
         if (h.flags & image::flag_be) return error{op, ENOEXEC, "big-endian kernel (flags bit 0)"};
         if (h.image_size == 0) return error{op, ENOEXEC, "image_size is 0: footprint unknown"};
@@ -66,5 +68,21 @@ struct image_format {
         return h;
     }
 };
+
+/// The device tree's `riscv,isa` string (bindings/riscv/extensions.yaml): "rv64", the
+/// single-letter extensions set in `isa_bits` (KVM's `isa` config register: bit n = letter
+/// 'a' + n) in the canonical order of the ISA manual's naming chapter (i, m, a, f, d, q, c, b,
+/// v; `h` is left out — the guest gets no hypervisor extension), then "_<name>" for each
+/// multi-letter extension in `multi`. Setup path (allocates).
+[[nodiscard]] inline std::string isa_string(std::uint64_t isa_bits, std::span<const std::string_view> multi) {
+    std::string s = "rv64";
+    for (char c : std::string_view("imafdqcbv"))
+        if (isa_bits >> (c - 'a') & 1) s += c;
+    for (auto m : multi) {
+        s += '_';
+        s += m;
+    }
+    return s;
+}
 
 } // namespace vcpu::riscv64
