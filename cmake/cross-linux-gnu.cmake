@@ -45,3 +45,8 @@ foreach(lib boost doctest)
         file(CREATE_LINK /usr/include/${lib} ${VCPU_CROSS_HEADER_SHIM}/${lib} SYMBOLIC)
     endif()
 endforeach()
+
+# Target-arch static libfdt and zlib (scripts/cross-sysroot, passed by scripts/cross).
+if(VCPU_CROSS_EXTRA_ROOT)
+    list(APPEND CMAKE_FIND_ROOT_PATH ${VCPU_CROSS_EXTRA_ROOT})
+endif()

@@ -26,6 +26,7 @@ enum class fd_kind : std::uint8_t {
     system, ///< `/dev/kvm`
     vm,     ///< returned by `KVM_CREATE_VM`
     vcpu,   ///< returned by `KVM_CREATE_VCPU`
+    device, ///< returned by `KVM_CREATE_DEVICE` (kvm/device.hpp)
 };
 
 /// One ioctl: its request code and the name used in error messages.

@@ -15,6 +15,8 @@
 
 #include <arch/riscv64/abi.hpp>
 #include <arch/riscv64/registers.hpp>
+#include <kvm/ioctls.hpp>
+#include <kvm/sys.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/result.hpp>
 
@@ -117,6 +119,23 @@ static_assert(static_cast<unsigned>(a::kvm_sbi_ext::srst) == KVM_RISCV_SBI_EXT_S
               static_cast<unsigned>(a::kvm_sbi_ext::vendor) == KVM_RISCV_SBI_EXT_VENDOR);
 #endif
 
+static_assert(a::interrupt_set == KVM_INTERRUPT_SET && a::interrupt_unset == KVM_INTERRUPT_UNSET);
+#ifdef KVM_RISCV_ISA_EXT_ZICBOM
+static_assert(static_cast<unsigned>(a::kvm_isa_ext::a) == KVM_RISCV_ISA_EXT_A &&
+              static_cast<unsigned>(a::kvm_isa_ext::m) == KVM_RISCV_ISA_EXT_M &&
+              static_cast<unsigned>(a::kvm_isa_ext::svpbmt) == KVM_RISCV_ISA_EXT_SVPBMT &&
+              static_cast<unsigned>(a::kvm_isa_ext::sstc) == KVM_RISCV_ISA_EXT_SSTC &&
+              static_cast<unsigned>(a::kvm_isa_ext::svinval) == KVM_RISCV_ISA_EXT_SVINVAL &&
+              static_cast<unsigned>(a::kvm_isa_ext::zihintpause) == KVM_RISCV_ISA_EXT_ZIHINTPAUSE &&
+              static_cast<unsigned>(a::kvm_isa_ext::zicbom) == KVM_RISCV_ISA_EXT_ZICBOM);
+#endif
+#ifdef KVM_RISCV_ISA_EXT_ZIHPM
+static_assert(static_cast<unsigned>(a::kvm_isa_ext::zbb) == KVM_RISCV_ISA_EXT_ZBB &&
+              static_cast<unsigned>(a::kvm_isa_ext::zicsr) == KVM_RISCV_ISA_EXT_ZICSR &&
+              static_cast<unsigned>(a::kvm_isa_ext::zifencei) == KVM_RISCV_ISA_EXT_ZIFENCEI &&
+              static_cast<unsigned>(a::kvm_isa_ext::zihpm) == KVM_RISCV_ISA_EXT_ZIHPM);
+#endif
+
 // kvm_run's RISC-V exit payloads are `unsigned long`, which answer_slot stores
 // through with their own type.
 static_assert(sizeof(::kvm_run{}.riscv_sbi.ret[0]) == 8 && sizeof(::kvm_run{}.riscv_csr.ret_value) == 8);
@@ -131,6 +150,20 @@ namespace vcpu::kvm {
 /// Linux >= 6.6; KVM API 4.68). Must precede the vCPU's first `KVM_RUN`.
 /// `cpu` is a `basic_vcpu<arch::riscv64, Hal>` (any HAL that moves ONE_REG).
 /// Errors: the kernel's (`ENOENT` when it does not know the extension).
+/// KVM API 4.16 KVM_INTERRUPT on RISC-V: raises (`KVM_INTERRUPT_SET`) or lowers
+/// (`KVM_INTERRUPT_UNSET`) the virtual supervisor external interrupt of the vCPU with fd
+/// `vcpu_fd` — how a userspace interrupt controller (e.g. `vcpu::devices::plic`) drives a
+/// hart. An asynchronous vCPU ioctl on riscv (no vCPU lock): callable from any thread while
+/// the vCPU runs. Errors: "KVM_INTERRUPT" with errno.
+template <class Sys = linux_sys>
+[[nodiscard]] result<void> riscv_external_interrupt(int vcpu_fd, bool level) noexcept {
+    constexpr auto io = VCPU_KVM_IOCTL(vcpu, KVM_INTERRUPT);
+    ::kvm_interrupt i{};
+    i.irq = level ? riscv64::abi::interrupt_set : riscv64::abi::interrupt_unset;
+    if (Sys::ioctl(vcpu_fd, io.code, &i) < 0) return last_error(io.name);
+    return ok();
+}
+
 template <class Cpu>
 [[nodiscard]] result<void> enable_sbi_extension(Cpu& cpu, riscv64::abi::kvm_sbi_ext e,
                                                 bool on = true) noexcept {

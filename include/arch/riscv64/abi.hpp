@@ -109,4 +109,20 @@ inline constexpr std::uint64_t sbi_single = 0;
     return reg_id(reg_type::sbi_ext, static_cast<std::uint64_t>(e), sbi_single);
 }
 
+/// `KVM_INTERRUPT_SET` / `KVM_INTERRUPT_UNSET`: the `irq` of a RISC-V `KVM_INTERRUPT`
+/// (raise / lower the VS-level external interrupt).
+inline constexpr std::uint32_t interrupt_set = 0xffffffffu, interrupt_unset = 0xfffffffeu;
+
+/// `enum KVM_RISCV_ISA_EXT_ID`: KVM's numbering of the ISA extensions a vCPU may have, the
+/// index of `KVM_REG_RISCV_ISA_EXT` registers (1 = the vCPU has it). Single letters first.
+enum class kvm_isa_ext : std::uint64_t {
+    a = 0, c, d, f, h, i, m, svpbmt, sstc, svinval, zihintpause, zicbom, zicboz, zbb, ssaia, v,
+    svnapot, zba, zbs, zicntr, zicsr, zifencei, zihpm, smstateen, zicond,
+};
+
+/// The ONE_REG id of ISA extension `e` (`KVM_REG_RISCV_ISA_EXT | KVM_REG_RISCV_ISA_SINGLE | e`).
+[[nodiscard]] constexpr std::uint64_t isa_ext_reg(kvm_isa_ext e) noexcept {
+    return reg_id(reg_type::isa_ext, static_cast<std::uint64_t>(e), 0);
+}
+
 } // namespace vcpu::riscv64::abi

@@ -126,6 +126,12 @@ inline constexpr reg64<> timer_state{"timer.state",
     return {"sbi_ext", abi::sbi_ext_reg(e)};
 }
 
+/// The ISA-extension register of `e` (`KVM_REG_RISCV_ISA_EXT`): 1 when the vCPU has it.
+/// Reading one the kernel does not know fails with ENOENT.
+[[nodiscard]] constexpr reg64<> isa_extension(abi::kvm_isa_ext e) noexcept {
+    return {"isa_ext", abi::isa_ext_reg(e)};
+}
+
 /// Every statically named register, for dumps and uniqueness checks (`zero`
 /// is left out: it is not a KVM register).
 inline constexpr auto all_registers = std::make_tuple(

@@ -1,0 +1,245 @@
+#pragma once
+// The arch-neutral half of vmm_arm64 and vmm_riscv64, the two VMMs that boot stock Linux
+// `Image`s on AArch64 and RISC-V KVM: options, files, the console (which times the first
+// output and GUEST-BOOT-OK), per-vCPU exit counters, and one thread per vCPU with the kick
+// protocol that ends them all when one of them sees the end of the VM. Each arch's main.cpp
+// builds its machine (memory map, device tree, interrupt controller, UART) and its exit
+// handlers, then calls `run_vcpus`.
+
+#include <kvm/vcpu.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <iterator>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include <pthread.h>
+#include <unistd.h>
+
+namespace linux_vmm {
+
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+    std::string kernel, initrd, append;
+    unsigned cpus = 1;
+    std::uint64_t mem_mib = 512;
+    bool summary = true;
+};
+
+inline void usage(const char* prog, const char* arch_line) {
+    std::fprintf(stderr,
+                 "usage: %s --kernel IMAGE [--initrd FILE] [--cmdline TEXT] [--cpus N] [--mem MIB] "
+                 "[--quiet-summary]\n%s\n"
+                 "  --kernel IMAGE   Linux Image, plain or gzip-compressed (Debian's vmlinuz)\n"
+                 "  --initrd FILE    initial RAM disk\n"
+                 "  --cmdline TEXT   appended to the built-in command line\n"
+                 "  --cpus N         vCPUs, 1..8 (default 1)\n"
+                 "  --mem MIB        guest RAM in MiB, 64..3072 (default 512)\n"
+                 "Exit status: 0 when the guest powers off, 1 on error or any other end.\n",
+                 prog, arch_line);
+}
+
+/// Parses the command line; prints usage and returns nothing on error or --help.
+inline std::optional<options> parse(int argc, char** argv, const char* arch_line) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view a = argv[i];
+        auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+        const char* v = nullptr;
+        if (a == "--help" || a == "-h") {
+            usage(argv[0], arch_line);
+            return std::nullopt;
+        } else if (a == "--quiet-summary") {
+            o.summary = false;
+        } else if ((a == "--kernel" || a == "--initrd" || a == "--cmdline" || a == "--cpus" || a == "--mem") &&
+                   (v = value()) != nullptr) {
+            if (a == "--kernel") o.kernel = v;
+            else if (a == "--initrd") o.initrd = v;
+            else if (a == "--cmdline") o.append = v;
+            else if (a == "--cpus") o.cpus = static_cast<unsigned>(std::strtoul(v, nullptr, 0));
+            else o.mem_mib = std::strtoull(v, nullptr, 0);
+        } else {
+            std::fprintf(stderr, "%s: bad argument '%s'\n", argv[0], argv[i]);
+            usage(argv[0], arch_line);
+            return std::nullopt;
+        }
+    }
+    if (o.kernel.empty() || o.cpus < 1 || o.cpus > 8 || o.mem_mib < 64 || o.mem_mib > 3072) {
+        usage(argv[0], arch_line);
+        return std::nullopt;
+    }
+    return o;
+}
+
+/// The whole file, or nothing with a message naming it.
+inline std::optional<std::vector<std::byte>> read_file(const std::string& path, const char* what) {
+    std::ifstream f(path, std::ios::binary);
+    if (!f) {
+        std::fprintf(stderr, "vmm: cannot open %s '%s': %s\n", what, path.c_str(), std::strerror(errno));
+        return std::nullopt;
+    }
+    std::vector<char> c((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    std::vector<std::byte> b(c.size());
+    if (!c.empty()) std::memcpy(b.data(), c.data(), c.size());
+    return b;
+}
+
+/// Guest console output: bytes go to stdout; the time of the first byte and of the line
+/// GUEST-BOOT-OK (../shared/guest's marker) are recorded from the VM's start.
+class console {
+public:
+    void start() { t0_ = clock_type::now(); }
+    void operator()(std::uint8_t b) {
+        const auto now = clock_type::now();
+        if (first_ns_ < 0) first_ns_ = ns(now);
+        std::fputc(b, stdout);
+        if (b == '\n') std::fflush(stdout);
+        ++bytes_;
+        // Match "GUEST-BOOT-OK" anywhere in the stream.
+        static constexpr std::string_view marker = "GUEST-BOOT-OK";
+        match_ = (static_cast<char>(b) == marker[match_]) ? match_ + 1 : (static_cast<char>(b) == marker[0] ? 1 : 0);
+        if (match_ == marker.size() && boot_ok_ns_ < 0) boot_ok_ns_ = ns(now);
+        if (match_ == marker.size()) match_ = 0;
+    }
+    [[nodiscard]] double first_output_s() const { return first_ns_ < 0 ? -1 : static_cast<double>(first_ns_) / 1e9; }
+    [[nodiscard]] double boot_ok_s() const { return boot_ok_ns_ < 0 ? -1 : static_cast<double>(boot_ok_ns_) / 1e9; }
+    [[nodiscard]] double elapsed_s() const {
+        return std::chrono::duration<double>(clock_type::now() - t0_).count();
+    }
+    [[nodiscard]] std::uint64_t bytes() const { return bytes_; }
+
+private:
+    [[nodiscard]] long long ns(clock_type::time_point t) const {
+        return std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0_).count();
+    }
+    clock_type::time_point t0_ = clock_type::now();
+    long long first_ns_ = -1, boot_ok_ns_ = -1;
+    std::size_t match_ = 0;
+    std::uint64_t bytes_ = 0;
+};
+
+/// Exit counters of one vCPU (each thread writes only its own).
+struct counters {
+    std::uint64_t mmio_uart = 0, mmio_irqchip = 0, mmio_other = 0, sbi_console = 0, hypercall = 0,
+                  interrupted = 0, system_event = 0, other = 0;
+    counters& operator+=(const counters& o) {
+        mmio_uart += o.mmio_uart;
+        mmio_irqchip += o.mmio_irqchip;
+        mmio_other += o.mmio_other;
+        sbi_console += o.sbi_console;
+        hypercall += o.hypercall;
+        interrupted += o.interrupted;
+        system_event += o.system_event;
+        other += o.other;
+        return *this;
+    }
+};
+
+/// How the VM ended.
+enum class ending : int { none, power_off, reset, crash, error };
+inline const char* ending_name(ending e) {
+    switch (e) {
+    case ending::power_off: return "guest powered off (system event)";
+    case ending::reset: return "guest reset (system event)";
+    case ending::crash: return "guest crashed (system event)";
+    case ending::error: return "error";
+    case ending::none: break;
+    }
+    return "stopped";
+}
+
+/// Shared stop state.
+struct vm_state {
+    std::atomic<bool> stop{false};
+    std::atomic<int> how{static_cast<int>(ending::none)};
+    void finish(ending e) {
+        int none = static_cast<int>(ending::none);
+        how.compare_exchange_strong(none, static_cast<int>(e));
+        stop.store(true);
+    }
+};
+
+/// Runs `body(id)` on one thread per vCPU. `body` returns when its vCPU is done (it calls
+/// `state.finish` when the VM ends); the others are then kicked out of KVM_RUN (a vCPU KVM
+/// keeps asleep — powered off, or paused by a SYSTEM_OFF — only leaves on a signal) until every
+/// thread has returned.
+template <class Kicker, class Body>
+void run_vcpus(unsigned n, std::vector<Kicker>& kickers, vm_state& state, Body&& body) {
+    std::vector<pthread_t> threads(n);
+    std::unique_ptr<std::atomic<bool>[]> stopped(new std::atomic<bool>[n]);
+    for (unsigned i = 0; i < n; ++i) stopped[i].store(false);
+    std::atomic<unsigned> started{0};
+    std::vector<std::thread> workers;
+    for (unsigned i = 0; i < n; ++i) {
+        workers.emplace_back([&, i] {
+            threads[i] = ::pthread_self();
+            started.fetch_add(1);
+            while (started.load() < n) std::this_thread::yield();
+            body(i);
+            stopped[i].store(true);
+        });
+    }
+    while (!state.stop.load()) {
+        bool all = true;
+        for (unsigned i = 0; i < n; ++i) all = all && stopped[i].load();
+        if (all) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    for (bool all = false; !all; std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
+        all = true;
+        for (unsigned j = 0; j < n; ++j) {
+            if (stopped[j].load()) continue;
+            all = false;
+            (void)kickers[j].kick(threads[j], SIGUSR1);
+        }
+    }
+    for (auto& w : workers) w.join();
+}
+
+/// The summary line block both VMMs print (stderr), and the process status.
+inline int report(const options& o, const console& con, const std::vector<counters>& per_cpu, const vm_state& st,
+                  const char* arch) {
+    counters sum;
+    for (const auto& c : per_cpu) sum += c;
+    const auto how = static_cast<ending>(st.how.load());
+    if (o.summary) {
+        std::fprintf(stderr,
+                     "\nvmm: summary (%s): %s after %.3f s, %u vCPU(s), %llu MiB\n"
+                     "vmm:   first output %.3f s, GUEST-BOOT-OK %.3f s, console bytes %llu\n"
+                     "vmm:   exits to userspace: MMIO %llu (UART %llu, irqchip %llu, other %llu), SBI console %llu, "
+                     "hypercall %llu, interrupted %llu, system event %llu, other %llu\n",
+                     arch, ending_name(how), con.elapsed_s(), o.cpus, static_cast<unsigned long long>(o.mem_mib),
+                     con.first_output_s(), con.boot_ok_s(), static_cast<unsigned long long>(con.bytes()),
+                     static_cast<unsigned long long>(sum.mmio_uart + sum.mmio_irqchip + sum.mmio_other),
+                     static_cast<unsigned long long>(sum.mmio_uart), static_cast<unsigned long long>(sum.mmio_irqchip),
+                     static_cast<unsigned long long>(sum.mmio_other), static_cast<unsigned long long>(sum.sbi_console),
+                     static_cast<unsigned long long>(sum.hypercall), static_cast<unsigned long long>(sum.interrupted),
+                     static_cast<unsigned long long>(sum.system_event), static_cast<unsigned long long>(sum.other));
+    }
+    return how == ending::power_off ? 0 : 1;
+}
+
+/// The kernel command line: the arch's console part, then the user's.
+inline std::string cmdline(std::string_view base, const options& o) {
+    std::string s(base);
+    if (!o.append.empty()) {
+        s += ' ';
+        s += o.append;
+    }
+    return s;
+}
+
+} // namespace linux_vmm
