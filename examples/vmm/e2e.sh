@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # e2e.sh VMM_STATIC REPO_ROOT -- boots the guest kit's stock Debian kernel + initramfs with vmm
 # inside the x86nest emulated machine (QEMU TCG with AMD SVM, so L1 has a real /dev/kvm).
-# Passes when the L2 guest prints GUEST-BOOT-OK and vmm exits 0 (the guest ended the VM).
+# Passes when every L2 boot prints GUEST-BOOT-OK and vmm exits 0 (the guest ended the VM)
+# within its timeout, with every vCPU thread stopped.
 # Exit 77 (ctest: skipped) with the reason when QEMU or the kit is unavailable.
 # Env: VCPU_X86NEST (kit dir), VCPU_E2E_CACHE (cache dir, default REPO_ROOT/build/x86nest-cache),
-#      VCPU_E2E_CPUS (vCPUs for vmm, default 1), VCPU_E2E_TIMEOUT (QEMU timeout s, default 800).
+#      VCPU_E2E_CPUS (vCPUs for vmm, default 2),
+#      VCPU_E2E_RUNS (L2 boots in this one L1 boot, one vCPU count each, e.g. "2 2 2 4";
+#        default "$VCPU_E2E_CPUS"; an entry bN boots VCPU_E2E_BASELINE, another vmm-static,
+#        with N vCPUs, for before/after figures from the same nested run),
+#      VCPU_E2E_L2TIMEOUT (seconds per L2 boot, default 600),
+#      VCPU_E2E_TIMEOUT (QEMU timeout s, default 200 + runs x L2 timeout).
 set -uo pipefail
 vmm=$1
 root=$2
@@ -21,22 +27,45 @@ if ! command -v qemu-system-x86_64 >/dev/null; then
 fi
 [[ -x "$vmm" ]] || { echo "FAIL: $vmm not built"; exit 1; }
 
+runs=${VCPU_E2E_RUNS:-${VCPU_E2E_CPUS:-2}}
+l2timeout=${VCPU_E2E_L2TIMEOUT:-600}
 cache=${VCPU_E2E_CACHE:-$root/build/x86nest-cache}
 stage=$cache/bin-stage
+rm -rf "$stage"
 mkdir -p "$stage"
 cp "$vmm" "$stage/vmm"
-# x86nest calls an L2 VMM as: VMM KERNEL INITRD "CMDLINE" MEM_MIB.
-cat >"$stage/vmm-l2" <<WRAP
+bins=("$stage/vmm")
+# x86nest calls an L2 VMM as: VMM KERNEL INITRD "CMDLINE" MEM_MIB; one wrapper per vCPU count.
+l2list=
+n=0
+for r in $runs; do
+    bin=vmm
+    cpus=$r
+    if [[ $r == b* ]]; then
+        cpus=${r#b}
+        bin=vmm-baseline
+        [[ -x "${VCPU_E2E_BASELINE:-}" ]] || { echo "FAIL: run $r needs VCPU_E2E_BASELINE"; exit 1; }
+        [[ -e "$stage/vmm-baseline" ]] || { cp "$VCPU_E2E_BASELINE" "$stage/vmm-baseline"; bins+=("$stage/vmm-baseline"); }
+    fi
+    [[ $cpus =~ ^[0-9]+$ ]] || { echo "FAIL: bad entry '$r' in VCPU_E2E_RUNS"; exit 1; }
+    w=$bin-l2-c$cpus
+    if [[ ! -e "$stage/$w" ]]; then
+        cat >"$stage/$w" <<WRAP
 #!/bin/sh
-exec /bin/vmm --kernel "\$1" --initrd "\$2" --cmdline "\$3 reboot=t" --mem "\$4" --cpus ${VCPU_E2E_CPUS:-1}
+exec /bin/$bin --kernel "\$1" --initrd "\$2" --cmdline "\$3 reboot=t" --mem "\$4" --cpus $cpus
 WRAP
-chmod 755 "$stage/vmm-l2"
+        chmod 755 "$stage/$w"
+        bins+=("$stage/$w")
+    fi
+    l2list+=${l2list:+,}$w
+    n=$((n + 1))
+done
 
 echo "== building x86nest in $cache"
 # The same lock as scripts/xarch-run x86_64, which reuses this cache's L1 image.
 exec 9>"$cache/.lock-x86_64"
 flock 9
-if ! WORK=$cache EXTRA_BIN="$stage/vmm $stage/vmm-l2" "$kit/build.sh" >"$cache/build.log" 2>&1; then
+if ! WORK=$cache EXTRA_BIN="${bins[*]}" "$kit/build.sh" >"$cache/build.log" 2>&1; then
     tail -20 "$cache/build.log"
     if grep -qiE 'Temporary failure|Could not resolve|Unable to fetch|unable to locate' "$cache/build.log"; then
         skip "x86nest build could not download its packages (offline?)"
@@ -45,15 +74,23 @@ if ! WORK=$cache EXTRA_BIN="$stage/vmm $stage/vmm-l2" "$kit/build.sh" >"$cache/b
     exit 1
 fi
 flock -u 9
-echo "== running (L2=vmm-l2)"
+echo "== running $n L2 boot(s) in one L1 boot: $l2list (each bounded by $l2timeout s)"
 # no_timer_check: on a loaded host, TCG can starve the kernels' IO-APIC timer probe
 # ("8254 timer not connected to IO-APIC" panic in L1), which is not what this test checks.
-WORK=$cache L2=vmm-l2 TIMEOUT=${VCPU_E2E_TIMEOUT:-800} L2TIMEOUT=600 APPEND_EXTRA=no_timer_check \
-    L2EXTRA=${VCPU_E2E_L2EXTRA:-no_timer_check} "$kit/run.sh" 1000
+WORK=$cache L2=$l2list TIMEOUT=${VCPU_E2E_TIMEOUT:-$((200 + n * l2timeout))} L2TIMEOUT=$l2timeout \
+    APPEND_EXTRA=no_timer_check L2EXTRA=${VCPU_E2E_L2EXTRA:-no_timer_check} "$kit/run.sh" 1000
 rc=$?
 log=$cache/run.log
 echo "== x86nest run.sh rc=$rc"
-grep -q 'GUEST-BOOT-OK' "$log" || { echo "FAIL: the L2 guest never printed GUEST-BOOT-OK"; exit 1; }
-grep -q 'X86NEST: L2 exit rc=0 (vmm-l2' "$log" || { echo "FAIL: vmm did not exit 0 (guest did not end the VM cleanly)"; grep 'L2 exit rc' "$log"; exit 1; }
-grep -a 'vmm: ' "$log" | sed 's/^/summary| /'
-echo "PASS: GUEST-BOOT-OK and a clean VM end"
+grep -a -E 'X86NEST: L2 exit rc|vmm: (summary|  time to|  exits to|  userspace|  writes|vCPU .* did not stop)' "$log" |
+    sed 's/^/summary| /'
+started=$(grep -ac 'X86NEST: L2 boot start' "$log")
+ok=$(grep -acE '\] GUEST-BOOT-OK\s*$' "$log")
+clean=$(grep -ac 'X86NEST: L2 exit rc=0 (' "$log")
+stuck=$(grep -ac 'did not stop within' "$log")
+echo "== $n boot(s) asked, $started started, $ok printed GUEST-BOOT-OK, $clean ended cleanly (vmm exit 0), $stuck vCPU stop delay(s)"
+[[ $started -eq $n ]] || { echo "FAIL: only $started of $n L2 boots started (L1 timed out?)"; exit 1; }
+[[ $ok -ge $n ]] || { echo "FAIL: only $ok of $n L2 guests printed GUEST-BOOT-OK"; exit 1; }
+[[ $clean -eq $n ]] || { echo "FAIL: vmm did not exit 0 in $((n - clean)) of $n boots (hang killed by the timeout, or an error)"; exit 1; }
+[[ $stuck -eq 0 ]] || { echo "FAIL: a vCPU thread did not stop within 2 s of the kick"; exit 1; }
+echo "PASS: $n L2 boot(s), each printed GUEST-BOOT-OK and ended the VM cleanly"

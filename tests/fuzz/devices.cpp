@@ -71,7 +71,7 @@ struct model {
     std::uint8_t cmos_index = 0;
     std::array<std::optional<std::uint8_t>, 128> cmos{};
     std::optional<std::uint32_t> pci_address;
-    bool kbd_output = false, expect_command_byte = false;
+    bool kbd_output = false, expect_command_byte = false, expect_aux_byte = false;
     std::uint8_t kbd_value = 0, command_byte = 0;
 };
 
@@ -221,9 +221,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 if (cmd == 0xaa) m.kbd_output = true, m.kbd_value = 0x55;
                 if (cmd == 0x20) m.kbd_output = true, m.kbd_value = m.command_byte;
                 if (cmd == 0x60) m.expect_command_byte = true;
+                if (cmd == 0xa9) m.kbd_output = true, m.kbd_value = 0x01;
+                if (cmd == 0xd3) m.expect_aux_byte = true;
             } else if (!is_read && port == dev::i8042_data_port) {
                 if (m.expect_command_byte) m.command_byte = static_cast<std::uint8_t>(value);
-                m.expect_command_byte = false;
+                else if (m.expect_aux_byte) m.kbd_output = true, m.kbd_value = static_cast<std::uint8_t>(value);
+                m.expect_command_byte = m.expect_aux_byte = false;
             } else if (is_read) {
                 VCPU_FUZZ_CHECK(v0 == 0); // 0x61..0x63: decoded by nobody here
             }

@@ -145,6 +145,24 @@ TEST_CASE("i8042: 0xFE to port 0x64 is a reset request that stops the loop") {
     CHECK(k.reset_requested());
 }
 
+TEST_CASE("i8042: the AUX-port probe gets answers at once (no AUX channel), never a timeout") {
+    i8042 k;
+    // Linux i8042_check_aux(): 0xD3 + 0x5a (AUX loop) must answer without the AUX-data bit...
+    CHECK(k.write(4, 1, 0xd3) == vcpu::action::resume);
+    CHECK((k.read(4, 1) & i8042_status::output_full) == 0); // nothing until the data byte
+    CHECK(k.write(0, 1, 0x5a) == vcpu::action::resume);
+    CHECK(k.read(4, 1) == (i8042_status::system_flag | i8042_status::output_full)); // bit 0x20 clear
+    CHECK(k.read(0, 1) == 0x5a);
+    // ...then 0xA9 (AUX interface test) reports an error code, so the AUX port is dropped.
+    CHECK(k.write(4, 1, 0xa9) == vcpu::action::resume);
+    CHECK((k.read(4, 1) & i8042_status::output_full) != 0);
+    CHECK(k.read(0, 1) == 0x01);
+    CHECK((k.read(4, 1) & i8042_status::output_full) == 0);
+    // A data byte after the loop command is not taken as a command byte.
+    CHECK(k.write(4, 1, 0x20) == vcpu::action::resume);
+    CHECK(k.read(0, 1) == 0x00);
+}
+
 TEST_CASE("cmos: time registers in BCD through ports 0x70/0x71") {
     struct fixed {
         rtc_time operator()() const noexcept { return rtc_time{59, 7, 23, 3, 31, 12, 2026}; }

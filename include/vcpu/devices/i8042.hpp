@@ -27,6 +27,8 @@ enum class i8042_command : std::uint8_t {
     read_command_byte = 0x20,
     write_command_byte = 0x60,
     self_test = 0xaa,      ///< answers 0x55 on port 0x60
+    aux_interface_test = 0xa9, ///< answers 0x01 on port 0x60: AUX clock line stuck low (no AUX device channel)
+    write_aux_output = 0xd3,   ///< the next data byte comes back at 0x60; here on the keyboard channel
     pulse_reset = 0xfe,    ///< pulse output line 0 (CPU reset)
 };
 
@@ -41,6 +43,13 @@ inline constexpr std::uint8_t system_flag = 0x04; ///< set after self test
 /// (`range<0x60, 5, i8042>`); offsets 0 (data) and 4 (status/command) are
 /// decoded, the others (0x61 is the PC speaker/NMI port) read 0 and drop
 /// writes.
+///
+/// A controller with a keyboard channel only: it answers every command a driver
+/// probes the auxiliary (mouse) port with at once, so no probe waits for a timeout.
+/// 0xD3 (write AUX output buffer) returns its byte without the AUX-data status bit
+/// (0x20) and 0xA9 (AUX interface test) reports 0x01, a stuck clock line. Linux's
+/// i8042_check_aux() then gives up on the AUX port after two answers; silent, it polled
+/// the status port 10,000 times per command (I8042_CTL_TIMEOUT) for two of them.
 class i8042 {
 public:
     std::uint8_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
@@ -58,8 +67,13 @@ public:
     action write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
         const auto b = static_cast<std::uint8_t>(value);
         if (offset == 0) {
-            if (expect_command_byte_) command_byte_ = b;
-            expect_command_byte_ = false;
+            if (expect_command_byte_) {
+                command_byte_ = b;
+            } else if (expect_aux_byte_) {
+                output_ = b;
+                has_output_ = true;
+            }
+            expect_command_byte_ = expect_aux_byte_ = false;
             return action::resume;
         }
         if (offset != 4) return action::resume;
@@ -76,6 +90,11 @@ public:
             output_ = 0x55;
             has_output_ = true;
             break;
+        case i8042_command::aux_interface_test:
+            output_ = 0x01;
+            has_output_ = true;
+            break;
+        case i8042_command::write_aux_output: expect_aux_byte_ = true; break;
         default: break;
         }
         return action::resume;
@@ -86,7 +105,7 @@ public:
 
 private:
     std::uint8_t output_ = 0, command_byte_ = 0;
-    bool has_output_ = false, expect_command_byte_ = false, reset_ = false;
+    bool has_output_ = false, expect_command_byte_ = false, expect_aux_byte_ = false, reset_ = false;
 };
 
 } // namespace vcpu::devices
