@@ -219,8 +219,10 @@ static_assert([] {
     return *e.value("id") == 300 && *e.value("max") == 288 && e.text() == "/dev/kvm";
 }());
 static_assert(std::is_trivially_copyable_v<vcpu::error> && std::is_trivially_destructible_v<vcpu::error>);
-// result<void> is a flag plus the error's bytes, which success never writes (a union).
-static_assert(std::is_trivially_copyable_v<vcpu::result<void>>);
+// result<void> is a flag plus the error's bytes, which success never writes (a union), and a
+// copy of a success never reads (not trivially copyable on purpose: a trivial copy moves them all).
+static_assert(!std::is_trivially_copyable_v<vcpu::result<void>> &&
+              std::is_trivially_destructible_v<vcpu::result<void>>);
 static_assert(sizeof(vcpu::result<void>) <= sizeof(vcpu::error) + alignof(vcpu::error));
 static_assert([] {
     vcpu::result<void> ok = vcpu::ok();
