@@ -105,7 +105,7 @@ public:
         std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
         if (const int sig = k_->signal.load(std::memory_order_acquire); sig != 0)
             if (const int e = ::pthread_kill(k_->thread.load(std::memory_order_acquire), sig); e != 0)
-                return error{"pthread_kill", e, "signalling the vCPU thread"};
+                return error{"pthread_kill", e, "signalling the vCPU thread"}.with("signal", sig);
         return ok();
     }
     /// As `kick(1)`, signalling `thread` with `sig` when the vCPU thread did not bind itself.
@@ -113,7 +113,7 @@ public:
         if (k_->signal.load(std::memory_order_acquire) != 0) return kick(std::uint32_t{1});
         k_->requests.fetch_or(1, std::memory_order_seq_cst);
         std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
-        if (const int e = ::pthread_kill(thread, sig); e != 0) return error{"pthread_kill", e};
+        if (const int e = ::pthread_kill(thread, sig); e != 0) return error{"pthread_kill", e}.with("signal", sig);
         return ok();
     }
 
@@ -129,7 +129,7 @@ private:
     sa.sa_handler = [](int) {};
     sigemptyset(&sa.sa_mask);
     sa.sa_flags = 0;
-    if (::sigaction(sig, &sa, nullptr) != 0) return last_error("sigaction");
+    if (::sigaction(sig, &sa, nullptr) != 0) return last_error("sigaction").with("signal", sig);
     return ok();
 }
 
@@ -362,7 +362,7 @@ public:
     /// Errors: "sigaction", "pthread_sigmask", "KVM_SET_SIGNAL_MASK" with errno.
     [[nodiscard]] result<void> bind_kick_thread(int sig = SIGUSR1) noexcept {
         struct sigaction cur{};
-        if (::sigaction(sig, nullptr, &cur) != 0) return last_error("sigaction");
+        if (::sigaction(sig, nullptr, &cur) != 0) return last_error("sigaction").with("signal", sig);
         if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN) {
             if (auto r = install_kick_handler(sig); !r) return r;
         }
