@@ -25,6 +25,8 @@
 #include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <unistd.h>
 
@@ -175,9 +177,10 @@ struct vm_state {
 /// Runs `body(id)` on one thread per vCPU. `body` returns when its vCPU is done (it calls
 /// `state.finish` when the VM ends); the others are then kicked out of KVM_RUN (a vCPU KVM
 /// keeps asleep — powered off, or paused by a SYSTEM_OFF — only leaves on a signal) until every
-/// thread has returned.
-template <class Kicker, class Body>
-void run_vcpus(unsigned n, std::vector<Kicker>& kickers, vm_state& state, Body&& body) {
+/// thread has returned. Meanwhile this thread passes what arrives on stdin to `input(bytes, n)`
+/// (the console's receive side) until stdin ends.
+template <class Kicker, class Body, class Input>
+void run_vcpus(unsigned n, std::vector<Kicker>& kickers, vm_state& state, Body&& body, Input&& input) {
     std::vector<pthread_t> threads(n);
     std::unique_ptr<std::atomic<bool>[]> stopped(new std::atomic<bool>[n]);
     for (unsigned i = 0; i < n; ++i) stopped[i].store(false);
@@ -192,11 +195,20 @@ void run_vcpus(unsigned n, std::vector<Kicker>& kickers, vm_state& state, Body&&
             stopped[i].store(true);
         });
     }
+    bool stdin_open = ::fcntl(STDIN_FILENO, F_GETFL) != -1;
     while (!state.stop.load()) {
         bool all = true;
         for (unsigned i = 0; i < n; ++i) all = all && stopped[i].load();
         if (all) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        pollfd p{STDIN_FILENO, POLLIN, 0};
+        if (!stdin_open || ::poll(&p, 1, 20) <= 0) {
+            if (!stdin_open) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            continue;
+        }
+        char buf[64];
+        const ssize_t got = (p.revents & POLLIN) ? ::read(STDIN_FILENO, buf, sizeof buf) : -1;
+        if (got <= 0) stdin_open = false; // end of input (or /dev/null, or an error): stop polling
+        else input(buf, static_cast<std::size_t>(got));
     }
     for (bool all = false; !all; std::this_thread::sleep_for(std::chrono::milliseconds(20))) {
         all = true;

@@ -271,6 +271,9 @@ int main(int argc, char** argv) {
                 *r);
             if (done) break;
         }
+    }, [&](const char* bytes, std::size_t n) {
+        std::lock_guard g(uart_lock);
+        for (std::size_t i = 0; i < n; ++i) (void)uart.receive(static_cast<std::uint8_t>(bytes[i]));
     });
     std::fflush(stdout);
     return linux_vmm::report(*opt, con, stats, state, "aarch64");

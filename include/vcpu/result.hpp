@@ -211,6 +211,10 @@ struct error {
         case EOPNOTSUPP: return "EOPNOTSUPP";
         case EPROTO: return "EPROTO";
         case EOVERFLOW: return "EOVERFLOW";
+        case ENOEXEC: return "ENOEXEC";
+        case EFBIG: return "EFBIG";
+        case EBADMSG: return "EBADMSG";
+        case ENODATA: return "ENODATA";
         default: return "";
         }
     }

@@ -107,6 +107,9 @@ template <class Format, std::size_t N>
         file_size = kernel.size();
         if (h->text_offset > space.size() || file_size > space.size() - h->text_offset)
             return error{op, EFBIG, "kernel (text_offset + size) does not fit below the device tree"};
+        // Checked before writing: a plain image that does not fit leaves RAM untouched.
+        if (h->image_size > space.size() - h->text_offset)
+            return error{op, EFBIG, "kernel image_size does not fit below the device tree"};
         if (auto r = mem.write(base + h->text_offset, kernel); !r) return r.err();
     }
     l.kernel_file = file_size;
