@@ -7,7 +7,8 @@
 // KVM_SET_USER_MEMORY_REGION, KVM_CREATE_VCPU, KVM_CHECK_EXTENSION, mmap kvm_run, the Linux boot
 // state: GET/SET sregs and regs, KVM_GET_SUPPORTED_CPUID, KVM_SET_CPUID2, KVM_SET_MSRS), then a
 // read-only slot, an ioeventfd and an irqfd (eventfd + ioctl), a coalesced MMIO zone,
-// KVM_SET_SIGNAL_MASK, register reads and writes, KVM_RUN through OUT, IN (with a register write
+// KVM_SET_SIGNAL_MASK, register reads and writes (GPRs, debug registers, vCPU events, an MSR,
+// ONE_REG), KVM_RUN through OUT, IN (with a register write
 // held back and the exit completed by an immediate_exit round trip), MMIO and HLT exits, KVM_IRQ_LINE,
 // the removals, and the teardown (munmap kvm_run, close vCPU fd, munmap RAM, close VM and /dev/kvm).
 // It runs twice: with sync registers and without (so the GET/SET ioctl paths are taken).
@@ -38,7 +39,9 @@
 // | KVM_GET_SUPPORTED_CPUID, KVM_SET_CPUID2,          |                                             |
 // | KVM_SET_MSRS, KVM_IOEVENTFD, KVM_IRQFD,           |                                             |
 // | KVM_(UN)REGISTER_COALESCED_MMIO, KVM_IRQ_LINE,    |                                             |
-// | KVM_SET_SIGNAL_MASK                               |                                             |
+// | KVM_SET_SIGNAL_MASK, KVM_GET/SET_DEBUGREGS,       |                                             |
+// | KVM_GET/SET_VCPU_EVENTS, KVM_GET_MSRS,            |                                             |
+// | KVM_GET/SET_ONE_REG                               |                                             |
 // | KVM_CHECK_EXTENSION (SYNC_REGS, COALESCED_MMIO,   | error "KVM_CHECK_EXTENSION", errno, cap      |
 // | READONLY_MEM)                                     |                                             |
 // | KVM_CHECK_EXTENSION (MAX_VCPU_ID, MAX_VCPUS,      | absorbed: the up-front vCPU limit check is   |
