@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 cpus=${VCPU_E2E_CPUS:-2}
 
-bin=$(find "$(cd "$dir" && pwd)" -type f -name "$target" -perm -u+x -not -path '*/CMakeFiles/*' 2>/dev/null | head -1)
+bin=$(find "$(cd "$dir" 2>/dev/null && pwd)" -type f -name "$target" -perm -u+x -not -path '*/CMakeFiles/*' 2>/dev/null | head -1)
 [[ -n $bin ]] || skip "$target was not cross-built in $dir (cross.$arch.build skipped or failed)"
 guest=$root/build/linux-guest-$arch
 "$here/linux-guest" "$arch" "$guest"
