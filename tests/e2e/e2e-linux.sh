@@ -68,6 +68,8 @@ fail=0
 check() { grep -a -q -E "$1" "$log" || { echo "e2e: FAIL: $2"; fail=1; }; }
 check '^GUEST-BOOT-OK' "no GUEST-BOOT-OK"
 if ((cpus == 2)); then check '^guest-cpus-online: 0-1' "the guest did not bring both vCPUs online"; fi
+# The console's interrupts reached the guest (vGIC SPI / userspace PLIC): a count above 0 on a CPU.
+check '^guest-uart-irqs: *[0-9]+: *(0 +)*[1-9]' "the UART's interrupt never reached the guest (/proc/interrupts)"
 check 'vmm: summary .*guest powered off \(system event\)' "the VM did not end with the guest's power-off"
 check 'system event 1,' "not exactly one system-event exit"
 vrc=$(cat "$results/out/linux.rc" 2>/dev/null || echo none)
