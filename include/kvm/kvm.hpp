@@ -1,9 +1,10 @@
 #pragma once
 /// \file
 /// Umbrella header for the Linux KVM HAL (`vcpu::kvm`): the Sys seam, the
-/// ioctl table, fds, system / VM / vCPU handles, the HAL policy and the x86-64
-/// glue (on x86-64 hosts).
+/// ioctl table, fds, system / VM / vCPU / device handles, the HAL policy and the
+/// x86-64 glue (on x86-64 hosts).
 
+#include <kvm/device.hpp>
 #include <kvm/fd.hpp>
 #include <kvm/hal.hpp>
 #include <kvm/ioctls.hpp>
