@@ -33,7 +33,11 @@ function(vcpu_add_consumer_test dir)
                          -DVCPU_EXPECT_VERSION=${PROJECT_VERSION}
                          ${ARGN}
                      --test-command ${bindir}/consumer)
-    set_tests_properties(cmake.${dir} PROPERTIES LABELS cmake)
+    # Each run starts from an empty build directory: a cache left by an earlier configure with
+    # another spelling of the compiler makes CMake drop the cache, and the -D options with it.
+    add_test(NAME cmake.${dir}.clean COMMAND ${CMAKE_COMMAND} -E rm -rf ${bindir})
+    set_tests_properties(cmake.${dir}.clean PROPERTIES LABELS cmake FIXTURES_SETUP vcpu_consumer_${dir})
+    set_tests_properties(cmake.${dir} PROPERTIES LABELS cmake FIXTURES_REQUIRED vcpu_consumer_${dir})
 endfunction()
 
 # ---- real-KVM tests ---------------------------------------------------------------------------
