@@ -81,9 +81,10 @@ options:
 
 The guest's serial console (COM1, 0x3f8) is this terminal: output goes to stdout, stdin
 is fed to the UART. The VM ends when the guest reboots (i8042 reset or triple fault) or
-powers off; vmm then exits 0 and prints a summary (exits per kind, time to first serial
-output) on stderr. Exit status: 0 guest ended, 1 runtime error, 2 usage or setup error
-(missing file, no /dev/kvm), 3 kernel rejected by the loader.
+powers off; vmm then exits 0 and prints a summary (exits per kind and per port, handler time
+per kind, time to the first serial output and to GUEST-BOOT-OK) on stderr. Exit status: 0 guest
+ended, 1 runtime error or SIGTERM/SIGINT (vmm first prints where each vCPU is), 2 usage or
+setup error (missing file, no /dev/kvm), 3 kernel rejected by the loader.
 
 Multiboot guests also get fw_cfg (0x510), isa-debug-exit (0xf4), pc-testdev (0xe0, 0x2000,
 MMIO 0xff000000), the ACPI PM timer (0xb008) and ACPI tables (RSDP at 0xf0000). A write of
@@ -343,6 +344,8 @@ const char* port_name(std::uint16_t port) noexcept {
     case 0x70: return "CMOS index";
     case 0x71: return "CMOS data";
     case 0x80: return "POST/io_delay";
+    case 0x2e: case 0x4e: return "Super I/O index";
+    case 0x2f: case 0x4f: return "Super I/O data";
     case 0x87: return "DMA page";
     case 0x2f8: case 0x2f9: case 0x2fa: case 0x2fb: case 0x2fc: case 0x2fd: case 0x2fe: case 0x2ff: return "COM2";
     case 0x3e8: case 0x3e9: case 0x3ea: case 0x3eb: case 0x3ec: case 0x3ed: case 0x3ee: case 0x3ef: return "COM3";
