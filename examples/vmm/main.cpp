@@ -411,18 +411,6 @@ struct sink_zone {
 };
 constexpr std::array<sink_zone, 2> linux_sink_zones{{{0xcf8, 8}, {0x80, 1}}};
 
-/// CPUID.01H:ECX[31], "hypervisor present", which KVM_GET_SUPPORTED_CPUID leaves clear and
-/// every VMM sets (QEMU, kvmtool, Firecracker): Linux looks for the KVM leaves 0x40000000/1 only
-/// when it is set. Without it the guest has no kvm-clock (it ran on the jiffies clocksource after
-/// "tsc: Unable to calibrate against PIT"), no paravirtual EOI, spinlocks or TLB flush, and
-/// outb_p() writes port 0x80 (KVM_FEATURE_NOP_IO_DELAY).
-struct hypervisor_present {
-    void operator()(std::span<x86::cpuid_entry> e, std::size_t& n) const noexcept {
-        for (std::size_t i = 0; i < n && i < e.size(); ++i)
-            if (e[i].function == 1) e[i].ecx |= 1u << 31;
-    }
-};
-
 /// Whether a bus has an isa-debug-exit device (the Multiboot bus does).
 template <class Bus>
 inline constexpr bool has_debug_exit = std::is_same_v<Bus, multiboot_bus>;
@@ -796,10 +784,11 @@ int main(int argc, char** argv) {
         die(2, "MP table: " + r.err().message());
 
     // The BSP starts at the kernel's entry; the APs keep KVM's reset state and wait in the
-    // in-kernel LAPIC for the guest's INIT + SIPI. Linux guests see the hypervisor bit.
+    // in-kernel LAPIC for the guest's INIT + SIPI. Every guest sees the hypervisor bit (the
+    // library's cpuid_setup sets it).
     for (unsigned i = 0; i < opt.cpus; ++i) {
         auto& cpu = m.vcpus[i];
-        const x86::cpuid_setup<hypervisor_present> linux_cpuid{i, {}};
+        const x86::cpuid_setup<> linux_cpuid{i, {}};
         vcpu::result<void> r =
             multiboot ? (i != 0 ? cpu.init(vcpu::init_sequence(x86::cpuid_setup<>{i, {}},
                                                                x86::misc_enable_fast_strings{}))

@@ -273,7 +273,7 @@ TEST_CASE("x86 init: cpuid_setup") {
         const auto leaf1 = find_function(cpu, 1);
         CHECK((leaf1.ebx >> 24) == 5);
         CHECK((leaf1.ebx & 0x00ffffff) == 0x00100800); // the rest untouched
-        CHECK(leaf1.ecx == 0x7ffafbff);
+        CHECK(leaf1.ecx == (0x7ffafbffu | (1u << 31))); // hypervisor present, the rest untouched
         const auto sig = find_function(cpu, 0x40000000);
         char name[13] = {};
         std::memcpy(name, &sig.ebx, 4);
@@ -302,6 +302,10 @@ TEST_CASE("x86 init: cpuid_setup") {
         CHECK(count_function(cpu, 0x40000001) == 1); // the features leaf is still added
         CHECK(cpu.hal().cpuid_count() == 5);
         CHECK((find_function(cpu, 1).ebx >> 24) == 0);
+    }
+    SUBCASE("hypervisor = false leaves CPUID.01H:ECX[31] as the host offers it") {
+        REQUIRE(cpu.init(x86::cpuid_setup<>{0, {}, false}));
+        CHECK(find_function(cpu, 1).ecx == 0x7ffafbff);
     }
     SUBCASE("hide_leaf removes a leaf") {
         REQUIRE(cpu.init(x86::cpuid_setup<x86::hide_leaf>{0, x86::hide_leaf{7}}));

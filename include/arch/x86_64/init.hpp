@@ -213,14 +213,21 @@ struct hide_leaf {
 
 /// CPUID as the minimal C VMM sets it: what `KVM_GET_SUPPORTED_CPUID` offers,
 /// plus the KVM signature leaf 0x40000000 ("KVMKVMKVM") and features leaf
-/// 0x40000001 when the host list lacks them, leaf 1 EBX[31:24] = `apic_id`;
+/// 0x40000001 when the host list lacks them, leaf 1 EBX[31:24] = `apic_id`,
+/// leaf 1 ECX[31] "hypervisor present" (unless `hypervisor` is false);
 /// then `hook(entries, count)` may hide or change leaves before
 /// `KVM_SET_CPUID2`. Needs a HAL vCPU with `supported_cpuid(span)` and
 /// `set_cpuid(span)`.
+///
+/// The hypervisor bit: `KVM_GET_SUPPORTED_CPUID` leaves it clear and every VMM sets it (QEMU,
+/// kvmtool, Firecracker). Linux looks at the KVM leaves only when it is set; without it a Linux
+/// guest has no kvm-clock (it fell back to jiffies after a failed PIT calibration in the nested
+/// machine), no paravirtual EOI, spinlocks or TLB flush, and writes port 0x80 for I/O delays.
 template <class Hook = keep_cpuid>
 struct cpuid_setup {
     std::uint32_t apic_id = 0;
     [[no_unique_address]] Hook hook{}; // an empty hook (the default) takes no space
+    bool hypervisor = true;            ///< set CPUID.01H:ECX[31]
 
     static constexpr std::size_t max_entries = 256;
 
@@ -235,7 +242,10 @@ struct cpuid_setup {
             auto& e = buf[i];
             if (e.function == kvm_cpuid_signature) have_sig = true;
             if (e.function == kvm_cpuid_features) have_feat = true;
-            if (e.function == 1) e.ebx = (e.ebx & 0x00ffffffu) | (apic_id << 24);
+            if (e.function == 1) {
+                e.ebx = (e.ebx & 0x00ffffffu) | (apic_id << 24);
+                if (hypervisor) e.ecx |= 1u << 31;
+            }
         }
         if (!have_sig) {
             // "KVMKVMKVM\0\0\0" in EBX, ECX, EDX; EAX = highest leaf.
