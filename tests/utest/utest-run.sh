@@ -26,7 +26,7 @@ if [[ $what == boot ]]; then
     rm -rf "$results"
     mkdir -p "$results"
     results=$(cd "$results" && pwd)
-    dir=$(cd "$dir" 2>/dev/null && pwd) || skip "no $arch cross build in $3 (cross.$arch.build skipped or failed)"
+    dir=$(cd "$dir" 2>/dev/null && pwd -P) || skip "no $arch cross build in $3 (cross.$arch.build skipped or failed)"
     bin=$(find "$dir" -type f -name "$target" -perm -u+x -not -path '*/CMakeFiles/*' 2>/dev/null | head -1)
     [[ -n $bin ]] || skip "$target was not cross-built in $dir (cross.$arch.build skipped or failed)"
     conv=$dir/tests/utest/utest-$arch-conventions.flat
