@@ -44,17 +44,20 @@ struct options {
     unsigned cpus = 1;
     std::uint64_t mem_mib = 512;
     bool summary = true;
+    bool test_image = false; ///< --test-image: unit-test conventions even for a file with an Image header
 };
 
 inline void usage(const char* prog, const char* arch_line) {
     std::fprintf(stderr,
                  "usage: %s --kernel IMAGE [--initrd FILE] [--cmdline TEXT] [--cpus N] [--mem MIB] "
-                 "[--quiet-summary]\n%s\n"
+                 "[--quiet-summary] [--test-image]\n%s\n"
                  "  --kernel IMAGE   Linux Image, plain or gzip-compressed (Debian's vmlinuz)\n"
                  "  --initrd FILE    initial RAM disk\n"
                  "  --cmdline TEXT   appended to the built-in command line\n"
                  "  --cpus N         vCPUs, 1..8 (default 1)\n"
                  "  --mem MIB        guest RAM in MiB, 64..3072 (default 512)\n"
+                 "  --test-image     run the kernel as a unit-test image even when it has an Image header\n"
+                 "                   (loaded by its header; bootargs and exit status as below)\n"
                  "A kernel without the arch's Image magic (and not gzip) is run as a flat unit-test image\n"
                  "(docs/linux-boot.md): bootargs = --cmdline only, --initrd = its environment (KEY=VALUE).\n"
                  "Exit status: Linux: 0 when the guest powers off, 1 on any other end or a run-time error,\n"
@@ -76,6 +79,8 @@ inline std::optional<options> parse(int argc, char** argv, const char* arch_line
             return std::nullopt;
         } else if (a == "--quiet-summary") {
             o.summary = false;
+        } else if (a == "--test-image") {
+            o.test_image = true;
         } else if ((a == "--kernel" || a == "--initrd" || a == "--cmdline" || a == "--cpus" || a == "--mem") &&
                    (v = value()) != nullptr) {
             if (a == "--kernel") o.kernel = v;

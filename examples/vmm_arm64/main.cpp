@@ -15,7 +15,8 @@
 //
 // A kernel file without the arm64 Image magic (and not gzip) is a flat unit-test image of the
 // kvm-unit-tests kind (vcpu/boot/flat_image.hpp): loaded at RAM base + 0x80000, bootargs = only
-// --cmdline, the initrd = its environment; the same machine otherwise. The guest prints
+// --cmdline, the initrd = its environment; the same machine otherwise (--test-image: the same
+// conventions for a file with an Image header, loaded by it). The guest prints
 // `EXIT: STATUS=<n>` and calls PSCI SYSTEM_OFF; the VMM exits with n (linux_vmm::utest_status).
 #include <arch/aarch64/arch.hpp>
 #include <arch/aarch64/init.hpp>
@@ -156,7 +157,8 @@ int main(int argc, char** argv) {
         if (!f) return linux_vmm::utest_exit::setup_error;
         initrd = std::move(*f);
     }
-    const bool utest = boot::is_flat_image(*kernel, a64::image::magic_offset, a64::image::magic);
+    const bool flat = boot::is_flat_image(*kernel, a64::image::magic_offset, a64::image::magic);
+    const bool utest = flat || opt->test_image; // test conventions; the loader follows the file
     // A test image gets only the user's arguments (its argv[1..]); Linux gets a console first.
     const std::string bootargs =
         utest ? opt->append : linux_vmm::cmdline("console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1", *opt);
@@ -168,32 +170,36 @@ int main(int argc, char** argv) {
     if (auto r = mem.add(ram->region(ram_base)); !r) return fail("guest memory map", r.err());
 
     vcpu::result<boot::linux_layout> layout = boot::linux_layout{};
-    if (utest) {
-        auto flat = boot::load_flat_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20,
+    if (flat) {
+        auto flat_l = boot::load_flat_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20,
                                                              boot::arm64_flat_offset, *kernel, initrd, bootargs.size());
-        if (!flat) {
-            (void)fail("test image rejected", flat.err());
+        if (!flat_l) {
+            (void)fail("test image rejected", flat_l.err());
             return linux_vmm::utest_exit::refused;
         }
-        layout->entry = flat->entry;
-        layout->initrd = flat->initrd;
-        layout->initrd_size = flat->initrd_size;
-        layout->dtb = flat->dtb;
-        layout->dtb_max = flat->dtb_max;
+        layout->entry = flat_l->entry;
+        layout->initrd = flat_l->initrd;
+        layout->initrd_size = flat_l->initrd_size;
+        layout->dtb = flat_l->dtb;
+        layout->dtb_max = flat_l->dtb_max;
         std::fprintf(stderr, "vmm: flat test image (no arm64 Image magic): entry 0x%llx, %zu bytes, "
                      "initrd 0x%llx+0x%llx, DTB 0x%llx\n",
-                     static_cast<unsigned long long>(flat->entry), kernel->size(),
-                     static_cast<unsigned long long>(flat->initrd), static_cast<unsigned long long>(flat->initrd_size),
-                     static_cast<unsigned long long>(flat->dtb));
+                     static_cast<unsigned long long>(flat_l->entry), kernel->size(),
+                     static_cast<unsigned long long>(flat_l->initrd),
+                     static_cast<unsigned long long>(flat_l->initrd_size), static_cast<unsigned long long>(flat_l->dtb));
     } else {
         layout = boot::load_linux_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
                                                            bootargs.size());
-        if (!layout) return fail("kernel rejected", layout.err());
+        if (!layout) {
+            (void)fail("kernel rejected", layout.err());
+            return utest ? linux_vmm::utest_exit::refused : linux_vmm::utest_exit::setup_error;
+        }
     }
-    if (!utest) std::fprintf(stderr,
-                 "vmm: %s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
+    if (!flat)
+        std::fprintf(stderr,
+                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
                  "DTB 0x%llx\n",
-                 a64::image_format::name, layout->compressed ? " (gzip)" : "",
+                 a64::image_format::name, layout->compressed ? " (gzip)" : "", utest ? " as a test image" : "",
                  static_cast<unsigned long long>(layout->entry),
                  static_cast<unsigned long long>(layout->header.text_offset),
                  static_cast<unsigned long long>(layout->header.image_size),

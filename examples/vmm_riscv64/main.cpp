@@ -21,8 +21,9 @@
 // A kernel file without the RISC-V Image magic2 (and not gzip) is a flat unit-test image of the
 // kvm-unit-tests kind (vcpu/boot/flat_image.hpp): loaded at RAM base (0x80000000), bootargs =
 // only --cmdline, the initrd = its environment; the same machine otherwise (a RISC-V `Image` with
-// its header is loaded as Linux, at text_offset). The guest prints `EXIT: STATUS=<n>` and calls
-// SBI SRST; the VMM exits with n (linux_vmm::utest_status).
+// its header is loaded as Linux, at text_offset; with --test-image it gets the test conventions).
+// The guest prints `EXIT: STATUS=<n>` and calls SBI SRST; the VMM exits with n
+// (linux_vmm::utest_status).
 #include <arch/riscv64/arch.hpp>
 #include <arch/riscv64/init.hpp>
 #include <arch/riscv64/linux_boot.hpp>
@@ -195,7 +196,8 @@ int main(int argc, char** argv) {
         if (!f) return linux_vmm::utest_exit::setup_error;
         initrd = std::move(*f);
     }
-    const bool utest = boot::is_flat_image(*kernel, rv::image::magic2_offset, rv::image::magic2);
+    const bool flat = boot::is_flat_image(*kernel, rv::image::magic2_offset, rv::image::magic2);
+    const bool utest = flat || opt->test_image; // test conventions; the loader follows the file
     // A test image gets only the user's arguments (its argv[1..]); Linux gets a console first.
     const std::string bootargs =
         utest ? opt->append
@@ -209,32 +211,36 @@ int main(int argc, char** argv) {
     vcpu::guest_memory mem;
     if (auto r = mem.add(ram->region(ram_base)); !r) return fail("guest memory map", r.err());
     vcpu::result<boot::linux_layout> layout = boot::linux_layout{};
-    if (utest) {
-        auto flat = boot::load_flat_image<rv::image_format>(mem, ram_base, opt->mem_mib << 20,
+    if (flat) {
+        auto flat_l = boot::load_flat_image<rv::image_format>(mem, ram_base, opt->mem_mib << 20,
                                                             boot::riscv64_flat_offset, *kernel, initrd, bootargs.size());
-        if (!flat) {
-            (void)fail("test image rejected", flat.err());
+        if (!flat_l) {
+            (void)fail("test image rejected", flat_l.err());
             return linux_vmm::utest_exit::refused;
         }
-        layout->entry = flat->entry;
-        layout->initrd = flat->initrd;
-        layout->initrd_size = flat->initrd_size;
-        layout->dtb = flat->dtb;
-        layout->dtb_max = flat->dtb_max;
+        layout->entry = flat_l->entry;
+        layout->initrd = flat_l->initrd;
+        layout->initrd_size = flat_l->initrd_size;
+        layout->dtb = flat_l->dtb;
+        layout->dtb_max = flat_l->dtb_max;
         std::fprintf(stderr, "vmm: flat test image (no RISC-V Image magic2): entry 0x%llx, %zu bytes, "
                      "initrd 0x%llx+0x%llx, DTB 0x%llx\n",
-                     static_cast<unsigned long long>(flat->entry), kernel->size(),
-                     static_cast<unsigned long long>(flat->initrd), static_cast<unsigned long long>(flat->initrd_size),
-                     static_cast<unsigned long long>(flat->dtb));
+                     static_cast<unsigned long long>(flat_l->entry), kernel->size(),
+                     static_cast<unsigned long long>(flat_l->initrd),
+                     static_cast<unsigned long long>(flat_l->initrd_size), static_cast<unsigned long long>(flat_l->dtb));
     } else {
         layout = boot::load_linux_image<rv::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
                                                           bootargs.size());
-        if (!layout) return fail("kernel rejected", layout.err());
+        if (!layout) {
+            (void)fail("kernel rejected", layout.err());
+            return utest ? linux_vmm::utest_exit::refused : linux_vmm::utest_exit::setup_error;
+        }
     }
-    if (!utest) std::fprintf(stderr,
-                 "vmm: %s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
+    if (!flat)
+        std::fprintf(stderr,
+                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
                  "DTB 0x%llx\n",
-                 rv::image_format::name, layout->compressed ? " (gzip)" : "",
+                 rv::image_format::name, layout->compressed ? " (gzip)" : "", utest ? " as a test image" : "",
                  static_cast<unsigned long long>(layout->entry),
                  static_cast<unsigned long long>(layout->header.text_offset),
                  static_cast<unsigned long long>(layout->header.image_size),
