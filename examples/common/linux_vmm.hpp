@@ -5,9 +5,14 @@
 // protocol that ends them all when one of them sees the end of the VM. Each arch's main.cpp
 // builds its machine (memory map, device tree, interrupt controller, UART) and its exit
 // handlers, then calls `run_vcpus`.
+//
+// Unit-test images (docs/linux-boot.md, "Unit-test images"): a kernel file without the arch's
+// Image magic is a flat test image of the kvm-unit-tests kind. The console then watches for the
+// guest's `EXIT: STATUS=<n>` line and `utest_status` turns it into the process status.
 
 #include <kvm/vcpu.hpp>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <csignal>
@@ -39,18 +44,26 @@ struct options {
     unsigned cpus = 1;
     std::uint64_t mem_mib = 512;
     bool summary = true;
+    bool test_image = false; ///< --test-image: unit-test conventions even for a file with an Image header
 };
 
 inline void usage(const char* prog, const char* arch_line) {
     std::fprintf(stderr,
                  "usage: %s --kernel IMAGE [--initrd FILE] [--cmdline TEXT] [--cpus N] [--mem MIB] "
-                 "[--quiet-summary]\n%s\n"
+                 "[--quiet-summary] [--test-image]\n%s\n"
                  "  --kernel IMAGE   Linux Image, plain or gzip-compressed (Debian's vmlinuz)\n"
                  "  --initrd FILE    initial RAM disk\n"
                  "  --cmdline TEXT   appended to the built-in command line\n"
                  "  --cpus N         vCPUs, 1..8 (default 1)\n"
                  "  --mem MIB        guest RAM in MiB, 64..3072 (default 512)\n"
-                 "Exit status: 0 when the guest powers off, 1 on error or any other end.\n",
+                 "  --test-image     run the kernel as a unit-test image even when it has an Image header\n"
+                 "                   (loaded by its header; bootargs and exit status as below)\n"
+                 "A kernel without the arch's Image magic (and not gzip) is run as a flat unit-test image\n"
+                 "(docs/linux-boot.md): bootargs = --cmdline only, --initrd = its environment (KEY=VALUE).\n"
+                 "Exit status: Linux: 0 when the guest powers off, 1 on any other end or a run-time error,\n"
+                 "2 for a usage or setup error. Test image: N when the guest printed 'EXIT: STATUS=N'\n"
+                 "(N = (code << 1) | 1 by convention, so 1 = pass) and then ended, 0 when it ended\n"
+                 "without that line, 2 setup error, 3 image refused, 4 run-time error. 77: no KVM here.\n",
                  prog, arch_line);
 }
 
@@ -66,6 +79,8 @@ inline std::optional<options> parse(int argc, char** argv, const char* arch_line
             return std::nullopt;
         } else if (a == "--quiet-summary") {
             o.summary = false;
+        } else if (a == "--test-image") {
+            o.test_image = true;
         } else if ((a == "--kernel" || a == "--initrd" || a == "--cmdline" || a == "--cpus" || a == "--mem") &&
                    (v = value()) != nullptr) {
             if (a == "--kernel") o.kernel = v;
@@ -100,9 +115,11 @@ inline std::optional<std::vector<std::byte>> read_file(const std::string& path, 
 }
 
 /// Guest console output: bytes go to stdout; the time of the first byte and of the line
-/// GUEST-BOOT-OK (../shared/guest's marker) are recorded from the VM's start.
+/// GUEST-BOOT-OK (../shared/guest's marker) are recorded from the VM's start, and the first
+/// line `EXIT: STATUS=<n>` (a unit-test image's verdict, n in 0..255) is kept.
 class console {
 public:
+    static constexpr std::string_view exit_prefix = "EXIT: STATUS=";
     void start() { t0_ = clock_type::now(); }
     void operator()(std::uint8_t b) {
         const auto now = clock_type::now();
@@ -115,7 +132,10 @@ public:
         match_ = (static_cast<char>(b) == marker[match_]) ? match_ + 1 : (static_cast<char>(b) == marker[0] ? 1 : 0);
         if (match_ == marker.size() && boot_ok_ns_ < 0) boot_ok_ns_ = ns(now);
         if (match_ == marker.size()) match_ = 0;
+        line_byte(static_cast<char>(b));
     }
+    /// The n of the first `EXIT: STATUS=<n>` line, or -1.
+    [[nodiscard]] int exit_status() const { return exit_status_; }
     [[nodiscard]] double first_output_s() const { return first_ns_ < 0 ? -1 : static_cast<double>(first_ns_) / 1e9; }
     [[nodiscard]] double boot_ok_s() const { return boot_ok_ns_ < 0 ? -1 : static_cast<double>(boot_ok_ns_) / 1e9; }
     [[nodiscard]] double elapsed_s() const {
@@ -124,6 +144,30 @@ public:
     [[nodiscard]] std::uint64_t bytes() const { return bytes_; }
 
 private:
+    /// Line scanner for EXIT: STATUS=<n> (decimal, 0..255, the whole rest of the line; a
+    /// trailing '\r' is allowed). Fixed buffer: a longer line is simply not a verdict.
+    void line_byte(char c) {
+        if (c != '\n') {
+            if (line_len_ < line_.size()) line_[line_len_] = c;
+            ++line_len_;
+            return;
+        }
+        std::size_t n = line_len_ < line_.size() ? line_len_ : 0;
+        line_len_ = 0;
+        if (n > 0 && line_[n - 1] == '\r') --n;
+        const std::string_view l(line_.data(), n);
+        if (exit_status_ >= 0 || !l.starts_with(exit_prefix) || l.size() == exit_prefix.size()) return;
+        int v = 0;
+        for (char d : l.substr(exit_prefix.size())) {
+            if (d < '0' || d > '9') return;
+            v = v * 10 + (d - '0');
+            if (v > 255) return;
+        }
+        exit_status_ = v;
+    }
+    std::array<char, 64> line_{};
+    std::size_t line_len_ = 0;
+    int exit_status_ = -1;
     [[nodiscard]] long long ns(clock_type::time_point t) const {
         return std::chrono::duration_cast<std::chrono::nanoseconds>(t - t0_).count();
     }
@@ -242,6 +286,29 @@ inline int report(const options& o, const console& con, const std::vector<counte
                      static_cast<unsigned long long>(sum.system_event), static_cast<unsigned long long>(sum.other));
     }
     return how == ending::power_off ? 0 : 1;
+}
+
+/// Process status of a unit-test image run (the convention of docs/linux-boot.md, the same
+/// numbers as vmm's Multiboot mode with isa-debug-exit): the guest's `EXIT: STATUS=<n>` when it
+/// printed one and the VM then ended by a system event (PSCI SYSTEM_OFF / SBI SRST, or a reset);
+/// 0 when it ended without printing it; 4 for a run-time error. Prints what it decided on stderr.
+namespace utest_exit {
+inline constexpr int no_verdict = 0, setup_error = 2, refused = 3, runtime_error = 4;
+}
+inline int utest_status(const console& con, const vm_state& st) {
+    const auto how = static_cast<ending>(st.how.load());
+    if (how == ending::error || how == ending::none) {
+        std::fprintf(stderr, "vmm: test image: run-time error, exit status %d\n", utest_exit::runtime_error);
+        return utest_exit::runtime_error;
+    }
+    if (con.exit_status() < 0) {
+        std::fprintf(stderr, "vmm: test image: %s without an 'EXIT: STATUS=' line, exit status %d\n", ending_name(how),
+                     utest_exit::no_verdict);
+        return utest_exit::no_verdict;
+    }
+    std::fprintf(stderr, "vmm: test image: guest printed EXIT: STATUS=%d, %s, exit status %d\n", con.exit_status(),
+                 ending_name(how), con.exit_status());
+    return con.exit_status();
 }
 
 /// The kernel command line: the arch's console part, then the user's.

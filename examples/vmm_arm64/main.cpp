@@ -12,6 +12,12 @@
 // (`aarch64::kvm_boot`); the others start powered off (KVM_ARM_VCPU_POWER_OFF) and come up
 // through KVM's in-kernel PSCI CPU_ON. PSCI SYSTEM_OFF comes back as a typed `system_event`,
 // and the VMM exits 0. See docs/linux-boot.md.
+//
+// A kernel file without the arm64 Image magic (and not gzip) is a flat unit-test image of the
+// kvm-unit-tests kind (vcpu/boot/flat_image.hpp): loaded at RAM base + 0x80000, bootargs = only
+// --cmdline, the initrd = its environment; the same machine otherwise (--test-image: the same
+// conventions for a file with an Image header, loaded by it). The guest prints
+// `EXIT: STATUS=<n>` and calls PSCI SYSTEM_OFF; the VMM exits with n (linux_vmm::utest_status).
 #include <arch/aarch64/arch.hpp>
 #include <arch/aarch64/init.hpp>
 #include <arch/aarch64/linux_boot.hpp>
@@ -22,6 +28,7 @@
 #include <kvm/vm.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/boot/fdt.hpp>
+#include <vcpu/boot/flat_image.hpp>
 #include <vcpu/boot/linux_image.hpp>
 #include <vcpu/devices/uart_8250.hpp>
 
@@ -58,7 +65,7 @@ constexpr const char* arch_line =
 
 int fail(const char* what, const vcpu::error& e) {
     std::fprintf(stderr, "vmm: %s: %s\n", what, e.message().c_str());
-    return 1;
+    return linux_vmm::utest_exit::setup_error; // 2 in both modes: never a test verdict
 }
 
 /// The device tree of this machine (see the file comment).
@@ -143,15 +150,18 @@ int main(int argc, char** argv) {
     auto opt = linux_vmm::parse(argc, argv, arch_line);
     if (!opt) return 2;
     auto kernel = linux_vmm::read_file(opt->kernel, "kernel");
-    if (!kernel) return 1;
+    if (!kernel) return linux_vmm::utest_exit::setup_error;
     std::vector<std::byte> initrd;
     if (!opt->initrd.empty()) {
         auto f = linux_vmm::read_file(opt->initrd, "initrd");
-        if (!f) return 1;
+        if (!f) return linux_vmm::utest_exit::setup_error;
         initrd = std::move(*f);
     }
+    const bool flat = boot::is_flat_image(*kernel, a64::image::magic_offset, a64::image::magic);
+    const bool utest = flat || opt->test_image; // test conventions; the loader follows the file
+    // A test image gets only the user's arguments (its argv[1..]); Linux gets a console first.
     const std::string bootargs =
-        linux_vmm::cmdline("console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1", *opt);
+        utest ? opt->append : linux_vmm::cmdline("console=ttyS0 earlycon=uart8250,mmio,0x9000000 panic=-1", *opt);
 
     // RAM and the images first: a bad kernel is rejected on any host.
     auto ram = kvm::guest_ram::allocate(opt->mem_mib << 20);
@@ -159,13 +169,37 @@ int main(int argc, char** argv) {
     vcpu::guest_memory mem;
     if (auto r = mem.add(ram->region(ram_base)); !r) return fail("guest memory map", r.err());
 
-    auto layout = boot::load_linux_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
-                                                             bootargs.size());
-    if (!layout) return fail("kernel rejected", layout.err());
-    std::fprintf(stderr,
-                 "vmm: %s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
+    vcpu::result<boot::linux_layout> layout = boot::linux_layout{};
+    if (flat) {
+        auto flat_l = boot::load_flat_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20,
+                                                             boot::arm64_flat_offset, *kernel, initrd, bootargs.size());
+        if (!flat_l) {
+            (void)fail("test image rejected", flat_l.err());
+            return linux_vmm::utest_exit::refused;
+        }
+        layout->entry = flat_l->entry;
+        layout->initrd = flat_l->initrd;
+        layout->initrd_size = flat_l->initrd_size;
+        layout->dtb = flat_l->dtb;
+        layout->dtb_max = flat_l->dtb_max;
+        std::fprintf(stderr, "vmm: flat test image (no arm64 Image magic): entry 0x%llx, %zu bytes, "
+                     "initrd 0x%llx+0x%llx, DTB 0x%llx\n",
+                     static_cast<unsigned long long>(flat_l->entry), kernel->size(),
+                     static_cast<unsigned long long>(flat_l->initrd),
+                     static_cast<unsigned long long>(flat_l->initrd_size), static_cast<unsigned long long>(flat_l->dtb));
+    } else {
+        layout = boot::load_linux_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
+                                                           bootargs.size());
+        if (!layout) {
+            (void)fail("kernel rejected", layout.err());
+            return utest ? linux_vmm::utest_exit::refused : linux_vmm::utest_exit::setup_error;
+        }
+    }
+    if (!flat)
+        std::fprintf(stderr,
+                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
                  "DTB 0x%llx\n",
-                 a64::image_format::name, layout->compressed ? " (gzip)" : "",
+                 a64::image_format::name, layout->compressed ? " (gzip)" : "", utest ? " as a test image" : "",
                  static_cast<unsigned long long>(layout->entry),
                  static_cast<unsigned long long>(layout->header.text_offset),
                  static_cast<unsigned long long>(layout->header.image_size),
@@ -276,5 +310,6 @@ int main(int argc, char** argv) {
         for (std::size_t i = 0; i < n; ++i) (void)uart.receive(static_cast<std::uint8_t>(bytes[i]));
     });
     std::fflush(stdout);
-    return linux_vmm::report(*opt, con, stats, state, "aarch64");
+    const int linux_status = linux_vmm::report(*opt, con, stats, state, "aarch64");
+    return utest ? linux_vmm::utest_status(con, state) : linux_status;
 }

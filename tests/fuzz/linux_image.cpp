@@ -1,8 +1,11 @@
 // Fuzzes the arm64 / RISC-V Image loader (vcpu/boot/linux_image.hpp with the format policies of
 // arch/aarch64/linux_boot.hpp and arch/riscv64/linux_boot.hpp), plain and gzip-compressed, into
-// guest RAM with canaries around it.
+// guest RAM with canaries around it; with flags bit 2, the VMMs' dispatch instead: a file
+// without the arch's Image magic (and not gzip) goes to the flat test-image loader
+// (vcpu/boot/flat_image.hpp) at the arch's offset, anything else to the Image loader.
 //
-// Input: u8 flags (bit 0: RISC-V, else arm64; bit 1: RAM base 1 MiB past a 2 MiB boundary),
+// Input: u8 flags (bit 0: RISC-V, else arm64; bit 1: RAM base 1 MiB past a 2 MiB boundary;
+// bit 2: dispatch as vmm_arm64 / vmm_riscv64 do),
 // u8 RAM size in 256 KiB units (clamped to 1..8 MiB), u16 command-line length, u32 initrd length
 // (at most 1 MiB; its bytes are a fill pattern), then the kernel file.
 // Invariants: on success the kernel lies at a 2 MiB aligned base + text_offset inside RAM, its
@@ -10,11 +13,14 @@
 // DTB slot lies in RAM and is 2 MiB aligned, the initrd (when given) is 4 KiB aligned between
 // kernel_end and the DTB and holds its bytes; on failure the error names an operation and a
 // problem, and a header error on a plain image wrote nothing; always: nothing outside guest
-// RAM changed.
+// RAM changed. Flat images: on success the image's bytes are at RAM base + the arch's offset,
+// below the 2 MiB aligned DTB slot inside RAM, and the initrd as above; on failure RAM is
+// untouched.
 #include "fuzz.hpp"
 
 #include <arch/aarch64/linux_boot.hpp>
 #include <arch/riscv64/linux_boot.hpp>
+#include <vcpu/boot/flat_image.hpp>
 #include <vcpu/boot/linux_image.hpp>
 
 #include <zlib.h>
@@ -126,6 +132,43 @@ void run(std::span<const std::byte> kernel, std::size_t ram_size, std::uint64_t 
                     static_cast<unsigned long long>(l->initrd), static_cast<unsigned long long>(l->dtb));
 }
 
+/// The flat test-image loader at the arch's offset (the VMMs' path for a file without the magic).
+template <class Format>
+void run_flat(std::span<const std::byte> image, std::size_t ram_size, std::uint64_t gpa, std::uint64_t offset,
+              std::size_t cmdline, std::span<const std::byte> initrd) {
+    std::vector<std::byte> buf(canary + ram_size + canary, canary_fill);
+    std::byte* ram = buf.data() + canary;
+    std::memset(ram, static_cast<int>(ram_fill), ram_size);
+    vcpu::guest_memory mem;
+    VCPU_FUZZ_CHECK(mem.add({gpa, std::span<std::byte>(ram, ram_size)}));
+
+    auto l = vcpu::boot::load_flat_image<Format>(mem, gpa, ram_size, offset, image, initrd, cmdline);
+    VCPU_FUZZ_CHECK(all_equal(buf.data(), canary, canary_fill));
+    VCPU_FUZZ_CHECK(all_equal(ram + ram_size, canary, canary_fill));
+    if (!l) {
+        VCPU_FUZZ_CHECK(l.err().op != nullptr && l.err().op[0] != '\0');
+        VCPU_FUZZ_CHECK(l.err().detail != nullptr && l.err().detail[0] != '\0');
+        VCPU_FUZZ_CHECK(all_equal(ram, ram_size, ram_fill)); // every check comes before any write
+        vcpu_fuzz::note("flat error: %s: %s", l.err().op, l.err().detail);
+        return;
+    }
+    const std::uint64_t end = gpa + ram_size;
+    VCPU_FUZZ_CHECK(!image.empty() && l->entry == gpa + offset && l->image_end == l->entry + image.size());
+    VCPU_FUZZ_CHECK(l->image_end <= l->dtb && l->dtb % (2u << 20) == 0 && l->dtb + l->dtb_max <= end);
+    VCPU_FUZZ_CHECK(cmdline + 1 <= Format::cmdline_max);
+    VCPU_FUZZ_CHECK(std::memcmp(ram + (l->entry - gpa), image.data(), image.size()) == 0);
+    if (!initrd.empty()) {
+        VCPU_FUZZ_CHECK(l->initrd % 4096 == 0 && l->initrd >= l->image_end && l->initrd_size == initrd.size());
+        VCPU_FUZZ_CHECK(l->initrd + l->initrd_size <= l->dtb);
+        VCPU_FUZZ_CHECK(std::memcmp(ram + (l->initrd - gpa), initrd.data(), initrd.size()) == 0);
+    } else {
+        VCPU_FUZZ_CHECK(l->initrd == 0 && l->initrd_size == 0);
+    }
+    vcpu_fuzz::note("flat loaded: entry %#llx end %#llx initrd %#llx dtb %#llx",
+                    static_cast<unsigned long long>(l->entry), static_cast<unsigned long long>(l->image_end),
+                    static_cast<unsigned long long>(l->initrd), static_cast<unsigned long long>(l->dtb));
+}
+
 } // namespace
 
 void vcpu_fuzz::seeds(seed_set& out) {
@@ -147,6 +190,15 @@ void vcpu_fuzz::seeds(seed_set& out) {
     auto corrupt = gz(arm);
     for (std::size_t i = 30; i < 50 && i < corrupt.size(); ++i) corrupt[i] ^= 0x5a;
     out.add("gzip_corrupt", with_header({0, 16, 30, 0}, corrupt));
+    // Through the VMMs' dispatch (flags bit 2): flat test images, and an Image still going to
+    // the Image loader.
+    std::vector<std::uint8_t> flat(6000);
+    for (std::size_t i = 0; i < flat.size(); ++i) flat[i] = static_cast<std::uint8_t>(i * 31 + 1);
+    out.add("flat_arm64_initrd", with_header({4, 16, 30, 50}, flat));
+    out.add("flat_riscv", with_header({5, 16, 30, 0}, flat));
+    out.add("flat_offset_ram", with_header({6, 20, 30, 4096}, flat));
+    out.add("flat_empty", with_header({4, 16, 30, 0}, {}));
+    out.add("flat_dispatch_image", with_header({4, 16, 30, 0}, arm));
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
@@ -162,7 +214,24 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint64_t gpa = ram_gpa + ((flags & 2) ? (1u << 20) : 0);
     const auto kernel = std::as_bytes(std::span(data + header_bytes, size - header_bytes));
     const auto rd = std::span<const std::byte>(initrd).first(initrd_len);
-    if (flags & 1) run<vcpu::riscv64::image_format>(kernel, ram_size, gpa, cmdline, rd);
-    else run<vcpu::aarch64::image_format>(kernel, ram_size, gpa, cmdline, rd);
+    namespace a64 = vcpu::aarch64;
+    namespace rv = vcpu::riscv64;
+    if (flags & 4) { // as vmm_arm64 / vmm_riscv64 choose
+        if (flags & 1) {
+            if (vcpu::boot::is_flat_image(kernel, rv::image::magic2_offset, rv::image::magic2))
+                run_flat<rv::image_format>(kernel, ram_size, gpa, vcpu::boot::riscv64_flat_offset, cmdline, rd);
+            else
+                run<rv::image_format>(kernel, ram_size, gpa, cmdline, rd);
+        } else {
+            if (vcpu::boot::is_flat_image(kernel, a64::image::magic_offset, a64::image::magic))
+                run_flat<a64::image_format>(kernel, ram_size, gpa, vcpu::boot::arm64_flat_offset, cmdline, rd);
+            else
+                run<a64::image_format>(kernel, ram_size, gpa, cmdline, rd);
+        }
+    } else if (flags & 1) {
+        run<rv::image_format>(kernel, ram_size, gpa, cmdline, rd);
+    } else {
+        run<a64::image_format>(kernel, ram_size, gpa, cmdline, rd);
+    }
     return 0;
 }
