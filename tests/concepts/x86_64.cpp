@@ -183,7 +183,11 @@ static_assert(std::is_trivially_default_constructible_v<X>);
 static_assert(std::is_empty_v<mock_hal>, "the HAL policy is stateless");
 static_assert(std::is_empty_v<vcpu::mock::hal>);
 static_assert(std::is_empty_v<x86::keep_cpuid>, "the default CPUID hook costs nothing");
-static_assert(sizeof(x86::cpuid_setup<>) == sizeof(std::uint32_t));
+struct apic_id_and_flag {
+    std::uint32_t apic_id;
+    bool hypervisor;
+};
+static_assert(sizeof(x86::cpuid_setup<>) == sizeof(apic_id_and_flag), "the empty hook takes no space");
 static_assert(std::is_empty_v<x86::misc_enable_fast_strings>);
 static_assert(sizeof(x86::flat_protected_mode) == 2 * sizeof(std::uint64_t));
 // basic_vcpu adds at most one bool (plus padding) over the HAL's own vCPU state.
