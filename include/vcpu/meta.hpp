@@ -1,13 +1,11 @@
 #pragma once
 /// \file
 /// Type lists as architectures declare them (`exit_types`, `register_blocks`,
-/// `keyed_banks`), and their bridge to Boost.Hana, which does the
-/// compile-time computations over them (handler lookup, unhandled-exit sets).
+/// `keyed_banks`), and the compile-time operations on them (membership,
+/// concatenation, ...). Handler lookup over them, with Boost.Hana, is in
+/// dispatch.hpp.
 
 #include <vcpu/config.hpp>
-
-#include <boost/hana/tuple.hpp>
-#include <boost/hana/type.hpp>
 
 #include <cstddef>
 #include <type_traits>
@@ -18,8 +16,6 @@ namespace vcpu {
 template <class... Ts>
 struct type_list {
     static constexpr std::size_t size = sizeof...(Ts);
-    /// The same list as a Hana sequence of `hana::type`s.
-    static constexpr auto hana() noexcept { return boost::hana::tuple_t<Ts...>; }
 };
 
 namespace detail {
