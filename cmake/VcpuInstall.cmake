@@ -1,5 +1,8 @@
 include_guard(GLOBAL)
-# Install rules: headers, the vcpu::vcpu target and a relocatable package config.
+# Install rules: headers, the vcpu::vcpu target (and vcpu::linux_boot where libfdt and zlib were
+# found) and a relocatable package config. Everything goes under one project root:
+#   <prefix>/include/vcpu/{vcpu,arch,kvm}/...   (VCPU_INSTALL_INCLUDEDIR, the include path)
+#   <prefix>/share/cmake/vcpu/                  (VCPU_INSTALL_CMAKEDIR)
 
 include(GNUInstallDirs)
 include(CMakePackageConfigHelpers)
@@ -8,9 +11,13 @@ include(CMakePackageConfigHelpers)
 set(VCPU_INSTALL_CMAKEDIR ${CMAKE_INSTALL_DATADIR}/cmake/vcpu
     CACHE STRING "Where vcpuConfig.cmake is installed, relative to the prefix")
 
-install(TARGETS vcpu EXPORT vcpuTargets)
+set(vcpu_install_targets vcpu)
+if(TARGET vcpu_linux_boot)
+    list(APPEND vcpu_install_targets vcpu_linux_boot)
+endif()
+install(TARGETS ${vcpu_install_targets} EXPORT vcpuTargets)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/
-        DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+        DESTINATION ${VCPU_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.hpp")
 install(EXPORT vcpuTargets
         NAMESPACE vcpu::
@@ -26,4 +33,5 @@ write_basic_package_version_file(
     COMPATIBILITY SameMajorVersion
     ARCH_INDEPENDENT)
 install(FILES ${PROJECT_BINARY_DIR}/vcpuConfig.cmake ${PROJECT_BINARY_DIR}/vcpuConfigVersion.cmake
+              ${PROJECT_SOURCE_DIR}/cmake/VcpuBootLibs.cmake
         DESTINATION ${VCPU_INSTALL_CMAKEDIR})

@@ -17,27 +17,33 @@ function(vcpu_add_doctest_per_file exe label sources)
     endforeach()
 endfunction()
 
-# vcpu_add_consumer_test(<dir> <cmake -D options>...)
+# vcpu_add_consumer_test(<dir> [TEST_COMMAND <cmd>...] [OPTIONS <cmake -D options>...])
 #   Configures, builds and runs the consumer project tests/cmake/<dir> with the same compiler
-#   and generator, as ctest "cmake.<dir>".
+#   and generator, as ctest "cmake.<dir>". The run is <build>/consumer unless TEST_COMMAND is
+#   given (in it, @BINDIR@ stands for the consumer's build directory).
 function(vcpu_add_consumer_test dir)
+    cmake_parse_arguments(PARSE_ARGV 1 arg "" "" "TEST_COMMAND;OPTIONS")
     set(bindir ${CMAKE_BINARY_DIR}/consumer-${dir})
+    set(cmd ${bindir}/consumer)
+    if(arg_TEST_COMMAND)
+        string(REPLACE "@BINDIR@" "${bindir}" cmd "${arg_TEST_COMMAND}")
+    endif()
     add_test(NAME cmake.${dir}
              COMMAND ${CMAKE_CTEST_COMMAND}
                      --build-and-test ${CMAKE_CURRENT_SOURCE_DIR}/cmake/${dir} ${bindir}
                      --build-generator ${CMAKE_GENERATOR}
                      --build-makeprogram ${CMAKE_MAKE_PROGRAM}
                      --build-options
+                         # Every run configures afresh: a cache left by an earlier configure with
+                         # another spelling of the compiler made CMake drop it with the -D options.
+                         --fresh
                          -DCMAKE_CXX_COMPILER=${CMAKE_CXX_COMPILER}
                          -DCMAKE_BUILD_TYPE=$<CONFIG>
                          -DVCPU_EXPECT_VERSION=${PROJECT_VERSION}
-                         ${ARGN}
-                     --test-command ${bindir}/consumer)
-    # Each run starts from an empty build directory: a cache left by an earlier configure with
-    # another spelling of the compiler makes CMake drop the cache, and the -D options with it.
-    add_test(NAME cmake.${dir}.clean COMMAND ${CMAKE_COMMAND} -E rm -rf ${bindir})
-    set_tests_properties(cmake.${dir}.clean PROPERTIES LABELS cmake FIXTURES_SETUP vcpu_consumer_${dir})
-    set_tests_properties(cmake.${dir} PROPERTIES LABELS cmake FIXTURES_REQUIRED vcpu_consumer_${dir})
+                         -DVCPU_EXPECT_LINUX_BOOT=${VCPU_HAVE_BOOT_LIBS}
+                         ${arg_OPTIONS}
+                     --test-command ${cmd})
+    set_tests_properties(cmake.${dir} PROPERTIES LABELS cmake)
 endfunction()
 
 # ---- real-KVM tests ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 /// \file
 /// arm64 host glue for the KVM HAL: the arm64 vCPU ioctls
 /// (`KVM_ARM_PREFERRED_TARGET`, `KVM_ARM_VCPU_INIT`, `KVM_ARM_VCPU_FINALIZE`,
-/// `KVM_GET_REG_LIST`), the `arm_vcpu_init`/`arm_vcpu_finalize` calls
+/// and the `KVM_GET_REG_LIST` code), the `arm_vcpu_init`/`arm_vcpu_finalize` calls
 /// `vcpu::aarch64::kvm_boot` makes through the HAL, and — when compiled for
 /// arm64 — proof that the arch-neutral mirrors in include/arch/aarch64/abi.hpp
 /// equal the kernel's `<asm/kvm.h>`.
@@ -30,7 +30,6 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
-#include <cstring>
 #include <span>
 
 #if defined(__aarch64__)
@@ -93,29 +92,6 @@ template <class Sys>
         if (*a && *g) init.with(f::ptrauth_address).with(f::ptrauth_generic);
     }
     return init;
-}
-
-/// Number of registers `KVM_GET_REG_LIST` reports, written into `ids` when
-/// it is large enough (else E2BIG with the count unknown to the caller:
-/// call with an empty span first to learn it, as the kernel reports `n`).
-template <class Sys, class Arch>
-[[nodiscard]] result<std::size_t> reg_list(hal_vcpu<Sys, Arch>& v, std::span<std::uint64_t> ids) noexcept {
-    // struct kvm_reg_list { __u64 n; __u64 reg[]; } — built in a local buffer
-    // of fixed capacity so no allocation happens.
-    constexpr std::size_t cap = 1024;
-    struct {
-        std::uint64_t n;
-        std::uint64_t reg[cap];
-    } list{};
-    list.n = ids.size() < cap ? ids.size() : cap;
-    auto r = v.ioctl(ioctl::get_reg_list, &list);
-    if (!r) {
-        if (r.err().code == E2BIG) return error{ioctl::get_reg_list.name, E2BIG, "buffer too small"};
-        return r.err();
-    }
-    const std::size_t n = list.n < ids.size() ? static_cast<std::size_t>(list.n) : ids.size();
-    std::memcpy(ids.data(), list.reg, n * sizeof(std::uint64_t));
-    return static_cast<std::size_t>(list.n);
 }
 
 } // namespace vcpu::kvm::aarch64

@@ -40,9 +40,14 @@ struct ioctl_def {
 } // namespace vcpu::kvm
 
 namespace vcpu::kvm::detail {
-/// Size, in the kernel's C layout, of a UAPI struct that ends in a
-/// `__DECLARE_FLEX_ARRAY` after two `__u32`s (`kvm_msrs`, `kvm_cpuid2`).
-inline constexpr unsigned long c_flex_header_size = 2 * sizeof(std::uint32_t);
+/// Size, in the kernel's C layout, of the header of a UAPI struct that ends
+/// in a `__DECLARE_FLEX_ARRAY` after two `__u32`s (`kvm_msrs`, `kvm_cpuid2`,
+/// `kvm_coalesced_mmio_ring`): where the flexible array starts. The one
+/// definition the HAL uses (ioctl sizes, MSR/CPUID buffers, the coalesced
+/// ring). The UAPI headers' empty placeholder struct has size 0 in GNU C but
+/// 1 in C++, so in C++ `offsetof(kvm_msrs, entries)` is 16, not the kernel's
+/// 8: the HAL never uses those member names and lays the buffers out itself.
+inline constexpr std::size_t c_flex_header_size = 2 * sizeof(std::uint32_t);
 
 /// `req` with its `_IOC_SIZE` field set to `c_flex_header_size`.
 ///

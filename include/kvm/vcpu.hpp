@@ -195,9 +195,9 @@ template <class... B> struct block_caches<type_list<B...>> {
     static constexpr std::uint64_t sync_bits = (std::uint64_t{0} | ... | block_traits<B>::sync_bit);
 };
 
-/// `struct kvm_coalesced_mmio_ring` header size in the kernel's C layout (see
-/// `flex_array_offset` in x86_64_abi.hpp for why the UAPI struct is not used).
-inline constexpr std::size_t coalesced_ring_header = 2 * sizeof(std::uint32_t);
+/// `struct kvm_coalesced_mmio_ring` header size in the kernel's C layout
+/// (`c_flex_header_size` in ioctls.hpp says why the UAPI struct is not used).
+inline constexpr std::size_t coalesced_ring_header = c_flex_header_size;
 /// The ring header of a vCPU without a coalesced ring: `first == last`, never written (a
 /// ring of capacity 0), so the drain needs no null test per exit.
 alignas(8) inline std::uint32_t no_coalesced_ring[2] = {0, 0};

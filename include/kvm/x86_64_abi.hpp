@@ -151,21 +151,13 @@ struct block_traits<::vcpu::x86_64::debugregs_block> {
 };
 
 namespace detail {
-/// Where a flexible array starts in the kernel's C layout of `kvm_msrs`,
-/// `kvm_cpuid2` and `kvm_coalesced_mmio_ring`: right after two `__u32`s.
-/// The UAPI headers declare these arrays with `__DECLARE_FLEX_ARRAY`, whose
-/// empty placeholder struct has size 0 in GNU C but 1 in C++, so in C++
-/// `offsetof(kvm_msrs, entries)` is 16, not the kernel's 8. The HAL therefore
-/// never uses those member names and lays the buffers out itself.
-inline constexpr std::size_t flex_array_offset = 2 * sizeof(std::uint32_t);
-
 /// `struct kvm_msrs` with exactly one entry, in the kernel's C layout.
 struct one_msr {
     std::uint32_t nmsrs = 1;
     std::uint32_t pad = 0;
     ::vcpu::x86_64::msr_entry entry{};
 };
-static_assert(offsetof(one_msr, entry) == flex_array_offset && offsetof(::kvm_msrs, pad) == 4,
+static_assert(offsetof(one_msr, entry) == c_flex_header_size && offsetof(::kvm_msrs, pad) == 4,
               "kvm: one_msr must match the C layout of struct kvm_msrs");
 } // namespace detail
 
@@ -201,12 +193,12 @@ struct keyed_traits<::vcpu::x86_64::msr_bank> {
 
 namespace detail {
 /// `struct kvm_cpuid2` followed by `n` entries, in the kernel's C layout
-/// (entries at `flex_array_offset`), on the C heap: setup path only, and
+/// (entries at `c_flex_header_size`), on the C heap: setup path only, and
 /// `malloc` so that `-fno-exceptions` builds see ENOMEM rather than a throw.
 class cpuid2_buffer {
 public:
     explicit cpuid2_buffer(std::size_t n) noexcept
-        : n_(n), p_(static_cast<std::byte*>(std::calloc(1, flex_array_offset + n * sizeof(::kvm_cpuid_entry2)))) {
+        : n_(n), p_(static_cast<std::byte*>(std::calloc(1, c_flex_header_size + n * sizeof(::kvm_cpuid_entry2)))) {
         if (p_ != nullptr) set_nent(static_cast<std::uint32_t>(n));
     }
     cpuid2_buffer(const cpuid2_buffer&) = delete;
@@ -223,7 +215,7 @@ public:
     }
     void set_nent(std::uint32_t v) noexcept { std::memcpy(p_, &v, sizeof v); }
     /// Entry bytes; `i < n` (the allocation holds `n` entries).
-    [[nodiscard]] std::byte* entries() const noexcept { return p_ + flex_array_offset; }
+    [[nodiscard]] std::byte* entries() const noexcept { return p_ + c_flex_header_size; }
     [[nodiscard]] std::size_t capacity() const noexcept { return n_; }
 
 private:

@@ -43,6 +43,9 @@ class basic_vcpu {
                   "`gpr(unsigned)` returning a register descriptor");
     static_assert(HasProgramCounter<Arch>,
                   "vcpu: Arch does not model RegisterFile: it has no `pc` register descriptor");
+    static_assert(DeclaresRegisterStorage<Arch>,
+                  "vcpu: Arch does not model RegisterFile: it must declare `register_blocks` and "
+                  "`keyed_banks` (type_lists, may be empty) and `static constexpr bool uses_one_reg`");
     static_assert(HasExitTypes<Arch>,
                   "vcpu: Arch does not model ExitDecoder: it has no `exit_types` type_list");
     static_assert(HasVcpuState<Hal, Arch>,

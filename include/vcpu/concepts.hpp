@@ -52,13 +52,25 @@ concept HasProgramCounter = requires {
     { A::pc } -> RegisterDescriptor;
 };
 
+/// Named step: the arch declares the storage its registers live in, which a
+/// HAL must move (`MovesArchRegisters`): `register_blocks` and `keyed_banks`
+/// (`type_list`s of block / bank tags, possibly empty) and `uses_one_reg`.
+template <class A>
+concept DeclaresRegisterStorage = requires {
+    typename A::register_blocks;
+    typename A::keyed_banks;
+    { A::uses_one_reg } -> std::convertible_to<bool>;
+};
+
 /// **RegisterFile** — *intent*: an architecture's registers as compile-time
 /// descriptors (name, id or offset, width, access) that a generic
 /// `get`/`set` reaches through any HAL.
 ///
 /// *Minimal complete definition*: `A::registers` (a `std::tuple` of
-/// descriptors), `A::gpr_count` and `A::gpr(i)` for `i < gpr_count`, and
-/// `A::pc`.
+/// descriptors), `A::gpr_count` and `A::gpr(i)` for `i < gpr_count`,
+/// `A::pc`, and the storage the descriptors name: `A::register_blocks`,
+/// `A::keyed_banks` (`type_list`s) and `static constexpr bool
+/// A::uses_one_reg`.
 ///
 /// *Laws*: descriptor names are unique; `set(r, v)` then `get(r)` yields `v`
 /// for every `access::rw` register whose architecture does not mask bits;
@@ -67,7 +79,8 @@ concept HasProgramCounter = requires {
 /// *Models*: `vcpu::arch::x86_64` (blocks `kvm_regs`/`kvm_sregs`, MSRs by
 /// index), `aarch64` and `riscv64` (ONE_REG ids).
 template <class A>
-concept RegisterFile = HasRegisterList<A> && HasGprIndexing<A> && HasProgramCounter<A>;
+concept RegisterFile =
+    HasRegisterList<A> && HasGprIndexing<A> && HasProgramCounter<A> && DeclaresRegisterStorage<A>;
 
 // ---------------------------------------------------------------------------
 // ExitDecoder

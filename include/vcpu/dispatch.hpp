@@ -3,22 +3,18 @@
 /// Compile-time dispatch of typed exits to a handler set.
 ///
 /// A handler set is a pack of callables. For an exit of type `E`, the handler
-/// is the *first* one invocable with `E&`; the choice is made by Hana at
-/// compile time, so the call inlines into the decoder's `switch`. A handler
+/// is the *first* one invocable with `E&`; the choice is made at compile
+/// time, so the call inlines into the decoder's `switch`. A handler
 /// returns `void` (resume the guest) or `vcpu::action` (resume or stop).
 /// `unhandled_exit_t` is the `std::variant` of exactly the exit types the
 /// caller can get back: those no handler accepts, plus those whose handler
-/// may return `action::stop`.
+/// may return `action::stop` (a pack filter, `list_filter_t`: Boost.Hana did
+/// this once, but its headers and `filter` cost more compile time than the
+/// one set computation it did here).
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
 #include <vcpu/meta.hpp>
-
-#include <boost/hana/filter.hpp>
-#include <boost/hana/integral_constant.hpp>
-#include <boost/hana/tuple.hpp>
-#include <boost/hana/type.hpp>
-#include <boost/hana/unpack.hpp>
 
 #include <array>
 #include <cstddef>
@@ -58,28 +54,15 @@ constexpr bool may_return() noexcept {
     }
 }
 
+template <class List> struct variant_of;
+template <class... Ts> struct variant_of<type_list<Ts...>> { using type = std::variant<Ts...>; };
+template <> struct variant_of<type_list<>> { using type = std::variant<std::monostate>; };
+
 template <class Types, class... Hs> struct unhandled;
 template <class... Es, class... Hs>
 struct unhandled<type_list<Es...>, Hs...> {
-    template <class E>
-    struct returns : std::bool_constant<may_return<E, Hs...>()> {};
-    template <class... Ts>
-    struct make_variant {
-        using type = std::variant<Ts...>;
-    };
-    template <class... Ts>
-    static constexpr auto to_variant(boost::hana::basic_type<Ts>...) noexcept {
-        if constexpr (sizeof...(Ts) == 0)
-            return boost::hana::type_c<std::variant<std::monostate>>;
-        else
-            return boost::hana::type_c<std::variant<Ts...>>;
-    }
-    /// Hana does the set computation: filter the arch's exit types by
-    /// "may come back", then unpack into a variant.
-    static constexpr auto kept =
-        boost::hana::filter(boost::hana::tuple_t<Es...>, boost::hana::trait<returns>);
-    using type = typename decltype(boost::hana::unpack(
-        kept, [](auto... t) { return to_variant(t...); }))::type;
+    /// The arch's exit types that may come back, in order, as a variant.
+    using type = typename variant_of<list_filter_t<type_list<Es...>, may_return<Es, Hs...>()...>>::type;
 };
 
 } // namespace detail

@@ -296,6 +296,18 @@ struct malformed_exit {
     }
 };
 
+namespace detail {
+/// Hands `visit` a `malformed_exit{w, raw, value}`: the one way every decoder
+/// (the `kvm_run` prologue and each arch's `kvm_run`, ESR_EL2 and scause
+/// decoders) reports a record that fails a check.
+template <class Visitor>
+constexpr void malformed(Visitor& visit, malformed_exit::why w, std::uint64_t raw,
+                         std::uint64_t value) noexcept {
+    malformed_exit m{w, raw, value};
+    visit(m);
+}
+} // namespace detail
+
 /// What a handler tells the run loop: go on running the guest, or return this
 /// exit to `run()`'s caller. A handler may also return `void` (= resume).
 enum class action : std::uint8_t { resume, stop };

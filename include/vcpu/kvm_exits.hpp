@@ -15,10 +15,11 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <iterator>
 #include <span>
 
 namespace vcpu::kvm_common {
+
+using ::vcpu::detail::malformed;
 
 /// `KVM_SYSTEM_EVENT_*` → `system_event::kind`.
 [[nodiscard]] constexpr system_event::kind event_kind(std::uint32_t t) noexcept {
@@ -30,14 +31,6 @@ namespace vcpu::kvm_common {
     case KVM_SYSTEM_EVENT_SUSPEND: return system_event::kind::suspend;
     default: return system_event::kind::other;
     }
-}
-
-/// Hands `visit` a `malformed_exit`.
-template <class Visitor>
-constexpr void malformed(Visitor& visit, malformed_exit::why w, std::uint64_t raw,
-                         std::uint64_t value) noexcept {
-    malformed_exit m{w, raw, value};
-    visit(m);
 }
 
 /// The `kvm_run` of `v`, or null after visiting a `malformed_exit` when the

@@ -38,7 +38,4 @@ struct kvm_run_view {
     }
 };
 
-/// Bytes `kvm_run` must at least span for the decoders to read its header.
-inline constexpr std::size_t kvm_run_min_bytes = sizeof(::kvm_run);
-
 } // namespace vcpu

@@ -1,13 +1,10 @@
 #pragma once
 /// \file
 /// Type lists as architectures declare them (`exit_types`, `register_blocks`,
-/// `keyed_banks`), and their bridge to Boost.Hana, which does the
-/// compile-time computations over them (handler lookup, unhandled-exit sets).
+/// `keyed_banks`), and the compile-time operations on them (membership,
+/// concatenation, filtering). Handler lookup over them is in dispatch.hpp.
 
 #include <vcpu/config.hpp>
-
-#include <boost/hana/tuple.hpp>
-#include <boost/hana/type.hpp>
 
 #include <cstddef>
 #include <type_traits>
@@ -18,8 +15,6 @@ namespace vcpu {
 template <class... Ts>
 struct type_list {
     static constexpr std::size_t size = sizeof...(Ts);
-    /// The same list as a Hana sequence of `hana::type`s.
-    static constexpr auto hana() noexcept { return boost::hana::tuple_t<Ts...>; }
 };
 
 namespace detail {
@@ -31,7 +26,18 @@ template <class A, class B> struct list_concat;
 template <class... A, class... B> struct list_concat<type_list<A...>, type_list<B...>> {
     using type = type_list<A..., B...>;
 };
+template <class Kept, class Rest, bool... Keep> struct list_filter;
+template <class... K> struct list_filter<type_list<K...>, type_list<>> {
+    using type = type_list<K...>;
+};
+template <class... K, class T, class... Ts, bool B, bool... Bs>
+struct list_filter<type_list<K...>, type_list<T, Ts...>, B, Bs...>
+    : list_filter<std::conditional_t<B, type_list<K..., T>, type_list<K...>>, type_list<Ts...>, Bs...> {};
 } // namespace detail
+
+/// The types of `List` whose flag in `Keep...` (one per type, in order) is true.
+template <class List, bool... Keep>
+using list_filter_t = typename detail::list_filter<type_list<>, List, Keep...>::type;
 
 /// True when `T` is one of `List`'s types.
 template <class T, class List>

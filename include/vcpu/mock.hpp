@@ -39,15 +39,22 @@ namespace vcpu::mock {
 inline constexpr std::size_t run_area_bytes = 3 * 4096;
 /// Where the mock puts port I/O data (KVM uses the second page).
 inline constexpr std::uint64_t pio_data_offset = 4096;
+/// Most port I/O data one exit carries: one page, as KVM's PIO data page (a
+/// `rep ins/outs` longer than that comes to userspace in several exits).
+inline constexpr std::size_t pio_data_bytes = 4096;
+static_assert(pio_data_offset + pio_data_bytes <= run_area_bytes);
 
 /// One scripted exit: the `kvm_run` fields that matter, copied in on entry.
 struct scripted_exit {
     std::uint32_t reason = KVM_EXIT_UNKNOWN;
     /// The exit union of `kvm_run` (everything from `io` on, 256 bytes).
     std::array<std::byte, 256> payload{};
-    /// Bytes copied to `pio_data_offset` (port OUT data).
-    std::array<std::byte, 64> pio{};
-    std::uint8_t pio_len = 0;
+    /// Bytes copied to `pio_data_offset` (port OUT data): the first `pio_len`.
+    std::array<std::byte, pio_data_bytes> pio{};
+    std::uint16_t pio_len = 0;
+    /// The script asked for more port data than one exit carries: entering
+    /// this exit fails with E2BIG instead of playing truncated data.
+    bool pio_too_long = false;
     std::uint8_t if_flag = 0;
     std::uint64_t cr8 = 0;
     /// Coalesced writes the "kernel" buffered before this exit.
@@ -66,7 +73,8 @@ public:
     script& io_in(std::uint16_t port, std::uint8_t size, std::uint32_t count = 1) {
         return io(KVM_EXIT_IO_IN, port, size, count, {});
     }
-    /// `rep outs`: `bytes.size() == size * count` bytes of data.
+    /// `rep outs`: `bytes.size() == size * count` bytes of data, at most
+    /// `pio_data_bytes` (more makes `enter()` of this exit fail with E2BIG).
     script& io_string_out(std::uint16_t port, std::uint8_t size, std::span<const std::byte> bytes) {
         const auto count = static_cast<std::uint32_t>(size != 0 ? bytes.size() / size : 0);
         return io(KVM_EXIT_IO_OUT, port, size, count, bytes);
@@ -150,7 +158,11 @@ private:
             r.io.data_offset = pio_data_offset;
         });
         auto& s = exits_.back();
-        s.pio_len = static_cast<std::uint8_t>(std::min(data.size(), s.pio.size()));
+        if (data.size() > s.pio.size()) {
+            s.pio_too_long = true;
+            return *this;
+        }
+        s.pio_len = static_cast<std::uint16_t>(data.size());
         std::copy_n(data.begin(), s.pio_len, s.pio.begin());
         return *this;
     }
@@ -231,13 +243,26 @@ public:
             next_ = 0;
         }
         const scripted_exit& s = ex[next_];
+        if (s.pio_too_long)
+            return error{"mock enter", E2BIG, "scripted port I/O data longer than one exit carries"}
+                .with("exit", next_)
+                .with("max bytes", pio_data_bytes);
         log({event::kind::enter, {}, next_, 0, 0});
         ::kvm_run& r = run();
         r.exit_reason = s.reason;
         r.if_flag = s.if_flag;
         r.cr8 = s.cr8;
         std::memcpy(area_.get() + script::payload_offset, s.payload.data(), s.payload.size());
-        std::memcpy(area_.get() + pio_data_offset, s.pio.data(), s.pio.size());
+        // The exit's data, and zeros over what the previous exit's data or its
+        // handler's IN answer left (the array is zero past pio_len): no 4 KiB
+        // copy per exit.
+        const std::size_t n = s.pio_len > pio_dirty_ ? s.pio_len : pio_dirty_;
+        std::memcpy(area_.get() + pio_data_offset, s.pio.data(), n);
+        pio_dirty_ = s.pio_len;
+        if (s.reason == KVM_EXIT_IO) {
+            const std::size_t span = std::size_t{r.io.size} * r.io.count;
+            if (span > pio_dirty_) pio_dirty_ = span < pio_data_bytes ? span : pio_data_bytes;
+        }
         pending_c_ = s.ncoalesced;
         consumed_c_ = 0;
         current_ = next_++;
@@ -429,6 +454,7 @@ private:
     std::size_t dropped_ = 0;
     std::size_t next_ = 0, current_ = 0;
     std::uint8_t pending_c_ = 0, consumed_c_ = 0;
+    std::size_t pio_dirty_ = 0; ///< PIO data bytes the last entered exit wrote
     std::uint64_t runs_ = 0;
 };
 

@@ -255,11 +255,6 @@ static_assert(sizeof(error) <= 192, "vcpu::error grew: keep its context small");
     return error{op, errno, detail};
 }
 
-struct unexpect_t {
-    explicit unexpect_t() = default;
-};
-inline constexpr unexpect_t unexpect{};
-
 /// Either a `T` or an `error` (a small `std::expected<T, error>`).
 /// Accessing the wrong alternative is a precondition violation checked with
 /// `__builtin_trap`, never undefined behaviour.
@@ -381,8 +376,12 @@ static_assert(std::is_trivially_destructible_v<result<void>>);
 
 } // namespace vcpu
 
-/// Propagates an error from a `result` expression, GNU statement-expression
-/// free: `VCPU_TRY(r, expr);` declares `r` holding the value.
+/// `VCPU_TRY_VOID(expr);` evaluates `expr` (any `result<T>`) and, when it
+/// holds an error, returns that error from the enclosing function (whose
+/// return type must be constructible from `vcpu::error`, e.g. any `result<U>`);
+/// on success the value is discarded. Standard C++, no GNU statement
+/// expression. There is no value-binding form: write
+/// `auto r = expr; if (!r) return r.err();` to keep the value.
 #define VCPU_TRY_VOID(expr)                                                                        \
     do {                                                                                           \
         if (auto vcpu_try_r_ = (expr); !vcpu_try_r_) return vcpu_try_r_.err();                     \

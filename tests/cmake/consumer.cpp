@@ -1,5 +1,8 @@
-// Shared by the consumer projects in tests/cmake/*: it only needs <vcpu/version.hpp> to be
-// reachable through the vcpu::vcpu target, and the version to be the one the package claims.
+// Shared by the consumer projects in tests/cmake/*: each of the three header roots (vcpu/, arch/,
+// kvm/) must be reachable through the vcpu::vcpu target, and the version must be the one the
+// package claims.
+#include <arch/x86_64/abi.hpp>
+#include <kvm/fd.hpp>
 #include <vcpu/version.hpp>
 
 #include <cstdio>

@@ -81,6 +81,15 @@ struct no_pc {
 };
 static_assert(!vcpu::HasProgramCounter<no_pc> && !vcpu::RegisterFile<no_pc>);
 
+struct no_storage { // registers, gprs and pc, but not where they live
+    static constexpr const auto& registers = X::registers;
+    static constexpr unsigned gpr_count = 16;
+    static constexpr auto gpr(unsigned i) noexcept { return X::gpr(i); }
+    static constexpr auto pc = X::pc;
+};
+static_assert(!vcpu::DeclaresRegisterStorage<no_storage> && !vcpu::RegisterFile<no_storage>);
+static_assert(vcpu::DeclaresRegisterStorage<X>);
+
 struct no_decode {
     using exit_types = vcpu::type_list<vcpu::halt>;
 };

@@ -55,7 +55,7 @@ vcpu::mock::script script_from(input& in) {
         auto& e = s.mutable_exits().back();
         std::copy(reinterpret_cast<const std::byte*>(pio.data()), reinterpret_cast<const std::byte*>(pio.data()) + pio.size(),
                   e.pio.begin());
-        e.pio_len = static_cast<std::uint8_t>(pio.size());
+        e.pio_len = static_cast<std::uint16_t>(pio.size());
     }
     return s;
 }

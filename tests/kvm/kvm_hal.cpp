@@ -512,6 +512,77 @@ TEST_CASE("coalesced PIO through basic_vcpu::run: writes reach the handler befor
     CHECK(log[2] == std::pair<std::uint64_t, std::uint64_t>{done_port, 0x42});
 }
 
+TEST_CASE("coalesced zones removed: the same writes exit again") {
+    // mov ax,0xe000; mov ds,ax; mov byte [0],0x11; out 0x10,al; mov byte [1],0x22;
+    // out 0x80,al; out 0x10,al; out 0x80,al; hlt      (0xe0000 is not backed by a memory slot)
+    auto t = make_tiny({0xb8, 0x00, 0xe0, 0x8e, 0xd8, 0xc6, 0x06, 0x00, 0x00, 0x11, 0xe6,
+                        done_port, 0xc6, 0x06, 0x01, 0x00, 0x22, 0xe6, 0x80, 0xe6, done_port,
+                        0xe6, 0x80, 0xf4});
+    auto cap = t.vm.check_extension(KVM_CAP_COALESCED_MMIO);
+    REQUIRE(cap);
+    REQUIRE_MESSAGE(*cap > 0, "KVM_CAP_COALESCED_MMIO absent");
+    auto pio_cap = t.vm.check_extension(KVM_CAP_COALESCED_PIO);
+    REQUIRE(pio_cap);
+    const bool coalesced_pio = *pio_cap > 0;
+    REQUIRE(t.vm.register_coalesced_mmio(0xe0000, 0x1000));
+    if (coalesced_pio) REQUIRE(t.vm.register_coalesced_pio(0x80, 1));
+    auto drained = [&] {
+        std::size_t n = 0;
+        CHECK(t.cpu.hal().drain_coalesced([&](vcpu::coalesced_write&) { return ++n, true; }));
+        return n;
+    };
+
+    auto* run = enter(t.cpu); // the MMIO write was buffered
+    REQUIRE(run->exit_reason == KVM_EXIT_IO);
+    CHECK(run->io.port == done_port);
+    CHECK(drained() == 1);
+
+    REQUIRE(t.vm.unregister_coalesced_mmio(0xe0000, 0x1000));
+    run = enter(t.cpu); // now the MMIO write exits
+    REQUIRE(run->exit_reason == KVM_EXIT_MMIO);
+    CHECK(run->mmio.phys_addr == 0xe0001);
+    CHECK(run->mmio.is_write);
+
+    if (coalesced_pio) {
+        run = enter(t.cpu); // out 0x80 buffered, out 0x10 exits
+        REQUIRE(run->exit_reason == KVM_EXIT_IO);
+        CHECK(run->io.port == done_port);
+        CHECK(drained() == 1);
+        REQUIRE(t.vm.unregister_coalesced_pio(0x80, 1));
+        run = enter(t.cpu); // the second out 0x80 exits
+        REQUIRE(run->exit_reason == KVM_EXIT_IO);
+        CHECK(run->io.port == 0x80);
+    } else {
+        MESSAGE("KVM_CAP_COALESCED_PIO absent: the coalesced PIO half is not exercised");
+    }
+}
+
+TEST_CASE("irqfd: remove_irqfd detaches the eventfd, so it can be attached again") {
+    auto sys = kvm::system::open();
+    REQUIRE(sys);
+    auto vm = sys->create_vm();
+    REQUIRE(vm);
+    REQUIRE(vm->create_irqchip());
+    auto efd = vm->irqfd(4);
+    REQUIRE_MESSAGE(efd, (efd ? "" : efd.err().message()));
+    auto attach = [&](std::uint32_t gsi) {
+        ::kvm_irqfd f{};
+        f.fd = static_cast<std::uint32_t>(efd->get());
+        f.gsi = gsi;
+        return vm->ioctl(kvm::ioctls::vm::irqfd, &f);
+    };
+    auto busy = attach(5); // one eventfd drives one GSI
+    REQUIRE_FALSE(busy);
+    CHECK(busy.err().code == EBUSY);
+    REQUIRE(vm->remove_irqfd(efd->get(), 4));
+    CHECK(attach(5)); // detached: free again
+    REQUIRE(vm->remove_irqfd(efd->get(), 5));
+    auto bad = vm->remove_irqfd(-1, 5);
+    REQUIRE_FALSE(bad);
+    CHECK(bad.err().code == EBADF);
+    CHECK(std::string(bad.err().op) == "KVM_IRQFD");
+}
+
 TEST_CASE("drain_coalesced survives corrupt ring indices") {
     auto t = make_tiny(out42_hlt);
     auto& h = t.cpu.hal();

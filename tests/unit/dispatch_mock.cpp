@@ -13,6 +13,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <string>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -227,4 +228,37 @@ TEST_CASE("dispatch: in the mock, a handler's answer and its register writes bot
         CHECK(cpu.get(x86::rip).value() == 0x2000);
         CHECK_FALSE(events_of(cpu, vcpu::mock::event::kind::block_write).empty());
     }
+}
+
+TEST_CASE("mock: string port I/O carries up to a page per exit, and more is an error") {
+    // A full page of `rep outsb` data arrives intact; a shorter exit after it sees only its own
+    // bytes; an IN after them gets a zeroed data area.
+    std::vector<std::byte> page(vcpu::mock::pio_data_bytes);
+    for (std::size_t i = 0; i < page.size(); ++i) page[i] = std::byte(i * 7 + 1);
+    const std::byte two[2] = {std::byte{0xaa}, std::byte{0xbb}};
+    vcpu::mock::script s;
+    s.io_string_out(0x3f8, 1, page).io_string_out(0x3f8, 1, two).io_in(0x3f8, 1, 8);
+    auto cpu = make(std::move(s));
+    std::vector<std::vector<std::byte>> seen;
+    auto r = cpu.run([&](vcpu::port_io& io) {
+        seen.emplace_back(io.data.begin(), io.data.end());
+        if (seen.size() == 3) return action::stop;
+        return action::resume;
+    });
+    REQUIRE(r);
+    REQUIRE(seen.size() == 3);
+    CHECK(seen[0] == page);
+    CHECK(seen[1] == std::vector<std::byte>(std::begin(two), std::end(two)));
+    CHECK(seen[2] == std::vector<std::byte>(8, std::byte{0}));
+
+    // One byte more than an exit carries: the run fails with E2BIG, naming the exit, rather
+    // than playing truncated data.
+    std::vector<std::byte> too_long(vcpu::mock::pio_data_bytes + 1, std::byte{1});
+    vcpu::mock::script big;
+    big.hlt().io_string_out(0x3f8, 1, too_long);
+    auto cpu2 = make(std::move(big));
+    auto h = cpu2.run([](vcpu::halt) {});
+    REQUIRE_FALSE(h);
+    CHECK(h.err().code == E2BIG);
+    CHECK(h.err().message().find("longer than one exit carries") != std::string::npos);
 }

@@ -290,11 +290,7 @@ inline void complete_mmio_read(const el2_syndrome& s) noexcept {
 
 namespace detail {
 
-template <class Visitor>
-inline void malformed(Visitor& visit, malformed_exit::why w, std::uint64_t raw, std::uint64_t v) noexcept {
-    malformed_exit m{w, raw, v};
-    visit(m);
-}
+using ::vcpu::detail::malformed;
 
 template <class Visitor>
 inline void decode_data_abort(const el2_syndrome& s, Visitor& visit) noexcept {

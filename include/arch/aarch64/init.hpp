@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// AArch64 boot state for KVM (`CpuInitFor` model `kvm_boot`), as the
-/// minimal C VMM in DESIGN.md does it: `KVM_ARM_PREFERRED_TARGET` (a VM
+/// AArch64 boot state for KVM (`CpuInitFor` model `kvm_boot`), as a minimal
+/// KVM VMM (kvmtool, QEMU) does it: `KVM_ARM_PREFERRED_TARGET` (a VM
 /// ioctl, done beforehand by `vcpu::kvm::aarch64::preferred_init`), then
 /// `KVM_ARM_VCPU_INIT` with PSCI 0.2 and the optional features whose
 /// capability is present (KVM API §4.82), `KVM_ARM_VCPU_FINALIZE` for SVE

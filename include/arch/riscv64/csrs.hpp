@@ -17,7 +17,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <optional>
 #include <string_view>
 
 namespace vcpu::riscv64 {
@@ -57,21 +56,22 @@ struct csr_index {
 
     static constexpr std::size_t size = Table.size();
 
-    /// Position of CSR `number` in the table, or nullopt (binary search).
-    [[nodiscard]] static constexpr std::optional<std::size_t> find(std::uint32_t number) noexcept {
+    /// The descriptor of CSR `number`, or null (binary search). Same shape as
+    /// `aarch64::sysreg_table::find`: a pointer into the static table.
+    [[nodiscard]] static constexpr const csr_desc* find(std::uint32_t number) noexcept {
         std::size_t lo = 0, hi = Table.size();
         while (lo < hi) {
             const std::size_t mid = lo + (hi - lo) / 2;
-            if (Table[mid].number == number) return mid;
+            if (Table[mid].number == number) return &Table[mid];
             if (Table[mid].number < number) lo = mid + 1;
             else hi = mid;
         }
-        return std::nullopt;
+        return nullptr;
     }
     /// The CSR's name, or "" when it is not in the table.
     [[nodiscard]] static constexpr std::string_view name(std::uint32_t number) noexcept {
-        const auto i = find(number);
-        return i ? Table[*i].name : std::string_view{};
+        const csr_desc* d = find(number);
+        return d != nullptr ? d->name : std::string_view{};
     }
 };
 

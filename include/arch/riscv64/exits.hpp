@@ -322,12 +322,7 @@ constexpr void decode_sbi(std::uint64_t ext, std::uint64_t fid,
     visit(c);
 }
 
-template <class Visitor>
-constexpr void malformed(Visitor& visit, malformed_exit::why w, std::uint64_t reason,
-                         std::uint64_t value) noexcept {
-    malformed_exit m{w, reason, value};
-    visit(m);
-}
+using ::vcpu::detail::malformed;
 
 } // namespace detail
 

@@ -127,20 +127,17 @@ template <class Visitor>
         const auto size = r.io.size;
         const auto count = r.io.count;
         if (size != 1 && size != 2 && size != 4) {
-            malformed_exit m{why::io_size, reason, size};
-            visit(m);
+            ::vcpu::detail::malformed(visit, why::io_size, reason, size);
             return;
         }
         if (count == 0) {
-            malformed_exit m{why::io_count, reason, 0};
-            visit(m);
+            ::vcpu::detail::malformed(visit, why::io_count, reason, 0);
             return;
         }
         const std::uint64_t len = std::uint64_t{size} * count; // <= 4 * 2^32: no overflow
         auto data = v.at(r.io.data_offset, len);
         if (data.size() != len) {
-            malformed_exit m{why::io_out_of_bounds, reason, r.io.data_offset};
-            visit(m);
+            ::vcpu::detail::malformed(visit, why::io_out_of_bounds, reason, r.io.data_offset);
             return;
         }
         port_io e{r.io.port, size, count,
@@ -175,8 +172,7 @@ template <class Visitor>
     case KVM_EXIT_INTERNAL_ERROR: {
         const auto nd = r.internal.ndata;
         if (nd > std::size(r.internal.data)) {
-            malformed_exit m{why::ndata, reason, nd};
-            visit(m);
+            ::vcpu::detail::malformed(visit, why::ndata, reason, nd);
             return;
         }
         // The emulation-failure overlay: flags = data[0], then insn_size and

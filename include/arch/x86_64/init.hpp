@@ -3,7 +3,8 @@
 /// x86-64 boot states (`CpuInitFor` models): real mode, the flat 32-bit
 /// protected mode of the Linux boot protocol, 64-bit long mode with
 /// identity-mapped page tables built on the host, and the CPUID / MSR steps
-/// the minimal C VMM in DESIGN.md performs.
+/// a minimal KVM VMM performs before booting Linux (the host-supported CPUID
+/// plus the KVM signature leaf 0x40000000; IA32_MISC_ENABLE with fast strings).
 
 #include <arch/x86_64/abi.hpp>
 #include <arch/x86_64/registers.hpp>
