@@ -247,6 +247,12 @@ vcpu_guest_x86_64_exception(vcpu::guest::x86_64::exception_frame* f) noexcept {
     for (;;) ucall::send(r);
 }
 
+/// Called by `detail::returned` when a guest entry function returns: `ucall::done()`.
+extern "C" [[gnu::used, gnu::visibility("hidden"), noreturn]] VCPU_GUEST_CODE inline void
+vcpu_guest_x86_64_returned() noexcept {
+    vcpu::guest::ucall::done();
+}
+
 namespace vcpu::guest::x86_64::detail {
 
 /// 256 IDT entry stubs of `stub_bytes` each, then the common path: push a zero error code where
@@ -287,8 +293,12 @@ namespace vcpu::guest::x86_64::detail {
 }
 
 /// Where a guest entry function returns to (the loader puts its address under the first stack
-/// frame): reports `done`.
-[[noreturn]] VCPU_GUEST_CODE inline void returned() noexcept { ucall::done(); }
+/// frame): realigns the stack as a call would and reports `done`.
+[[gnu::naked]] inline void returned() noexcept {
+    asm("andq $-16, %rsp\n"
+        "call vcpu_guest_x86_64_returned\n"
+        "ud2\n");
+}
 
 } // namespace vcpu::guest::x86_64::detail
 

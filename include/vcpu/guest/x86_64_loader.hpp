@@ -17,7 +17,9 @@
 /// `space::enter(cpu, call(&fn, args...))` then sets long mode (CR0.PG/PE/WP/NE, CR4.PAE +
 /// OSFXSR + OSXMMEXCPT so compiled SSE code runs, EFER.LME/LMA), RIP = `fn`, up to six integer
 /// arguments in RDI, RSI, RDX, RCX, R8, R9 (SysV ABI), and RSP at the stack top with the return
-/// address of `detail::returned` (so returning from `fn` is `ucall::done()`).
+/// address of `detail::returned` (so returning from `fn` is `ucall::done()`). The vCPU needs
+/// CPUID set (e.g. `vcpu::x86_64::cpuid_setup<>`): without CPUID.FXSR the exception stubs' FXSAVE
+/// faults.
 ///
 /// Setup code: may fail with a `vcpu::error`; no allocation. Compiled only on x86-64 Linux.
 
@@ -192,12 +194,12 @@ public:
     template <class Cpu>
     [[nodiscard]] result<void> enter(Cpu& cpu, const call& c) const noexcept {
         namespace x = ::vcpu::x86_64;
-        // Return address under the first frame; RSP = top - 16 so that RSP + 8 is 16-byte
-        // aligned at entry (SysV ABI §3.2.2), and `returned` sees the same after `ret`.
+        // As if called: the return address (`detail::returned`) at RSP, and RSP + 8 16-byte
+        // aligned at entry (SysV ABI §3.2.2).
         const std::uint64_t top = stack_top();
         const auto ret = static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&detail::returned));
-        if (auto e = mem_->write_le(top - 16, ret); !e) return e;
-        if (auto e = mem_->write_le(top - 8, std::uint64_t{0}); !e) return e;
+        if (auto e = mem_->write_le(top - 24, ret); !e) return e;
+        if (auto e = mem_->write_le(top - 16, std::uint64_t{0}); !e) return e;
 
         auto sr = cpu.hal().template modify<x::sregs_block>();
         if (!sr) return sr.err();
@@ -237,7 +239,7 @@ public:
         auto& g = **gr;
         g = x::regs_layout{};
         g.rip = c.entry;
-        g.rsp = top - 16;
+        g.rsp = top - 24;
         g.rflags = x::rflags_bits::reset_value;
         std::uint64_t* const arg_regs[6] = {&g.rdi, &g.rsi, &g.rdx, &g.rcx, &g.r8, &g.r9};
         for (std::size_t i = 0; i < c.count && i < 6; ++i) *arg_regs[i] = c.args[i];
