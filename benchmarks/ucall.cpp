@@ -7,6 +7,11 @@
 // vcpu::guest::run into a `guest::sync` for the handler. Counters: raw_ns = plain PIO exit,
 // vcpu_ns = ucall, ratio = ucall / PIO (thread CPU ns per exit). Every counter value the guest
 // sends is checked; a gap is state.SkipWithError.
+//
+// ucall/guest_side_vs_pio_out splits the cost: the same ucall guest, but its OUT handled by a plain
+// port_io handler (no record read, no decode, no typed dispatch). Its ratio is what the guest side
+// of a ucall costs (the record written to the guest stack); the first case's ratio over this one
+// is what the host side adds.
 
 #include "support/guest.hpp"
 #include "support/main.hpp"
@@ -22,6 +27,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <variant>
 
 namespace {
 
@@ -121,8 +127,47 @@ void BM_ucall_vs_pio(benchmark::State& state) {
         state, batch, [&] { return pio_batch(pio, why); }, [&] { return ucall_batch(uc, why); }, why);
 }
 
+/// The ucall guest with a plain port_io handler: the OUT carries the same record address each time.
+bool ucall_guest_only_batch(vm& v, std::string& why) {
+    unsigned n = 0;
+    bool good = true;
+    const u32 want = static_cast<u32>(v.next) + (bench::corrupt() ? 1 : 0); // the record address
+    auto r = v.m->vcpus[0].run([&](vcpu::port_io& io) {
+        if (io.port != vcpu::guest::ucall_port || io.value() != want) good = false;
+        return (++n == batch || !good) ? vcpu::action::stop : vcpu::action::resume;
+    });
+    if (!r) why = r.err().message();
+    else if (!good) why = "ucall guest, plain handler: wrong port or record address";
+    return r && good;
+}
+
+void BM_ucall_guest_side(benchmark::State& state) {
+    vm pio(&pio_loop), uc(&ucall_loop);
+    if (!pio.error.empty() || !uc.error.empty()) {
+        state.SkipWithError((pio.error + uc.error).c_str());
+        return;
+    }
+    std::string why;
+    // Learn the record address from the first exit.
+    auto first = uc.m->vcpus[0].run([](vcpu::port_io&) { return vcpu::action::stop; });
+    const auto* io = first ? std::get_if<vcpu::port_io>(&*first) : nullptr;
+    if (io == nullptr || io->port != vcpu::guest::ucall_port) {
+        state.SkipWithError("ucall guest: the first exit is not a ucall");
+        return;
+    }
+    uc.next = io->value();
+    if (!pio_batch(pio, why) || !ucall_guest_only_batch(uc, why)) {
+        state.SkipWithError(why.c_str());
+        return;
+    }
+    bench::paired(
+        state, batch, [&] { return pio_batch(pio, why); }, [&] { return ucall_guest_only_batch(uc, why); },
+        why);
+}
+
 [[maybe_unused]] const bool registered = [] {
     benchmark::RegisterBenchmark("ucall/sync_vs_pio_out/cpl0", BM_ucall_vs_pio)->UseRealTime();
+    benchmark::RegisterBenchmark("ucall/guest_side_vs_pio_out/cpl0", BM_ucall_guest_side)->UseRealTime();
     return true;
 }();
 
