@@ -1,0 +1,310 @@
+#pragma once
+/// \file
+/// The guest side of guest code on x86-64: what C++ functions that run *inside* the guest call.
+///
+/// - ucalls to the host (`vcpu/guest/ucall.hpp`): `ucall::sync(v...)`, `ucall::done()`,
+///   `ucall::print(fmt, v...)`, `VCPU_GUEST_ASSERT(expr, v...)`; each fills a `ucall_record` on
+///   the guest stack and does one `out` of its address to `ucall_port`.
+/// - exceptions: 256 IDT entry stubs (`detail::vector_stubs`) that save the registers and call
+///   the handler a test installed with `x86_64::set_handler(vector, fn)`, or report the exception
+///   to the host as `unhandled_exception`.
+/// - helpers: port and MMIO access, `cli`/`sti`/`hlt`, `rdmsr`/`wrmsr`, `read_cr2`, `spin`.
+///
+/// These functions are ordinary inline C++ compiled with the test; the host loader
+/// (`vcpu/guest/x86_64_loader.hpp`) maps the whole executable into the guest at the same virtual
+/// addresses, so they run there unchanged. Everything here is `VCPU_GUEST_CODE`: never
+/// instrumented by a sanitizer (its runtime is not in the guest). Compiled only for x86-64;
+/// elsewhere this header declares nothing but the macros.
+
+#include <vcpu/config.hpp>
+#include <vcpu/guest/ucall.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+/// Marks a function that runs in the guest: general-purpose registers only (no SSE/MMX, so the
+/// compiler never vectorises guest code: SSE needs CPUID, CR4.OSFXSR and XCR0 support that not
+/// every KVM host gives a guest — on a kvm-pvm host `pxor` in the guest fails KVM's emulator),
+/// and no sanitizer instrumentation (ASan's shadow memory and UBSan's runtime exist only in the
+/// host process). Put it on every function you run in the guest; such a function cannot use
+/// floating point.
+#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
+#define VCPU_GUEST_CODE __attribute__((target("no-sse,no-sse2,no-mmx"), no_sanitize("address", "undefined")))
+#elif defined(__clang__) || defined(__GNUC__)
+#define VCPU_GUEST_CODE __attribute__((no_sanitize("address", "undefined")))
+#else
+#define VCPU_GUEST_CODE
+#endif
+
+/// In guest code: when `expr` is false, reports the expression, this file and line and up to
+/// eight integer values to the host (`vcpu::guest::assert_fail`) and never returns.
+#define VCPU_GUEST_ASSERT(expr, ...)                                                                \
+    do {                                                                                            \
+        if (!(expr)) [[unlikely]]                                                                   \
+            ::vcpu::guest::ucall::assert_failed(#expr, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__); \
+    } while (0)
+
+#if defined(__x86_64__)
+
+namespace vcpu::guest {
+
+/// The port a ucall's `out` goes to (no PC device decodes it).
+inline constexpr std::uint16_t ucall_port = 0x1000;
+
+namespace detail {
+/// A ucall value: integers (sign-extended), enums, pointers (their address), bool.
+template <class T>
+VCPU_GUEST_CODE constexpr std::uint64_t to_value(T v) noexcept {
+    if constexpr (std::is_pointer_v<T> || std::is_null_pointer_v<T>)
+        return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(v));
+    else if constexpr (std::is_enum_v<T>)
+        return to_value(static_cast<std::underlying_type_t<T>>(v));
+    else if constexpr (std::is_signed_v<T>)
+        return static_cast<std::uint64_t>(static_cast<std::int64_t>(v));
+    else
+        return static_cast<std::uint64_t>(v);
+}
+template <class T>
+concept ucall_value = std::is_integral_v<T> || std::is_enum_v<T> || std::is_pointer_v<T> ||
+                      std::is_null_pointer_v<T>;
+} // namespace detail
+
+/// Calls to the host, made from guest code.
+namespace ucall {
+
+/// Sends `r` to the host: one `out` of its address (the record must lie below 4 GiB, as the
+/// guest stack the loader sets up does).
+VCPU_GUEST_CODE inline void send(ucall_record& r) noexcept {
+    asm volatile("outl %0, %1"
+                 :
+                 : "a"(static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(&r))), "Nd"(ucall_port)
+                 : "memory");
+}
+
+/// A record of kind `k`. Filled field by field, never by aggregate initialisation: a compiler may
+/// turn that into a call to the C library's `memset`, which is not mapped in the guest. Values
+/// past `count` are left as they are (the host reads only `count`).
+template <class... T>
+VCPU_GUEST_CODE inline void fill(ucall_record& r, ucall_kind k, const char* text, const char* file,
+                                 std::uint64_t line, T... v) noexcept {
+    static_assert(sizeof...(T) <= max_values, "vcpu::guest::ucall: at most eight values");
+    r.magic = ucall_magic;
+    r.kind = static_cast<std::uint16_t>(k);
+    r.count = static_cast<std::uint16_t>(sizeof...(T));
+    r.text = detail::to_value(text);
+    r.file = detail::to_value(file);
+    r.line = line;
+    std::size_t i = 0;
+    ((r.values[i++] = detail::to_value(v)), ...);
+    (void)i;
+}
+
+/// Hands up to eight integer values to the host (`vcpu::guest::sync`); returns when the host
+/// resumes the guest.
+template <detail::ucall_value... T>
+VCPU_GUEST_CODE inline void sync(T... v) noexcept {
+    ucall_record r;
+    fill(r, ucall_kind::sync, nullptr, nullptr, 0, v...);
+    send(r);
+}
+
+/// Tells the host the guest is finished (`vcpu::guest::done`). Never returns: resumed, it says
+/// so again.
+[[noreturn]] VCPU_GUEST_CODE inline void done() noexcept {
+    ucall_record r;
+    fill(r, ucall_kind::done, nullptr, nullptr, 0);
+    for (;;) send(r);
+}
+
+/// printf-style output formatted by the host (`vcpu::guest::print`); `%s` arguments are guest
+/// strings.
+template <detail::ucall_value... T>
+VCPU_GUEST_CODE inline void print(const char* fmt, T... v) noexcept {
+    ucall_record r;
+    fill(r, ucall_kind::print, fmt, nullptr, 0, v...);
+    send(r);
+}
+
+/// What `VCPU_GUEST_ASSERT` calls. Never returns.
+template <detail::ucall_value... T>
+[[noreturn]] VCPU_GUEST_CODE inline void assert_failed(const char* expr, const char* file, unsigned line,
+                                                      T... v) noexcept {
+    ucall_record r;
+    fill(r, ucall_kind::assert_fail, expr, file, line, v...);
+    for (;;) send(r);
+}
+
+} // namespace ucall
+
+/// Guest-side x86-64 helpers.
+namespace x86_64 {
+
+VCPU_GUEST_CODE inline void outb(std::uint16_t port, std::uint8_t v) noexcept {
+    asm volatile("outb %0, %1" : : "a"(v), "Nd"(port) : "memory");
+}
+VCPU_GUEST_CODE inline void outw(std::uint16_t port, std::uint16_t v) noexcept {
+    asm volatile("outw %0, %1" : : "a"(v), "Nd"(port) : "memory");
+}
+VCPU_GUEST_CODE inline void outl(std::uint16_t port, std::uint32_t v) noexcept {
+    asm volatile("outl %0, %1" : : "a"(v), "Nd"(port) : "memory");
+}
+VCPU_GUEST_CODE inline std::uint8_t inb(std::uint16_t port) noexcept {
+    std::uint8_t v;
+    asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+VCPU_GUEST_CODE inline std::uint16_t inw(std::uint16_t port) noexcept {
+    std::uint16_t v;
+    asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+VCPU_GUEST_CODE inline std::uint32_t inl(std::uint16_t port) noexcept {
+    std::uint32_t v;
+    asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port) : "memory");
+    return v;
+}
+
+/// A `T`-sized load from (guest virtual = physical, below 4 GiB) address `addr`; an address no
+/// memory slot backs is an MMIO exit on the host.
+template <class T>
+VCPU_GUEST_CODE inline T mmio_read(std::uint64_t addr) noexcept {
+    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
+    return *reinterpret_cast<const volatile T*>(static_cast<std::uintptr_t>(addr));
+}
+/// A `T`-sized store to `addr` (see `mmio_read`).
+template <class T>
+VCPU_GUEST_CODE inline void mmio_write(std::uint64_t addr, T v) noexcept {
+    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
+    *reinterpret_cast<volatile T*>(static_cast<std::uintptr_t>(addr)) = v;
+}
+
+VCPU_GUEST_CODE inline void cli() noexcept { asm volatile("cli" ::: "memory"); }
+VCPU_GUEST_CODE inline void sti() noexcept { asm volatile("sti" ::: "memory"); }
+/// HLT. With KVM's in-kernel irqchip a halt with interrupts off never returns to the host.
+VCPU_GUEST_CODE inline void hlt() noexcept { asm volatile("hlt" ::: "memory"); }
+VCPU_GUEST_CODE inline void pause() noexcept { asm volatile("pause" ::: "memory"); }
+/// Busy-waits about `n` PAUSE instructions.
+VCPU_GUEST_CODE inline void spin(std::uint64_t n) noexcept {
+    for (std::uint64_t i = 0; i < n; ++i) pause();
+}
+
+VCPU_GUEST_CODE inline std::uint64_t rdmsr(std::uint32_t msr) noexcept {
+    std::uint32_t lo, hi;
+    asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr) : "memory");
+    return (std::uint64_t{hi} << 32) | lo;
+}
+VCPU_GUEST_CODE inline void wrmsr(std::uint32_t msr, std::uint64_t v) noexcept {
+    asm volatile("wrmsr"
+                 :
+                 : "c"(msr), "a"(static_cast<std::uint32_t>(v)), "d"(static_cast<std::uint32_t>(v >> 32))
+                 : "memory");
+}
+VCPU_GUEST_CODE inline std::uint64_t read_cr2() noexcept {
+    std::uint64_t v;
+    asm volatile("mov %%cr2, %0" : "=r"(v));
+    return v;
+}
+
+/// The registers an exception stub saved, in stack order (lowest address first). A handler may
+/// change any of them, e.g. `rip` to skip the faulting instruction; IRETQ restores them.
+struct exception_frame {
+    std::uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
+    std::uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
+    std::uint64_t vector;
+    std::uint64_t error_code; ///< 0 for vectors without one (SDM Vol. 3A Table 6-1)
+    std::uint64_t rip, cs, rflags, rsp, ss;
+};
+static_assert(sizeof(exception_frame) == 22 * 8 && std::is_standard_layout_v<exception_frame>);
+static_assert(offsetof(exception_frame, vector) == 15 * 8 && offsetof(exception_frame, rip) == 17 * 8);
+
+/// A guest exception handler.
+using exception_handler = void (*)(exception_frame&);
+
+namespace detail {
+/// Per-vector handlers, in the guest's own copy of this executable's data.
+inline constinit exception_handler handlers[256] = {};
+
+/// Stub size: `vector_stubs` + 16 * v is the IDT entry of vector v.
+inline constexpr std::size_t stub_bytes = 16;
+} // namespace detail
+
+/// Makes `h` handle `vector` (call in guest code; `nullptr` restores the default report).
+VCPU_GUEST_CODE inline void set_handler(std::uint8_t vector, exception_handler h) noexcept {
+    detail::handlers[vector] = h;
+}
+
+} // namespace x86_64
+} // namespace vcpu::guest
+
+/// The C++ half of every exception stub: calls the installed handler, else reports the exception
+/// to the host (and never returns). Called from `vector_stubs` by name, so it has C linkage.
+extern "C" [[gnu::used, gnu::visibility("hidden")]] VCPU_GUEST_CODE inline void
+vcpu_guest_x86_64_exception(vcpu::guest::x86_64::exception_frame* f) noexcept {
+    using namespace vcpu::guest;
+    if (const auto h = x86_64::detail::handlers[f->vector & 0xff]; h != nullptr) {
+        h(*f);
+        return;
+    }
+    ucall_record r;
+    ucall::fill(r, ucall_kind::exception, nullptr, nullptr, 0, f->vector, f->error_code, f->rip,
+                x86_64::read_cr2());
+    for (;;) ucall::send(r);
+}
+
+/// Called by `detail::returned` when a guest entry function returns: `ucall::done()`.
+extern "C" [[gnu::used, gnu::visibility("hidden"), noreturn]] VCPU_GUEST_CODE inline void
+vcpu_guest_x86_64_returned() noexcept {
+    vcpu::guest::ucall::done();
+}
+
+namespace vcpu::guest::x86_64::detail {
+
+/// 256 IDT entry stubs of `stub_bytes` each, then the common path: push a zero error code where
+/// the CPU pushes none (SDM Vol. 3A §6.13: vectors 8, 10-14, 17, 21, 29, 30 have one), push the
+/// vector, save the 15 GPRs and the x87/SSE state (FXSAVE64), call
+/// `vcpu_guest_x86_64_exception(frame)`, restore, IRETQ. Entered on IST1, so an exception never
+/// writes into the interrupted code's red zone. The stack is 16-byte aligned at the call: the
+/// CPU aligns RSP before pushing the 48-byte frame, and 8 + 15 pushes of 8 bytes keep it so.
+[[gnu::naked, gnu::aligned(16)]] inline void vector_stubs() noexcept {
+    asm(".balign 16\n"
+        ".set .Lvcpu_vector, 0\n"
+        ".rept 256\n"
+        ".balign 16\n"
+        ".if (.Lvcpu_vector == 8) || (.Lvcpu_vector >= 10 && .Lvcpu_vector <= 14) || "
+        "(.Lvcpu_vector == 17) || (.Lvcpu_vector == 21) || (.Lvcpu_vector == 29) || (.Lvcpu_vector == 30)\n"
+        ".else\n"
+        "pushq $0\n"
+        ".endif\n"
+        "pushq $.Lvcpu_vector\n"
+        "jmp .Lvcpu_exception_common\n"
+        ".set .Lvcpu_vector, .Lvcpu_vector + 1\n"
+        ".endr\n"
+        ".Lvcpu_exception_common:\n"
+        "pushq %rax\n pushq %rbx\n pushq %rcx\n pushq %rdx\n pushq %rsi\n pushq %rdi\n pushq %rbp\n"
+        "pushq %r8\n pushq %r9\n pushq %r10\n pushq %r11\n pushq %r12\n pushq %r13\n pushq %r14\n"
+        "pushq %r15\n"
+        "movq %rsp, %rdi\n"
+        "subq $512, %rsp\n"
+        "fxsave64 (%rsp)\n"
+        "call vcpu_guest_x86_64_exception\n"
+        "fxrstor64 (%rsp)\n"
+        "addq $512, %rsp\n"
+        "popq %r15\n popq %r14\n popq %r13\n popq %r12\n popq %r11\n popq %r10\n popq %r9\n"
+        "popq %r8\n popq %rbp\n popq %rdi\n popq %rsi\n popq %rdx\n popq %rcx\n popq %rbx\n"
+        "popq %rax\n"
+        "addq $16, %rsp\n"
+        "iretq\n");
+}
+
+/// Where a guest entry function returns to (the loader puts its address under the first stack
+/// frame): realigns the stack as a call would and reports `done`.
+[[gnu::naked]] inline void returned() noexcept {
+    asm("andq $-16, %rsp\n"
+        "call vcpu_guest_x86_64_returned\n"
+        "ud2\n");
+}
+
+} // namespace vcpu::guest::x86_64::detail
+
+#endif // __x86_64__

@@ -1,0 +1,21 @@
+# cmake -DSOURCE=<guide.cpp> -DDOC=<guest-code.md> -P doc_in_sync.cmake
+# Fails unless every "// [tag]" ... "// [tag]" block of SOURCE appears verbatim in DOC: the guide's
+# code is the test's code.
+file(READ ${SOURCE} src)
+file(READ ${DOC} doc)
+foreach(tag guide-guest guide-host)
+    string(FIND "${src}" "// [${tag}]\n" begin)
+    if(begin EQUAL -1)
+        message(FATAL_ERROR "${SOURCE}: no // [${tag}] marker")
+    endif()
+    string(LENGTH "// [${tag}]\n" mlen)
+    math(EXPR start "${begin} + ${mlen}")
+    string(SUBSTRING "${src}" ${start} -1 rest)
+    string(FIND "${rest}" "// [${tag}]\n" end)
+    string(SUBSTRING "${rest}" 0 ${end} block)
+    string(FIND "${doc}" "${block}" at)
+    if(at EQUAL -1)
+        message(FATAL_ERROR "${DOC} does not contain the [${tag}] block of ${SOURCE} verbatim")
+    endif()
+    message(STATUS "[${tag}] block in sync")
+endforeach()
