@@ -451,7 +451,39 @@ TEST_CASE("multiboot: guest memory smaller than the RAM it was told about fails 
     o.ram_size = 16 << 20;
     auto r = x86::load_multiboot(img, g.mem, o);
     REQUIRE_FALSE(r);
-    CHECK(std::string_view(r.err().op) == "write guest memory");
+    CHECK(std::string_view(r.err().op) == "load multiboot");
+    CHECK(r.err().code == EFAULT);
+    CHECK(g.untouched());
+}
+
+TEST_CASE("multiboot: a module past the end of guest memory fails before the kernel is written") {
+    // Found by tests/fuzz/multiboot.cpp: the segments, command line and info fit in guest memory,
+    // a module placed by ram_size does not; the loader used to write the kernel, then fail.
+    const auto img = make_image();             // segments at 4 MiB .. 4 MiB + 20 KiB
+    guest g(6 << 20);
+    x86::multiboot_options o;
+    o.ram_size = 16 << 20;
+    const std::vector<std::byte> big(4 << 20, std::byte{0x5a});
+    const x86::multiboot_module_source mods[] = {{big, "big"}};
+    o.modules = mods;
+    auto r = x86::load_multiboot(img, g.mem, o);
+    REQUIRE_FALSE(r);
+    CHECK(std::string_view(r.err().op) == "load multiboot");
+    CHECK(r.err().code == EFAULT);
+    CHECK(g.untouched());
+    // A read-only region is no place for the kernel either.
+    std::vector<std::byte> ro(16 << 20, std::byte{0xcc});
+    vcpu::guest_memory rom;
+    REQUIRE(rom.add({0, ro, true}));
+    o.modules = {};
+    auto r2 = x86::load_multiboot(img, rom, o);
+    REQUIRE_FALSE(r2);
+    CHECK(std::string_view(r2.err().op) == "load multiboot");
+    CHECK(std::all_of(ro.begin(), ro.end(), [](std::byte b) { return b == std::byte{0xcc}; }));
+    // With memory for all of it the same load succeeds.
+    guest whole(16 << 20);
+    o.modules = mods;
+    CHECK(x86::load_multiboot(img, whole.mem, o));
 }
 
 TEST_CASE("multiboot: mutated images (seeded) either load inside RAM or fail without writing") {

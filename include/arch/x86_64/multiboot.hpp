@@ -440,7 +440,9 @@ struct multiboot_loaded {
 /// 0x9500 (flags: memory, cmdline, mods, mmap, loader name), and after
 /// the kernel's end (page aligned): the command line, the loader name, the
 /// module strings, the module list and each module (page aligned).
-/// A failing check writes nothing.
+/// A failing check writes nothing; that includes `mem` not backing (with
+/// writable regions) every range placed by `ram_size`, refused with
+/// EFAULT before the first write.
 template <std::size_t N>
 [[nodiscard]] result<multiboot_loaded> load_multiboot(std::span<const std::byte> image, basic_guest_memory<N>& mem,
                                                       const multiboot_options& o) noexcept {
@@ -508,6 +510,28 @@ template <std::size_t N>
     out.end = cursor;
     // Everything after the kernel is above 1 MiB and above every segment
     // (cursor starts at max(load_end, 1 MiB)), so it overlaps no segment.
+
+    // `ram_size` placed everything; `mem` must also hold it, each write in
+    // one writable region, or a write below would fail after earlier ones
+    // landed. Checked here so a failing load writes nothing.
+    auto writable = [&mem](std::uint64_t at, std::uint64_t len) {
+        for (const auto& r : mem.regions())
+            if (!r.read_only && r.contains(at, len)) return true;
+        return false;
+    };
+    bool fits = writable(L::mmap, map.size() * sizeof(multiboot_mmap_entry)) &&
+                writable(L::info, sizeof(multiboot_info)) && writable(out.cmdline, o.cmdline.size() + 1) &&
+                writable(loader_name, o.loader_name.size() + 1);
+    for (std::size_t s = 0; s < out.image.segment_count && fits; ++s) {
+        const auto& seg = out.image.segments[s];
+        fits = writable(seg.paddr, seg.filesz) &&
+               (seg.memsz == seg.filesz || writable(std::uint64_t{seg.paddr} + seg.filesz, seg.memsz - seg.filesz));
+    }
+    for (std::size_t i = 0; i < o.modules.size() && fits; ++i)
+        fits = writable(mod_string[i], o.modules[i].string.size() + 1) &&
+               writable(out.mods + i * sizeof(multiboot_module), sizeof(multiboot_module)) &&
+               writable(out.module_addr[i], o.modules[i].bytes.size());
+    if (!fits) return mb_bad(EFAULT, "guest memory does not back all of the RAM the kernel and modules are placed in");
 
     // Checked: now write. Segments first (file bytes, then zeroed BSS).
     for (std::size_t s = 0; s < out.image.segment_count; ++s) {
