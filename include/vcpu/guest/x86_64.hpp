@@ -26,13 +26,13 @@
 /// Marks a function that runs in the guest: general-purpose registers only (no SSE/MMX, so the
 /// compiler never vectorises guest code: SSE needs CPUID, CR4.OSFXSR and XCR0 support that not
 /// every KVM host gives a guest — on a kvm-pvm host `pxor` in the guest fails KVM's emulator),
-/// and no sanitizer instrumentation (ASan's shadow memory and UBSan's runtime exist only in the
+/// and no sanitizer instrumentation (the ASan, TSan and UBSan runtimes exist only in the
 /// host process). Put it on every function you run in the guest; such a function cannot use
 /// floating point.
 #if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
-#define VCPU_GUEST_CODE __attribute__((target("no-sse,no-sse2,no-mmx"), no_sanitize("address", "undefined")))
+#define VCPU_GUEST_CODE __attribute__((target("no-sse,no-sse2,no-mmx"), no_sanitize("address", "thread", "undefined")))
 #elif defined(__clang__) || defined(__GNUC__)
-#define VCPU_GUEST_CODE __attribute__((no_sanitize("address", "undefined")))
+#define VCPU_GUEST_CODE __attribute__((no_sanitize("address", "thread", "undefined")))
 #else
 #define VCPU_GUEST_CODE
 #endif
