@@ -49,8 +49,13 @@
 
 namespace vcpu::guest {
 
-/// The port a ucall's `out` goes to (no PC device decodes it).
+/// The port a ucall's `out` goes to (no PC device decodes it): EAX = the record's address.
 inline constexpr std::uint16_t ucall_port = 0x1000;
+/// The port of a `sync` with at most six values, which needs no record: EAX = the count, the
+/// values in RDI, RSI, R8, R9, R10, R11 (the host reads them from the exit's register state).
+inline constexpr std::uint16_t ucall_sync_port = 0x1001;
+/// Values a `sync` carries in registers.
+inline constexpr std::size_t max_register_values = 6;
 
 namespace detail {
 /// A ucall value: integers (sign-extended), enums, pointers (their address), bool.
@@ -64,6 +69,15 @@ VCPU_GUEST_CODE constexpr std::uint64_t to_value(T v) noexcept {
         return static_cast<std::uint64_t>(static_cast<std::int64_t>(v));
     else
         return static_cast<std::uint64_t>(v);
+}
+/// Value `I` of `v...` as a ucall value, 0 past the end.
+template <std::size_t I, class... T>
+VCPU_GUEST_CODE constexpr std::uint64_t nth_value(T... v) noexcept {
+    std::uint64_t r = 0;
+    std::size_t i = 0;
+    ((r = (i++ == I ? to_value(v) : r)), ...);
+    (void)i;
+    return r;
 }
 template <class T>
 concept ucall_value = std::is_integral_v<T> || std::is_enum_v<T> || std::is_pointer_v<T> ||
@@ -101,12 +115,32 @@ VCPU_GUEST_CODE inline void fill(ucall_record& r, ucall_kind k, const char* text
 }
 
 /// Hands up to eight integer values to the host (`vcpu::guest::sync`); returns when the host
-/// resumes the guest.
+/// resumes the guest. Up to six travel in registers (no guest memory written: on a host that
+/// shadow-pages the guest that is most of a ucall's cost), more in a record.
 template <detail::ucall_value... T>
 VCPU_GUEST_CODE inline void sync(T... v) noexcept {
-    ucall_record r;
-    fill(r, ucall_kind::sync, nullptr, nullptr, 0, v...);
-    send(r);
+    if constexpr (sizeof...(T) <= max_register_values) {
+        // No array and no lambda: both would be compiled without VCPU_GUEST_CODE's target and
+        // not inlined (a call per value, and a zeroing `rep stos` on the guest stack).
+        // Every value computed before the register variables are set: a call in between (at -O0
+        // nth_value is one) would clobber R8-R11.
+        const std::uint64_t v0 = detail::nth_value<0>(v...), v1 = detail::nth_value<1>(v...),
+                            v2 = detail::nth_value<2>(v...), v3 = detail::nth_value<3>(v...),
+                            v4 = detail::nth_value<4>(v...), v5 = detail::nth_value<5>(v...);
+        register std::uint64_t r8 asm("r8") = v2;
+        register std::uint64_t r9 asm("r9") = v3;
+        register std::uint64_t r10 asm("r10") = v4;
+        register std::uint64_t r11 asm("r11") = v5;
+        asm volatile("outl %%eax, %%dx"
+                     :
+                     : "a"(static_cast<std::uint32_t>(sizeof...(T))), "d"(ucall_sync_port), "D"(v0), "S"(v1),
+                       "r"(r8), "r"(r9), "r"(r10), "r"(r11)
+                     : "memory");
+    } else {
+        ucall_record r;
+        fill(r, ucall_kind::sync, nullptr, nullptr, 0, v...);
+        send(r);
+    }
 }
 
 /// Tells the host the guest is finished (`vcpu::guest::done`). Never returns: resumed, it says
