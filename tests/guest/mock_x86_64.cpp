@@ -204,7 +204,8 @@ TEST_CASE("guest x86-64 mock: a sync of up to six values comes in registers") {
     g.r8 = 3;
     g.r9 = 4;
     g.r10 = 5;
-    g.r11 = 6;
+    g.rbx = 6;
+    g.r11 = 77; // not a value register
     g.rdx = 99; // the port register, never a value
     std::vector<u64> got;
     std::string bad;

@@ -297,7 +297,7 @@ public:
             return visit(b);
         }
         const auto& r = **g;
-        const std::uint64_t v[max_register_values] = {r.rdi, r.rsi, r.r8, r.r9, r.r10, r.r11};
+        const std::uint64_t v[max_register_values] = {r.rdi, r.rsi, r.r8, r.r9, r.r10, r.rbx};
         sync s;
         s.count = static_cast<std::uint8_t>(n);
         for (std::uint32_t i = 0; i < n; ++i) s.values[i] = v[i];
