@@ -2,16 +2,15 @@
 // (vcpu/guest/, docs/guest-code.md), timed alternately in the same run.
 //
 // Two VMs run two guest loops: `pio_loop` does `out 0x10, eax` with a counter, handled by
-// basic_vcpu::run with a port_io handler; `ucall_loop` does `ucall::sync(counter)` (a 96-byte
-// record on the guest stack, one `out` of its address), decoded from guest memory by
-// vcpu::guest::run into a `guest::sync` for the handler. Counters: raw_ns = plain PIO exit,
+// basic_vcpu::run with a port_io handler; `ucall_loop` does `ucall::sync(counter)` (one value:
+// it travels in RDI, with an `out` of the count to ucall_sync_port), decoded by vcpu::guest::run
+// (register block from kvm_run->s.regs) into a `guest::sync` for the handler. Counters: raw_ns = plain PIO exit,
 // vcpu_ns = ucall, ratio = ucall / PIO (thread CPU ns per exit). Every counter value the guest
 // sends is checked; a gap is state.SkipWithError.
 //
 // ucall/guest_side_vs_pio_out splits the cost: the same ucall guest, but its OUT handled by a plain
-// port_io handler (no record read, no decode, no typed dispatch). Its ratio is what the guest side
-// of a ucall costs (the record written to the guest stack); the first case's ratio over this one
-// is what the host side adds.
+// port_io handler (no register read, no decode, no typed dispatch). Its ratio is what the guest
+// side of a ucall costs; the first case's ratio over this one is what the host side adds.
 
 #include "support/guest.hpp"
 #include "support/main.hpp"
@@ -127,17 +126,17 @@ void BM_ucall_vs_pio(benchmark::State& state) {
         state, batch, [&] { return pio_batch(pio, why); }, [&] { return ucall_batch(uc, why); }, why);
 }
 
-/// The ucall guest with a plain port_io handler: the OUT carries the same record address each time.
+/// The ucall guest with a plain port_io handler: each OUT says "one value in registers".
 bool ucall_guest_only_batch(vm& v, std::string& why) {
     unsigned n = 0;
     bool good = true;
-    const u32 want = static_cast<u32>(v.next) + (bench::corrupt() ? 1 : 0); // the record address
+    const u32 want = 1 + (bench::corrupt() ? 1 : 0);
     auto r = v.m->vcpus[0].run([&](vcpu::port_io& io) {
-        if (io.port != vcpu::guest::ucall_port || io.value() != want) good = false;
+        if (io.port != vcpu::guest::ucall_sync_port || io.value() != want) good = false;
         return (++n == batch || !good) ? vcpu::action::stop : vcpu::action::resume;
     });
     if (!r) why = r.err().message();
-    else if (!good) why = "ucall guest, plain handler: wrong port or record address";
+    else if (!good) why = "ucall guest, plain handler: wrong port or count";
     return r && good;
 }
 
@@ -148,14 +147,6 @@ void BM_ucall_guest_side(benchmark::State& state) {
         return;
     }
     std::string why;
-    // Learn the record address from the first exit.
-    auto first = uc.m->vcpus[0].run([](vcpu::port_io&) { return vcpu::action::stop; });
-    const auto* io = first ? std::get_if<vcpu::port_io>(&*first) : nullptr;
-    if (io == nullptr || io->port != vcpu::guest::ucall_port) {
-        state.SkipWithError("ucall guest: the first exit is not a ucall");
-        return;
-    }
-    uc.next = io->value();
     if (!pio_batch(pio, why) || !ucall_guest_only_batch(uc, why)) {
         state.SkipWithError(why.c_str());
         return;

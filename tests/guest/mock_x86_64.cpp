@@ -188,3 +188,35 @@ TEST_CASE("guest x86-64 mock: an unhandled ucall exit comes back from run, typed
     REQUIRE(s != nullptr);
     CHECK((*s)[0] == 99);
 }
+
+TEST_CASE("guest x86-64 mock: a sync of up to six values comes in registers") {
+    ram r;
+    auto space = gx::space::load(r.mem, reinterpret_cast<const void*>(&guest_entry));
+    REQUIRE_MESSAGE(space, space.err().message());
+    vcpu::mock::script sc;
+    sc.io_out(vcpu::guest::ucall_sync_port, 4, 6);
+    sc.io_out(vcpu::guest::ucall_sync_port, 4, 7); // more than six: refused
+    sc.io_out(vcpu::guest::ucall_sync_port, 1, 1); // not a 4-byte OUT: an ordinary port
+    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
+    auto& g = cpu.hal().block<vcpu::x86_64::regs_block>();
+    g.rdi = 1;
+    g.rsi = 2;
+    g.r8 = 3;
+    g.r9 = 4;
+    g.r10 = 5;
+    g.rbx = 6;
+    g.r11 = 77; // not a value register
+    g.rdx = 99; // the port register, never a value
+    std::vector<u64> got;
+    std::string bad;
+    auto res = vcpu::guest::run(
+        cpu, *space, [&](vcpu::guest::sync& s) { got.assign(s.values.begin(), s.values.begin() + s.size()); },
+        [&](vcpu::guest::bad_ucall& b) { bad = b.describe(); },
+        [](vcpu::port_io&) { return vcpu::action::stop; });
+    REQUIRE(res);
+    CHECK(got == std::vector<u64>{1, 2, 3, 4, 5, 6});
+    CHECK(bad == "register ucall has a bad count or its registers could not be read");
+    const auto* io = std::get_if<vcpu::port_io>(&*res);
+    REQUIRE(io != nullptr);
+    CHECK(io->port == vcpu::guest::ucall_sync_port);
+}

@@ -12,7 +12,10 @@
 /// A `Space` (the guest address space, e.g. `vcpu::guest::x86_64::space`) models
 /// `GuestAddressSpace` and has `using ucall_exit = <arch exit type>` and
 /// `ucall_address(const ucall_exit&) -> std::optional<std::uint64_t>`: the record's guest
-/// address when that exit is a ucall. No allocation, no exceptions, no virtual calls.
+/// address when that exit is a ucall. It may also have
+/// `register_ucall(const ucall_exit&, Cpu&, visitor) -> std::optional<bool>`: a ucall whose values
+/// are in the vCPU's registers (nullopt when the exit is not one; else what `visitor` returned).
+/// No allocation, no exceptions, no virtual calls.
 
 #include <vcpu/config.hpp>
 #include <vcpu/dispatch.hpp>
@@ -72,6 +75,12 @@ template <class Cpu, UcallSpace Space, class... Hs>
                   "vcpu::guest::run: the space's ucall_exit is not an exit type of this architecture");
     std::optional<out_t> out;
     auto on_carrier = [&](carrier& e) noexcept {
+        if constexpr (requires { space.register_ucall(e, cpu, [](auto&) { return true; }); }) {
+            // A ucall carried in registers (x86-64: a sync of up to six values).
+            if (const auto handled = space.register_ucall(
+                    e, cpu, [&]<class U>(U& u) noexcept { return dispatch<out_t>(u, out, hs...); }))
+                return *handled ? action::resume : action::stop;
+        }
         if (const auto gva = space.ucall_address(e)) {
             const bool resume = decode_ucall(space, *gva, [&]<class U>(U& u) noexcept {
                 return dispatch<out_t>(u, out, hs...);

@@ -135,6 +135,7 @@ struct bad_ucall {
         count,   ///< more than `max_values` values
         string,  ///< a string pointer outside guest memory, or no NUL within `max_string`
         format,  ///< a print format that asks for more values than were sent, or is malformed
+        registers, ///< a register ucall with a bad count, or its registers could not be read
     };
     why reason = why::address;
     std::uint64_t address = 0; ///< the record's guest address (or the string's)
@@ -147,6 +148,7 @@ struct bad_ucall {
         case why::count: return "ucall carries more than max_values values";
         case why::string: return "ucall string is outside guest memory or not NUL-terminated";
         case why::format: return "print format is malformed or needs more values than were sent";
+        case why::registers: return "register ucall has a bad count or its registers could not be read";
         }
         return "bad ucall";
     }

@@ -281,6 +281,29 @@ public:
         return io.value();
     }
 
+    /// A `sync` of up to six values in registers (an OUT of 4 bytes to `ucall_sync_port`, EAX =
+    /// count): calls `visit` with the `guest::sync` (or a `bad_ucall` for a count over six or
+    /// registers that cannot be read) and returns its result; nullopt for any other exit. The
+    /// registers come through the HAL's register block (KVM: `kvm_run->s.regs`, no ioctl once
+    /// sync registers are on).
+    template <class Cpu, class Visitor>
+    [[nodiscard]] std::optional<bool> register_ucall(const ::vcpu::port_io& io, Cpu& cpu, Visitor&& visit) const noexcept {
+        if (io.port != ucall_sync_port || !io.is_out() || io.size != 4 || io.count != 1)
+            return std::nullopt;
+        const std::uint32_t n = io.value();
+        auto g = cpu.hal().template load<::vcpu::x86_64::regs_block>();
+        if (n > max_register_values || !g) {
+            bad_ucall b{bad_ucall::why::registers, 0, n};
+            return visit(b);
+        }
+        const auto& r = **g;
+        const std::uint64_t v[max_register_values] = {r.rdi, r.rsi, r.r8, r.r9, r.r10, r.rbx};
+        sync s;
+        s.count = static_cast<std::uint8_t>(n);
+        for (std::uint32_t i = 0; i < n; ++i) s.values[i] = v[i];
+        return visit(s);
+    }
+
     // ---- layout ----------------------------------------------------------------------------
 
     /// The first guest physical address after the image copy (2 MiB aligned): guest RAM from
