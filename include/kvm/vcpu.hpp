@@ -456,7 +456,7 @@ public:
     /// the first run), else from the cache, fetched by the GET ioctl when stale.
     /// The pointer is valid until the next `enter()`.
     template <class B>
-    [[nodiscard]] result<const typename B::layout*> load() noexcept {
+    [[nodiscard, gnu::always_inline]] inline result<const typename B::layout*> load() noexcept {
         auto p = fetch<B>();
         if (!p) return p.err();
         return static_cast<const typename B::layout*>(*p);
@@ -465,7 +465,7 @@ public:
     /// Block `B` for writing: as `load`, then marks it dirty (`kvm_dirty_regs`
     /// bit when synced; else written by `enter()` with the SET ioctl).
     template <class B>
-    [[nodiscard]] result<typename B::layout*> modify() noexcept {
+    [[nodiscard, gnu::always_inline]] inline result<typename B::layout*> modify() noexcept {
         auto p = fetch<B>();
         if (!p) return p.err();
         if ((held_blocks_ & block_bit<B>()) == 0 && ran_ && !completed_ &&
