@@ -11,6 +11,10 @@
 // guest's `EXIT: STATUS=<n>` line and `utest_status` turns it into the process status.
 
 #include <kvm/vcpu.hpp>
+#include <vcpu/boot/flat_image.hpp>
+#include <vcpu/boot/linux_image.hpp>
+#include <vcpu/memory.hpp>
+#include <vcpu/result.hpp>
 
 #include <array>
 #include <atomic>
@@ -25,6 +29,7 @@
 #include <iterator>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -309,6 +314,60 @@ inline int utest_status(const console& con, const vm_state& st) {
     std::fprintf(stderr, "vmm: test image: guest printed EXIT: STATUS=%d, %s, exit status %d\n", con.exit_status(),
                  ending_name(how), con.exit_status());
     return con.exit_status();
+}
+
+/// Prints "vmm: WHAT: <error>" and returns the setup-error status (2 in both modes: never a
+/// test verdict).
+inline int fail(const char* what, const vcpu::error& e) {
+    std::fprintf(stderr, "vmm: %s: %s\n", what, e.message().c_str());
+    return utest_exit::setup_error;
+}
+
+/// Places `kernel` in guest RAM at `ram_base`: a flat test image (`flat`: no `Format` Image
+/// magic) at `ram_base + flat_offset`, else a `Format` Linux Image (plain or gzip); then the
+/// initrd and the device-tree slot, with room for `cmdline_bytes` of bootargs. Prints where each
+/// piece went and fills `layout`. On failure returns the process status to end with: `refused`
+/// for an image rejected under test conventions (`utest`), else `setup_error`.
+template <class Format>
+[[nodiscard]] std::optional<int> load_kernel(vcpu::guest_memory& mem, std::uint64_t ram_base,
+                                             std::uint64_t ram_bytes, std::uint64_t flat_offset,
+                                             std::span<const std::byte> kernel, std::span<const std::byte> initrd,
+                                             std::size_t cmdline_bytes, bool flat, bool utest,
+                                             vcpu::boot::linux_layout& layout) {
+    using ull = unsigned long long;
+    if (flat) {
+        auto f = vcpu::boot::load_flat_image<Format>(mem, ram_base, ram_bytes, flat_offset, kernel, initrd,
+                                                     cmdline_bytes);
+        if (!f) {
+            (void)fail("test image rejected", f.err());
+            return utest_exit::refused;
+        }
+        layout = {};
+        layout.entry = f->entry;
+        layout.initrd = f->initrd;
+        layout.initrd_size = f->initrd_size;
+        layout.dtb = f->dtb;
+        layout.dtb_max = f->dtb_max;
+        std::fprintf(stderr,
+                     "vmm: flat test image (no %s magic): entry 0x%llx, %zu bytes, initrd 0x%llx+0x%llx, DTB 0x%llx\n",
+                     Format::name, static_cast<ull>(f->entry), kernel.size(), static_cast<ull>(f->initrd),
+                     static_cast<ull>(f->initrd_size), static_cast<ull>(f->dtb));
+        return std::nullopt;
+    }
+    auto l = vcpu::boot::load_linux_image<Format>(mem, ram_base, ram_bytes, kernel, initrd, cmdline_bytes);
+    if (!l) {
+        (void)fail("kernel rejected", l.err());
+        return utest ? utest_exit::refused : utest_exit::setup_error;
+    }
+    layout = *l;
+    std::fprintf(stderr,
+                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
+                 "DTB 0x%llx\n",
+                 Format::name, layout.compressed ? " (gzip)" : "", utest ? " as a test image" : "",
+                 static_cast<ull>(layout.entry), static_cast<ull>(layout.header.text_offset),
+                 static_cast<ull>(layout.header.image_size), static_cast<ull>(layout.initrd),
+                 static_cast<ull>(layout.initrd_size), static_cast<ull>(layout.dtb));
+    return std::nullopt;
 }
 
 /// The kernel command line: the arch's console part, then the user's.

@@ -44,6 +44,8 @@
 
 namespace {
 
+using linux_vmm::fail;
+
 namespace a64 = vcpu::aarch64;
 namespace kvm = vcpu::kvm;
 namespace boot = vcpu::boot;
@@ -62,11 +64,6 @@ constexpr std::uint32_t dt_spi = 0, dt_ppi = 1, dt_level_high = 4;
 
 constexpr const char* arch_line =
     "Boots an arm64 Linux Image on AArch64 KVM (in-kernel vGICv3, PSCI, 16550A UART at 0x9000000).";
-
-int fail(const char* what, const vcpu::error& e) {
-    std::fprintf(stderr, "vmm: %s: %s\n", what, e.message().c_str());
-    return linux_vmm::utest_exit::setup_error; // 2 in both modes: never a test verdict
-}
 
 /// The device tree of this machine (see the file comment).
 vcpu::result<std::span<const std::byte>> make_dtb(std::span<std::byte> buf, const linux_vmm::options& o,
@@ -169,42 +166,10 @@ int main(int argc, char** argv) {
     vcpu::guest_memory mem;
     if (auto r = mem.add(ram->region(ram_base)); !r) return fail("guest memory map", r.err());
 
-    vcpu::result<boot::linux_layout> layout = boot::linux_layout{};
-    if (flat) {
-        auto flat_l = boot::load_flat_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20,
-                                                             boot::arm64_flat_offset, *kernel, initrd, bootargs.size());
-        if (!flat_l) {
-            (void)fail("test image rejected", flat_l.err());
-            return linux_vmm::utest_exit::refused;
-        }
-        layout->entry = flat_l->entry;
-        layout->initrd = flat_l->initrd;
-        layout->initrd_size = flat_l->initrd_size;
-        layout->dtb = flat_l->dtb;
-        layout->dtb_max = flat_l->dtb_max;
-        std::fprintf(stderr, "vmm: flat test image (no arm64 Image magic): entry 0x%llx, %zu bytes, "
-                     "initrd 0x%llx+0x%llx, DTB 0x%llx\n",
-                     static_cast<unsigned long long>(flat_l->entry), kernel->size(),
-                     static_cast<unsigned long long>(flat_l->initrd),
-                     static_cast<unsigned long long>(flat_l->initrd_size), static_cast<unsigned long long>(flat_l->dtb));
-    } else {
-        layout = boot::load_linux_image<a64::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
-                                                           bootargs.size());
-        if (!layout) {
-            (void)fail("kernel rejected", layout.err());
-            return utest ? linux_vmm::utest_exit::refused : linux_vmm::utest_exit::setup_error;
-        }
-    }
-    if (!flat)
-        std::fprintf(stderr,
-                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
-                 "DTB 0x%llx\n",
-                 a64::image_format::name, layout->compressed ? " (gzip)" : "", utest ? " as a test image" : "",
-                 static_cast<unsigned long long>(layout->entry),
-                 static_cast<unsigned long long>(layout->header.text_offset),
-                 static_cast<unsigned long long>(layout->header.image_size),
-                 static_cast<unsigned long long>(layout->initrd), static_cast<unsigned long long>(layout->initrd_size),
-                 static_cast<unsigned long long>(layout->dtb));
+    boot::linux_layout layout;
+    if (auto status = linux_vmm::load_kernel<a64::image_format>(mem, ram_base, opt->mem_mib << 20, boot::arm64_flat_offset, *kernel, initrd,
+                                                         bootargs.size(), flat, utest, layout))
+        return *status;
 
     auto sys = example::open_kvm_for("aarch64");
     if (!sys) return 77;
@@ -223,7 +188,7 @@ int main(int argc, char** argv) {
         if (!c) return fail("create vCPU", c.err());
         auto vi = *init;
         if (i != 0) vi.with(a64::feature::power_off);
-        if (auto r = c->init(a64::kvm_boot{vi, layout->entry, layout->dtb}); !r) return fail("vCPU boot state", r.err());
+        if (auto r = c->init(a64::kvm_boot{vi, layout.entry, layout.dtb}); !r) return fail("vCPU boot state", r.err());
         auto mpidr = c->get(a64::mpidr_el1);
         if (!mpidr) return fail("read MPIDR_EL1", mpidr.err());
         mpidrs.push_back(*mpidr & a64::mpidr_bits::affinity_mask);
@@ -235,9 +200,9 @@ int main(int argc, char** argv) {
     if (auto r = kvm::vgic_init(*gic); !r) return fail("initialise vGICv3", r.err());
 
     std::vector<std::byte> dtb_buf(64 * 1024);
-    auto dtb = make_dtb(dtb_buf, *opt, *layout, bootargs, mpidrs);
+    auto dtb = make_dtb(dtb_buf, *opt, layout, bootargs, mpidrs);
     if (!dtb) return fail("device tree", dtb.err());
-    if (auto r = mem.write(layout->dtb, *dtb); !r) return fail("write device tree", r.err());
+    if (auto r = mem.write(layout.dtb, *dtb); !r) return fail("write device tree", r.err());
 
     if (auto r = kvm::install_kick_handler(); !r) return fail("kick handler", r.err());
 

@@ -53,6 +53,8 @@
 
 namespace {
 
+using linux_vmm::fail;
+
 namespace rv = vcpu::riscv64;
 namespace kvm = vcpu::kvm;
 namespace boot = vcpu::boot;
@@ -89,11 +91,6 @@ constexpr std::array<isa_ext_name, 12> multi_letter{{
     {rv::abi::kvm_isa_ext::svnapot, "svnapot"},
     {rv::abi::kvm_isa_ext::svpbmt, "svpbmt"},
 }};
-
-int fail(const char* what, const vcpu::error& e) {
-    std::fprintf(stderr, "vmm: %s: %s\n", what, e.message().c_str());
-    return linux_vmm::utest_exit::setup_error; // 2 in both modes: never a test verdict
-}
 
 /// The device tree of this machine (see the file comment).
 vcpu::result<std::span<const std::byte>> make_dtb(std::span<std::byte> buf, const linux_vmm::options& o,
@@ -210,42 +207,10 @@ int main(int argc, char** argv) {
     if (!ram) return fail("guest RAM", ram.err());
     vcpu::guest_memory mem;
     if (auto r = mem.add(ram->region(ram_base)); !r) return fail("guest memory map", r.err());
-    vcpu::result<boot::linux_layout> layout = boot::linux_layout{};
-    if (flat) {
-        auto flat_l = boot::load_flat_image<rv::image_format>(mem, ram_base, opt->mem_mib << 20,
-                                                            boot::riscv64_flat_offset, *kernel, initrd, bootargs.size());
-        if (!flat_l) {
-            (void)fail("test image rejected", flat_l.err());
-            return linux_vmm::utest_exit::refused;
-        }
-        layout->entry = flat_l->entry;
-        layout->initrd = flat_l->initrd;
-        layout->initrd_size = flat_l->initrd_size;
-        layout->dtb = flat_l->dtb;
-        layout->dtb_max = flat_l->dtb_max;
-        std::fprintf(stderr, "vmm: flat test image (no RISC-V Image magic2): entry 0x%llx, %zu bytes, "
-                     "initrd 0x%llx+0x%llx, DTB 0x%llx\n",
-                     static_cast<unsigned long long>(flat_l->entry), kernel->size(),
-                     static_cast<unsigned long long>(flat_l->initrd),
-                     static_cast<unsigned long long>(flat_l->initrd_size), static_cast<unsigned long long>(flat_l->dtb));
-    } else {
-        layout = boot::load_linux_image<rv::image_format>(mem, ram_base, opt->mem_mib << 20, *kernel, initrd,
-                                                          bootargs.size());
-        if (!layout) {
-            (void)fail("kernel rejected", layout.err());
-            return utest ? linux_vmm::utest_exit::refused : linux_vmm::utest_exit::setup_error;
-        }
-    }
-    if (!flat)
-        std::fprintf(stderr,
-                 "vmm: %s%s%s: entry 0x%llx (text_offset 0x%llx, image_size 0x%llx), initrd 0x%llx+0x%llx, "
-                 "DTB 0x%llx\n",
-                 rv::image_format::name, layout->compressed ? " (gzip)" : "", utest ? " as a test image" : "",
-                 static_cast<unsigned long long>(layout->entry),
-                 static_cast<unsigned long long>(layout->header.text_offset),
-                 static_cast<unsigned long long>(layout->header.image_size),
-                 static_cast<unsigned long long>(layout->initrd), static_cast<unsigned long long>(layout->initrd_size),
-                 static_cast<unsigned long long>(layout->dtb));
+    boot::linux_layout layout;
+    if (auto status = linux_vmm::load_kernel<rv::image_format>(mem, ram_base, opt->mem_mib << 20, boot::riscv64_flat_offset, *kernel, initrd,
+                                                         bootargs.size(), flat, utest, layout))
+        return *status;
 
     auto sys = example::open_kvm_for("riscv64");
     if (!sys) return 77;
@@ -260,7 +225,7 @@ int main(int argc, char** argv) {
         if (!c) return fail("create vCPU", c.err());
         // Hart i: a0 = i, a1 = DTB. KVM keeps harts other than 0 stopped until HSM hart_start,
         // which sets their pc/a0/a1 itself.
-        if (auto r = c->init(rv::boot{layout->entry, i, layout->dtb}); !r) return fail("vCPU boot state", r.err());
+        if (auto r = c->init(rv::boot{layout.entry, i, layout.dtb}); !r) return fail("vCPU boot state", r.err());
         if (sbi_console)
             if (auto r = kvm::enable_sbi_extension(*c, rv::abi::kvm_sbi_ext::dbcn); !r)
                 return fail("enable SBI DBCN", r.err());
@@ -281,9 +246,9 @@ int main(int argc, char** argv) {
                  static_cast<unsigned long long>(*timebase));
 
     std::vector<std::byte> dtb_buf(64 * 1024);
-    auto dtb = make_dtb(dtb_buf, *opt, *layout, bootargs, isa, *timebase, !sbi_console);
+    auto dtb = make_dtb(dtb_buf, *opt, layout, bootargs, isa, *timebase, !sbi_console);
     if (!dtb) return fail("device tree", dtb.err());
-    if (auto r = mem.write(layout->dtb, *dtb); !r) return fail("write device tree", r.err());
+    if (auto r = mem.write(layout.dtb, *dtb); !r) return fail("write device tree", r.err());
 
     if (auto r = kvm::install_kick_handler(); !r) return fail("kick handler", r.err());
 
