@@ -379,7 +379,7 @@ public:
         std::memcpy(arg.data(), &len, sizeof len);
         std::memcpy(arg.data() + head, &mask, 8);
         if (Sys::ioctl(fd_.get(), ioctls::vcpu::set_signal_mask.code, arg.data()) < 0)
-            return last_error(ioctls::vcpu::set_signal_mask.name).with("vcpu_id", id_).with("signal", sig);
+            return failed(ioctls::vcpu::set_signal_mask.name).with("signal", sig);
         kick_->thread.store(::pthread_self(), std::memory_order_release);
         kick_->signal.store(sig, std::memory_order_release);
         return ok();
@@ -612,7 +612,7 @@ public:
     /// Precondition: register caches are not relied on across it.
     [[nodiscard]] result<int> ioctl(ioctl_def<fd_kind::vcpu> io, void* arg) noexcept {
         const int rc = Sys::ioctl(fd_.get(), io.code, arg);
-        if (rc < 0) return last_error(io.name).with("vcpu_id", id_);
+        if (rc < 0) return failed(io.name);
         return rc;
     }
     /// The `KVM_CREATE_VCPU` id.
