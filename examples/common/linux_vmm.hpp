@@ -13,6 +13,7 @@
 #include <kvm/vcpu.hpp>
 #include <vcpu/boot/flat_image.hpp>
 #include <vcpu/boot/linux_image.hpp>
+#include <vcpu/exits.hpp>
 #include <vcpu/memory.hpp>
 #include <vcpu/result.hpp>
 
@@ -33,6 +34,9 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <type_traits>
+#include <typeinfo>
+#include <variant>
 #include <vector>
 
 #include <fcntl.h>
@@ -222,6 +226,43 @@ struct vm_state {
         stop.store(true);
     }
 };
+
+/// The body of one vCPU thread: runs `cpu` with the arch's exit handlers `hs...` plus the shared
+/// ones (a kick's `interrupted` resumes until the VM is stopping; a system event ends the VM as
+/// power-off, reset or crash) until the VM ends. A failed run or an exit no handler takes ends
+/// the VM as an error, naming the vCPU.
+template <class Cpu, class... Hs>
+void run_until_end(Cpu& cpu, unsigned id, vm_state& state, counters& st, Hs&... hs) {
+    auto on_intr = [&](vcpu::interrupted&) noexcept {
+        ++st.interrupted;
+        return state.stop.load() ? vcpu::action::stop : vcpu::action::resume;
+    };
+    auto on_event = [&](vcpu::system_event& e) noexcept {
+        ++st.system_event;
+        using k = vcpu::system_event::kind;
+        state.finish(e.what == k::power_off ? ending::power_off
+                     : e.what == k::reset   ? ending::reset
+                                            : ending::crash);
+        return vcpu::action::stop;
+    };
+    if (state.stop.load()) return;
+    auto r = cpu.run(hs..., on_intr, on_event);
+    if (!r) {
+        std::fprintf(stderr, "vmm: vCPU %u: %s\n", id, r.err().message().c_str());
+        state.finish(ending::error);
+        return;
+    }
+    std::visit(
+        [&]<class E>(E&) {
+            using T = std::remove_cvref_t<E>;
+            if constexpr (!std::is_same_v<T, vcpu::interrupted> && !std::is_same_v<T, vcpu::system_event>) {
+                ++st.other;
+                std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, typeid(T).name());
+                state.finish(ending::error);
+            }
+        },
+        *r);
+}
 
 /// Runs `body(id)` on one thread per vCPU. `body` returns when its vCPU is done (it calls
 /// `state.finish` when the VM ends); the others are then kicked out of KVM_RUN (a vCPU KVM

@@ -309,40 +309,7 @@ int main(int argc, char** argv) {
             w.done(w.length);
         };
         auto on_sbi = [&](rv::sbi_call&) noexcept { ++st.hypercall; }; // unknown: KVM's preset NOT_SUPPORTED
-        auto on_intr = [&](vcpu::interrupted&) noexcept {
-            ++st.interrupted;
-            return state.stop.load() ? vcpu::action::stop : vcpu::action::resume;
-        };
-        auto on_event = [&](vcpu::system_event& e) noexcept {
-            ++st.system_event;
-            using k = vcpu::system_event::kind;
-            state.finish(e.what == k::power_off ? linux_vmm::ending::power_off
-                         : e.what == k::reset   ? linux_vmm::ending::reset
-                                                : linux_vmm::ending::crash);
-            return vcpu::action::stop;
-        };
-        while (!state.stop.load()) {
-            auto r = cpu.run(on_mmio, on_console, on_sbi, on_intr, on_event);
-            if (!r) {
-                std::fprintf(stderr, "vmm: vCPU %u: %s\n", id, r.err().message().c_str());
-                state.finish(linux_vmm::ending::error);
-                break;
-            }
-            const bool done = std::visit(
-                [&]<class E>(E&) {
-                    using T = std::remove_cvref_t<E>;
-                    if constexpr (std::is_same_v<T, vcpu::interrupted> || std::is_same_v<T, vcpu::system_event>) {
-                        return true;
-                    } else {
-                        ++st.other;
-                        std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, typeid(T).name());
-                        state.finish(linux_vmm::ending::error);
-                        return true;
-                    }
-                },
-                *r);
-            if (done) break;
-        }
+        linux_vmm::run_until_end(cpu, id, state, st, on_mmio, on_console, on_sbi);
     }, [&](const char* bytes, std::size_t n) {
         std::lock_guard g(dev_lock);
         for (std::size_t i = 0; i < n; ++i) (void)uart.receive(static_cast<std::uint8_t>(bytes[i]));
