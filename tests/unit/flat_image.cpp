@@ -4,6 +4,8 @@
 // image, image or initrd that does not fit, load offset beyond RAM, misaligned load address,
 // command line too long, RAM range not in guest memory — each a specific errno, with guard bytes
 // around RAM and RAM itself checked untouched (a refused image writes nothing).
+#include "guarded_ram.hpp"
+
 #include <doctest/doctest.h>
 
 #include <arch/aarch64/linux_boot.hpp>
@@ -19,27 +21,8 @@ namespace boot = vcpu::boot;
 namespace a64 = vcpu::aarch64;
 namespace rv = vcpu::riscv64;
 
-constexpr std::byte fill{0xa5};
-
-/// Guest RAM with guard bytes on both sides; everything starts as `fill`.
-struct guarded_ram {
-    static constexpr std::size_t guard = 4096;
-    std::uint64_t base;
-    std::vector<std::byte> host;
-    vcpu::guest_memory mem;
-    guarded_ram(std::uint64_t gpa, std::size_t size) : base(gpa), host(size + 2 * guard, fill) {
-        REQUIRE(mem.add({gpa, std::span<std::byte>(host).subspan(guard, size)}));
-    }
-    [[nodiscard]] std::size_t size() const { return host.size() - 2 * guard; }
-    [[nodiscard]] std::byte at(std::uint64_t gpa) const { return host[guard + (gpa - base)]; }
-    [[nodiscard]] bool untouched() const {
-        return std::all_of(host.begin(), host.end(), [](std::byte b) { return b == fill; });
-    }
-    [[nodiscard]] bool guards_intact() const {
-        return std::all_of(host.begin(), host.begin() + guard, [](std::byte b) { return b == fill; }) &&
-               std::all_of(host.end() - guard, host.end(), [](std::byte b) { return b == fill; });
-    }
-};
+using vcpu_test::guarded_ram;
+constexpr std::byte fill = guarded_ram::fill;
 
 std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
     std::vector<std::byte> v(n);

@@ -4,6 +4,8 @@
 // and truncated gzip, an initrd that does not fit, a command line too long — each a clear
 // vcpu::error and never a write outside guest RAM), the libfdt device-tree writer read back
 // with libfdt, and the riscv,isa string.
+#include "guarded_ram.hpp"
+
 #include <doctest/doctest.h>
 
 #include <arch/aarch64/linux_boot.hpp>
@@ -64,25 +66,7 @@ std::vector<std::byte> gzip(std::span<const std::byte> in, int level = 6) {
     return out;
 }
 
-/// Guest RAM with guard bytes on both sides that no load may touch.
-struct guarded_ram {
-    static constexpr std::size_t guard = 4096;
-    static constexpr std::byte fill{0xa5};
-    std::uint64_t base;
-    std::vector<std::byte> host;
-    vcpu::guest_memory mem;
-    guarded_ram(std::uint64_t gpa, std::size_t size) : base(gpa), host(size + 2 * guard, fill) {
-        REQUIRE(mem.add({gpa, std::span<std::byte>(host).subspan(guard, size)}));
-    }
-    [[nodiscard]] std::size_t size() const { return host.size() - 2 * guard; }
-    [[nodiscard]] bool guards_intact() const {
-        return std::all_of(host.begin(), host.begin() + guard, [](std::byte b) { return b == fill; }) &&
-               std::all_of(host.end() - guard, host.end(), [](std::byte b) { return b == fill; });
-    }
-    [[nodiscard]] std::span<const std::byte> at(std::uint64_t gpa, std::size_t n) const {
-        return std::span<const std::byte>(host).subspan(guard + (gpa - base), n);
-    }
-};
+using vcpu_test::guarded_ram;
 
 std::string_view detail(const vcpu::error& e) { return e.detail; }
 
