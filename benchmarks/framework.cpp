@@ -13,7 +13,7 @@
 //   function  a std::function device bus with linear lookup (the minimal C VMM's shape)
 //   variant   the exit decoded into a std::variant and handled with std::visit
 //
-// Two HALs: `mock` (vcpu::mock::hal, which copies each scripted exit into its kvm_run area on
+// Two HALs: `mock` (vcpu::kvm::mock::hal, which copies each scripted exit into its kvm_run area on
 // enter(), as a recording replay does) and `ring` (bench::ring_hal: the kvm_run areas are
 // formatted once, so enter() costs nearly nothing and the numbers are decode + dispatch alone).
 //
@@ -30,7 +30,7 @@
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <benchmark/benchmark.h>
 #include <linux/kvm.h>
@@ -127,8 +127,8 @@ struct devices {
 constexpr std::string_view string_io = "stringio";
 constexpr u64 exits_per_round = 16; // including the SHUTDOWN that ends a round
 
-vcpu::mock::script make_round() {
-    vcpu::mock::script s;
+vcpu::kvm::mock::script make_round() {
+    vcpu::kvm::mock::script s;
     std::array<std::byte, string_io.size()> str{};
     for (std::size_t i = 0; i < str.size(); ++i) str[i] = static_cast<std::byte>(string_io[i]);
     s.io_out(serial_thr, 1, 'H')
@@ -177,7 +177,7 @@ constexpr std::array<u64, 5> expected_answers{0x60, 0x60, 0x11111111u ^ read_key
 // ---- shared raw-record helpers (the same checks the x86-64 decoder makes) -------------------------
 
 /// Port I/O data of a KVM_EXIT_IO record, or empty when size/count/offset are invalid.
-[[gnu::always_inline]] inline std::span<std::byte> io_data(const vcpu::kvm_run_view& v) noexcept {
+[[gnu::always_inline]] inline std::span<std::byte> io_data(const vcpu::kvm::run_view& v) noexcept {
     const auto& r = *v.run;
     if (r.io.size != 1 && r.io.size != 2 && r.io.size != 4) return {};
     if (r.io.count == 0) return {};
@@ -188,7 +188,7 @@ constexpr std::array<u64, 5> expected_answers{0x60, 0x60, 0x11111111u ^ read_key
 [[gnu::always_inline]] inline bool mmio_len_ok(const ::kvm_run& r) noexcept {
     return r.mmio.len != 0 && r.mmio.len <= sizeof(r.mmio.data);
 }
-[[gnu::always_inline]] inline bool record_ok(const vcpu::kvm_run_view& v) noexcept {
+[[gnu::always_inline]] inline bool record_ok(const vcpu::kvm::run_view& v) noexcept {
     return v.run != nullptr && v.mapped >= sizeof(::kvm_run);
 }
 
@@ -495,7 +495,7 @@ template <class HV>
 struct variant_design {
     HV& h;
     devices& d;
-    static variant_exit decode(const vcpu::kvm_run_view& v) noexcept {
+    static variant_exit decode(const vcpu::kvm::run_view& v) noexcept {
         auto& r = *v.run;
         switch (r.exit_reason) {
         case KVM_EXIT_IO: {
@@ -557,14 +557,14 @@ enum class design { switch_, vcpu, virtual_, function, variant };
 enum class hal_kind { mock, ring };
 
 template <hal_kind K>
-using hal_t = std::conditional_t<K == hal_kind::mock, vcpu::mock::hal, bench::ring_hal>;
+using hal_t = std::conditional_t<K == hal_kind::mock, vcpu::kvm::mock::hal, bench::ring_hal>;
 template <hal_kind K>
 using hal_vcpu_t = typename hal_t<K>::template vcpu<x86_64>;
 
 template <hal_kind K>
 hal_vcpu_t<K> make_hal(std::size_t max_events = 0) {
     if constexpr (K == hal_kind::mock)
-        return hal_vcpu_t<K>(make_round(), vcpu::mock::options{max_events, true});
+        return hal_vcpu_t<K>(make_round(), vcpu::kvm::mock::options{max_events, true});
     else
         return hal_vcpu_t<K>(make_round());
 }
@@ -609,7 +609,7 @@ template <class HV>
 std::vector<u64> answers_of(const HV& h) {
     std::vector<u64> out;
     for (const auto& e : h.events())
-        if (e.what == vcpu::mock::event::kind::answer) out.push_back(e.value);
+        if (e.what == vcpu::kvm::mock::event::kind::answer) out.push_back(e.value);
     return out;
 }
 
@@ -620,12 +620,12 @@ void BM_framework(benchmark::State& state) {
     // 1. Answers: run one round over the logging mock and compare what the handlers wrote.
     {
         devices d;
-        vcpu::mock::hal::vcpu<x86_64> hv(make_round(), vcpu::mock::options{4096, false});
+        vcpu::kvm::mock::hal::vcpu<x86_64> hv(make_round(), vcpu::kvm::mock::options{4096, false});
         std::vector<u64> got;
         bool ok = false;
         if constexpr (D == design::vcpu) {
-            vcpu::basic_vcpu<x86_64, vcpu::mock::hal> cpu(std::move(hv));
-            ok = vcpu_design<vcpu::mock::hal>{cpu, d}.round();
+            vcpu::basic_vcpu<x86_64, vcpu::kvm::mock::hal> cpu(std::move(hv));
+            ok = vcpu_design<vcpu::kvm::mock::hal>{cpu, d}.round();
             got = answers_of(cpu.hal());
         } else {
             ok = with_design<D, hal_kind::mock>(d, std::move(hv), [](auto&& r) { return r(); });

@@ -1,6 +1,6 @@
 #pragma once
 // bench::ring_hal: a HAL whose exits are kvm_run areas formatted once, at setup, from a
-// vcpu::mock::script. enter() only moves to the next preformatted area, so a benchmark over it
+// vcpu::kvm::mock::script. enter() only moves to the next preformatted area, so a benchmark over it
 // measures decode + dispatch + handlers and nothing else (the mock HAL copies every scripted exit
 // into its kvm_run area on each enter(), which costs as much as a decode).
 //
@@ -8,9 +8,9 @@
 // reads are never written, so the ring replays the same exits forever.
 
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 #include <vcpu/result.hpp>
 
 #include <linux/kvm.h>
@@ -33,9 +33,9 @@ struct ring_hal {
 template <class Arch>
 class ring_hal::vcpu {
 public:
-    using raw_exit = ::vcpu::kvm_run_view;
+    using raw_exit = ::vcpu::kvm::run_view;
 
-    explicit vcpu(const ::vcpu::mock::script& s) {
+    explicit vcpu(const ::vcpu::kvm::mock::script& s) {
         const auto ex = s.exits();
         count_ = ex.size();
         areas_.reset(new (std::align_val_t{4096}) std::byte[count_ * stride]());
@@ -46,9 +46,9 @@ public:
             r->exit_reason = ex[i].reason;
             r->if_flag = ex[i].if_flag;
             r->cr8 = ex[i].cr8;
-            std::memcpy(a + ::vcpu::mock::script::payload_offset, ex[i].payload.data(),
+            std::memcpy(a + ::vcpu::kvm::mock::script::payload_offset, ex[i].payload.data(),
                         ex[i].payload.size());
-            std::memcpy(a + ::vcpu::mock::pio_data_offset, ex[i].pio.data(), ex[i].pio.size());
+            std::memcpy(a + ::vcpu::kvm::mock::pio_data_offset, ex[i].pio.data(), ex[i].pio.size());
             coalesced_[i] = {ex[i].coalesced, ex[i].ncoalesced};
         }
     }
@@ -60,8 +60,8 @@ public:
         consumed_ = 0;
         return ::vcpu::ok();
     }
-    [[nodiscard]] ::vcpu::kvm_run_view exit_record() noexcept {
-        return {reinterpret_cast<::kvm_run*>(area(cur_)), ::vcpu::mock::run_area_bytes};
+    [[nodiscard]] ::vcpu::kvm::run_view exit_record() noexcept {
+        return {reinterpret_cast<::kvm_run*>(area(cur_)), ::vcpu::kvm::mock::run_area_bytes};
     }
     template <class F>
     bool drain_coalesced(F&& f) noexcept {
@@ -97,7 +97,7 @@ public:
     }
 
 private:
-    static constexpr std::size_t stride = ::vcpu::mock::run_area_bytes;
+    static constexpr std::size_t stride = ::vcpu::kvm::mock::run_area_bytes;
     struct deleter {
         void operator()(std::byte* p) const noexcept { ::operator delete[](p, std::align_val_t{4096}); }
     };

@@ -30,7 +30,8 @@
 #include <kvm/x86_64_abi.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/exits.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/result.hpp>
 
@@ -259,8 +260,8 @@ class hal_vcpu {
     using caches_t = detail::block_caches<typename Arch::register_blocks>;
 
 public:
-    /// The exit record `Arch::decode` reads: the mapped `kvm_run`.
-    using raw_exit = ::vcpu::kvm_run_view;
+    /// The exit record `exit_decoder<Arch, kvm::run_view>` reads: the mapped `kvm_run`.
+    using raw_exit = ::vcpu::kvm::run_view;
     using arch_type = Arch;
     using sys_type = Sys;
 

@@ -65,8 +65,9 @@ public:
                   "vcpu: Hal::vcpu<Arch> cannot move every register kind Arch declares "
                   "(load<B>/modify<B> per register block, get/set_keyed<B>, get/set_one_reg)");
     static_assert(DecodesRecord<Arch, raw_exit>,
-                  "vcpu: Arch does not model ExitDecoder for this Hal: it has no static "
-                  "`decode(const raw_exit&, Visitor&&)` for the Hal's exit record type");
+                  "vcpu: Arch does not model ExitDecoder for this Hal: no visible "
+                  "`exit_decoder<Arch, raw_exit>` specialization (for kvm::run_view, include "
+                  "<kvm/exits.hpp>; see vcpu/decoder.hpp)");
 
     /// Takes ownership of a HAL vCPU (usually made by the HAL's VM object).
     explicit basic_vcpu(hal_vcpu&& h) noexcept(std::is_nothrow_move_constructible_v<hal_vcpu>)
@@ -181,7 +182,7 @@ private:
                 return ok();
             }
         }
-        Arch::decode(hal_.exit_record(), [&]<class E>(E& e) noexcept {
+        decode_exit<Arch>(hal_.exit_record(), [&]<class E>(E& e) noexcept {
             static_assert(list_contains_v<E, typename Arch::exit_types>,
                           "vcpu: the decoder produced an exit type missing from Arch::exit_types");
             (void)dispatch<Out>(e, out, hs...);

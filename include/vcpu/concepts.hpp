@@ -8,6 +8,7 @@
 /// **intent**, **minimal complete definition**, **laws**, **models**.
 
 #include <vcpu/config.hpp>
+#include <vcpu/decoder.hpp>
 #include <vcpu/exits.hpp>
 #include <vcpu/registers.hpp>
 #include <vcpu/result.hpp>
@@ -90,10 +91,11 @@ concept RegisterFile =
 template <class A>
 concept HasExitTypes = requires { typename A::exit_types; };
 
-/// Named step: `A::decode(raw, visitor)` exists for this raw record type.
+/// Named step: `exit_decoder<A, Raw>` is specialized (visible here) for this
+/// raw record type (vcpu/decoder.hpp).
 template <class A, class Raw>
 concept DecodesRecord = requires(const Raw& raw, detail::any_exit_visitor v) {
-    A::decode(raw, v);
+    exit_decoder<A, Raw>::decode(raw, v);
 };
 
 /// **ExitDecoder** — *intent*: turn one raw exit record (`kvm_run`, or an
@@ -101,8 +103,12 @@ concept DecodesRecord = requires(const Raw& raw, detail::any_exit_visitor v) {
 /// exit, handed to a visitor, so dispatch inlines into the decoder's switch.
 ///
 /// *Minimal complete definition*: `A::exit_types` (a `type_list` of exit
-/// types) and `static void A::decode(const Raw&, Visitor&&)` calling the
-/// visitor exactly once with an lvalue exit of one of those types.
+/// types) and a specialization `exit_decoder<A, Raw>` with
+/// `static void decode(const Raw&, Visitor&&)` calling the visitor exactly
+/// once with an lvalue exit of one of those types. The specialization may
+/// live with the HAL (kvm/exits.hpp for `kvm::run_view`) or with the arch
+/// (arch.hpp for ISA-level records); neither side needs editing to add the
+/// other.
 ///
 /// *Laws*: decode never reads or forms a view outside the record: sizes,
 /// counts and offsets are validated first, and a record that fails becomes
@@ -110,7 +116,7 @@ concept DecodesRecord = requires(const Raw& raw, detail::any_exit_visitor v) {
 /// Decoding is deterministic and has no side effects except through the
 /// visitor.
 ///
-/// *Models*: `x86_64` and `aarch64`/`riscv64` over `kvm_run_view`;
+/// *Models*: `x86_64` and `aarch64`/`riscv64` over `kvm::run_view` (kvm/exits.hpp);
 /// `aarch64` over `el2_syndrome`, `riscv64` over `hs_trap`.
 template <class A, class Raw>
 concept ExitDecoder = HasExitTypes<A> && DecodesRecord<A, Raw>;
@@ -186,7 +192,7 @@ concept MovesArchRegisters =
 /// are visible to the guest at the next one; `load` after `modify` sees the
 /// modified values.
 ///
-/// *Models*: `vcpu::kvm::hal`, `vcpu::mock::hal`.
+/// *Models*: `vcpu::kvm::hal`, `vcpu::kvm::mock::hal`.
 template <class H, class A>
 concept HalFor = HasVcpuState<H, A> && EntersGuest<typename H::template vcpu<A>> &&
                  MovesArchRegisters<typename H::template vcpu<A>, A> &&

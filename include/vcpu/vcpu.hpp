@@ -5,10 +5,10 @@
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/concepts.hpp>
 #include <vcpu/config.hpp>
+#include <vcpu/decoder.hpp>
 #include <vcpu/dispatch.hpp>
 #include <vcpu/exits.hpp>
 #include <vcpu/init.hpp>
-#include <vcpu/kvm_record.hpp>
 #include <vcpu/memory.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/registers.hpp>

@@ -5,7 +5,7 @@
 #include <kvm/hal.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/concepts.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <type_traits>
 
@@ -13,11 +13,11 @@ using A = vcpu::arch::aarch64;
 
 static_assert(std::is_empty_v<A>, "an arch policy is stateless");
 static_assert(vcpu::RegisterFile<A>);
-static_assert(vcpu::ExitDecoder<A, vcpu::kvm_run_view>);
+static_assert(vcpu::ExitDecoder<A, vcpu::kvm::run_view>);
 static_assert(vcpu::ExitDecoder<A, vcpu::aarch64::el2_syndrome>);
-static_assert(vcpu::HalFor<vcpu::mock::hal, A>);
+static_assert(vcpu::HalFor<vcpu::kvm::mock::hal, A>);
 static_assert(vcpu::HalFor<vcpu::kvm::hal, A>);
-static_assert(vcpu::CpuInitFor<vcpu::aarch64::kvm_boot, vcpu::mock::mock_vcpu<A>>);
+static_assert(vcpu::CpuInitFor<vcpu::aarch64::kvm_boot, vcpu::kvm::mock::mock_vcpu<A>>);
 static_assert(vcpu::CpuInitFor<vcpu::aarch64::kvm_boot, vcpu::basic_vcpu<A, vcpu::kvm::hal>>);
 static_assert(A::gpr_count == 31 && A::gpr(30).id == vcpu::aarch64::lr.id);
 static_assert(std::is_same_v<decltype(A::pc)::value_type, std::uint64_t>);

@@ -5,7 +5,7 @@
 #include <kvm/riscv64.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/concepts.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <cstdint>
 #include <type_traits>
@@ -15,11 +15,11 @@ namespace rv = vcpu::riscv64;
 
 static_assert(std::is_empty_v<A>, "an arch policy is stateless");
 static_assert(vcpu::RegisterFile<A>);
-static_assert(vcpu::ExitDecoder<A, vcpu::kvm_run_view>);
+static_assert(vcpu::ExitDecoder<A, vcpu::kvm::run_view>);
 static_assert(vcpu::ExitDecoder<A, rv::hs_trap>);
-static_assert(vcpu::HalFor<vcpu::mock::hal, A>);
+static_assert(vcpu::HalFor<vcpu::kvm::mock::hal, A>);
 static_assert(vcpu::HalFor<vcpu::kvm::hal, A>);
-static_assert(vcpu::CpuInitFor<rv::boot, vcpu::mock::mock_vcpu<A>>);
+static_assert(vcpu::CpuInitFor<rv::boot, vcpu::kvm::mock::mock_vcpu<A>>);
 static_assert(vcpu::CpuInitFor<rv::boot, vcpu::basic_vcpu<A, vcpu::kvm::hal>>);
 static_assert(A::gpr_count == 32 && A::gpr(10).id == rv::a0.id && A::gpr(31).id == rv::t6.id);
 static_assert(A::gpr(0).id == 0, "x0 has no KVM register: reserved id 0");
@@ -49,7 +49,7 @@ constexpr std::uint64_t scenario() {
     t.htinst = 0x2501;
     t.frame = &f;
     std::uint64_t out = 0;
-    A::decode(t, [&]<class E>(E& e) {
+    vcpu::decode_exit<A>(t, [&]<class E>(E& e) {
         if constexpr (std::is_same_v<E, rv::mmio_trap>) {
             e.set(0x80000000u);
             e.write_back(f);

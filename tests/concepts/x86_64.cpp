@@ -5,8 +5,8 @@
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/concepts.hpp>
 #include <vcpu/init.hpp>
-#include <vcpu/kvm_record.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/run.hpp>
+#include <kvm/mock.hpp>
 
 #include <cstdint>
 #include <type_traits>
@@ -14,8 +14,8 @@
 namespace concepts_x86_64 { // named: clang flags unused members of internal-linkage classes
 
 using X = vcpu::arch::x86_64;
-using mock_hal = vcpu::mock::hal;
-using mock_cpu = vcpu::mock::mock_vcpu<X>;
+using mock_hal = vcpu::kvm::mock::hal;
+using mock_cpu = vcpu::kvm::mock::mock_vcpu<X>;
 using hal_cpu = mock_hal::vcpu<X>;
 namespace x86 = vcpu::x86_64;
 
@@ -25,8 +25,8 @@ static_assert(vcpu::HasGprIndexing<X>);
 static_assert(vcpu::HasProgramCounter<X>);
 static_assert(vcpu::RegisterFile<X>);
 static_assert(vcpu::HasExitTypes<X>);
-static_assert(vcpu::DecodesRecord<X, vcpu::kvm_run_view>);
-static_assert(vcpu::ExitDecoder<X, vcpu::kvm_run_view>);
+static_assert(vcpu::DecodesRecord<X, vcpu::kvm::run_view>);
+static_assert(vcpu::ExitDecoder<X, vcpu::kvm::run_view>);
 static_assert(vcpu::HasVcpuState<mock_hal, X>);
 static_assert(vcpu::EntersGuest<hal_cpu>);
 static_assert(vcpu::MovesBlock<hal_cpu, x86::regs_block>);
@@ -37,7 +37,7 @@ static_assert(vcpu::MovesKeyed<hal_cpu, x86::msr_bank>);
 static_assert(vcpu::MovesOneReg<hal_cpu>);
 static_assert(vcpu::MovesArchRegisters<hal_cpu, X>);
 static_assert(vcpu::HalFor<mock_hal, X>);
-static_assert(std::is_same_v<hal_cpu::raw_exit, vcpu::kvm_run_view>);
+static_assert(std::is_same_v<hal_cpu::raw_exit, vcpu::kvm::run_view>);
 
 // Boot policies model CpuInitFor on the mock vCPU.
 static_assert(vcpu::CpuInitFor<x86::real_mode, mock_cpu>);
@@ -93,15 +93,15 @@ static_assert(vcpu::DeclaresRegisterStorage<X>);
 struct no_decode {
     using exit_types = vcpu::type_list<vcpu::halt>;
 };
-static_assert(!vcpu::DecodesRecord<no_decode, vcpu::kvm_run_view>);
-static_assert(!vcpu::ExitDecoder<no_decode, vcpu::kvm_run_view>);
+static_assert(!vcpu::DecodesRecord<no_decode, vcpu::kvm::run_view>);
+static_assert(!vcpu::ExitDecoder<no_decode, vcpu::kvm::run_view>);
 
 struct no_exit_types {
     template <class V>
-    static void decode(const vcpu::kvm_run_view&, V&&) noexcept {}
+    static void decode(const vcpu::kvm::run_view&, V&&) noexcept {}
 };
-static_assert(vcpu::DecodesRecord<no_exit_types, vcpu::kvm_run_view>);
-static_assert(!vcpu::ExitDecoder<no_exit_types, vcpu::kvm_run_view>);
+static_assert(vcpu::DecodesRecord<no_exit_types, vcpu::kvm::run_view>);
+static_assert(!vcpu::ExitDecoder<no_exit_types, vcpu::kvm::run_view>);
 
 // x86-64 decodes kvm_run, not some other record.
 struct other_record {};
@@ -114,22 +114,22 @@ static_assert(!vcpu::HasVcpuState<no_vcpu_hal, X> && !vcpu::HalFor<no_vcpu_hal, 
 
 /// A HAL vCPU built from the mock one with pieces taken away.
 struct no_enter_vcpu {
-    using raw_exit = vcpu::kvm_run_view;
-    vcpu::kvm_run_view exit_record() noexcept { return {}; }
+    using raw_exit = vcpu::kvm::run_view;
+    vcpu::kvm::run_view exit_record() noexcept { return {}; }
 };
 static_assert(!vcpu::EntersGuest<no_enter_vcpu>);
 
 struct throwing_enter_vcpu {
-    using raw_exit = vcpu::kvm_run_view;
+    using raw_exit = vcpu::kvm::run_view;
     vcpu::result<void> enter(); // not noexcept
-    vcpu::kvm_run_view exit_record() noexcept { return {}; }
+    vcpu::kvm::run_view exit_record() noexcept { return {}; }
 };
 static_assert(!vcpu::EntersGuest<throwing_enter_vcpu>);
 
 struct bool_enter_vcpu {
-    using raw_exit = vcpu::kvm_run_view;
+    using raw_exit = vcpu::kvm::run_view;
     bool enter() noexcept { return true; }
-    vcpu::kvm_run_view exit_record() noexcept { return {}; }
+    vcpu::kvm::run_view exit_record() noexcept { return {}; }
 };
 static_assert(!vcpu::EntersGuest<bool_enter_vcpu>);
 
@@ -137,9 +137,9 @@ static_assert(!vcpu::EntersGuest<bool_enter_vcpu>);
 struct enter_only_hal {
     template <class A>
     struct vcpu {
-        using raw_exit = ::vcpu::kvm_run_view;
+        using raw_exit = ::vcpu::kvm::run_view;
         ::vcpu::result<void> enter() noexcept { return {}; }
-        ::vcpu::kvm_run_view exit_record() noexcept { return {}; }
+        ::vcpu::kvm::run_view exit_record() noexcept { return {}; }
     };
 };
 static_assert(vcpu::EntersGuest<enter_only_hal::vcpu<X>>);
@@ -190,7 +190,7 @@ static_assert(!vcpu::CpuInitFor<apply_for_other_cpu, mock_cpu>);
 static_assert(std::is_empty_v<X>, "the arch policy is stateless");
 static_assert(std::is_trivially_default_constructible_v<X>);
 static_assert(std::is_empty_v<mock_hal>, "the HAL policy is stateless");
-static_assert(std::is_empty_v<vcpu::mock::hal>);
+static_assert(std::is_empty_v<vcpu::kvm::mock::hal>);
 static_assert(std::is_empty_v<x86::keep_cpuid>, "the default CPUID hook costs nothing");
 struct apic_id_and_flag {
     std::uint32_t apic_id;
@@ -208,7 +208,7 @@ static_assert(!std::is_polymorphic_v<mock_cpu> && !std::is_polymorphic_v<hal_cpu
 static_assert(std::is_trivially_copyable_v<vcpu::port_io> && std::is_trivially_copyable_v<vcpu::mmio>);
 static_assert(std::is_trivially_copyable_v<x86::emulation_failure>);
 // The view is a pointer, the mapped size and the kick requests taken at that exit.
-static_assert(std::is_trivially_copyable_v<vcpu::kvm_run_view> &&
-              sizeof(vcpu::kvm_run_view) == 3 * sizeof(void*));
+static_assert(std::is_trivially_copyable_v<vcpu::kvm::run_view> &&
+              sizeof(vcpu::kvm::run_view) == 3 * sizeof(void*));
 
 } // namespace concepts_x86_64

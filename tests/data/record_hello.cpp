@@ -1,5 +1,5 @@
 // Records tests/data/hello.trace: the examples/hello guest run on /dev/kvm through
-// vcpu::record::hal<vcpu::kvm::hal>, with the example's own handlers. Not built by CMake;
+// vcpu::kvm::record::hal<vcpu::kvm::hal>, with the example's own handlers. Not built by CMake;
 // regenerate (needs /dev/kvm) with:
 //   g++ -std=c++20 -O2 -Iinclude -Iexamples/hello tests/data/record_hello.cpp -o /tmp/record_hello
 //   /tmp/record_hello tests/data/hello.trace
@@ -8,7 +8,7 @@
 #include <arch/x86_64/arch.hpp>
 #include <arch/x86_64/init.hpp>
 #include <kvm/kvm.hpp>
-#include <vcpu/record.hpp>
+#include <kvm/record.hpp>
 
 #include <cstdio>
 #include <string>
@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
         !machine->memory.write(hello::load_address + 0x20, as_bytes(hello::message)))
         return 1;
     // The KVM HAL vCPU moves into the recording HAL.
-    using rec = vcpu::record::hal<vcpu::kvm::hal>;
+    using rec = vcpu::kvm::record::hal<vcpu::kvm::hal>;
     vcpu::basic_vcpu<vcpu::arch::x86_64, rec> cpu(
         rec::vcpu<vcpu::arch::x86_64>(std::move(machine->vcpus.front().hal())));
     if (auto e = cpu.hal().open(argv[1]); !e) {

@@ -1,8 +1,8 @@
-// An architecture policy without `decode` for the HAL's exit record does not model ExitDecoder.
-// expect-error: vcpu: Arch does not model ExitDecoder for this Hal: it has no static `decode
+// An architecture without an `exit_decoder` for the HAL's exit record does not model ExitDecoder.
+// expect-error: vcpu: Arch does not model ExitDecoder for this Hal: no visible `exit_decoder<Arch, raw_exit>`
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 struct arch_without_decode {
     using X = vcpu::arch::x86_64;
@@ -16,4 +16,4 @@ struct arch_without_decode {
     using exit_types = X::exit_types;
 };
 
-int main() { return sizeof(vcpu::basic_vcpu<arch_without_decode, vcpu::mock::hal>) != 0; }
+int main() { return sizeof(vcpu::basic_vcpu<arch_without_decode, vcpu::kvm::mock::hal>) != 0; }

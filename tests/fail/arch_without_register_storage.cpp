@@ -3,7 +3,7 @@
 // expect-error: vcpu: Arch does not model RegisterFile: it must declare `register_blocks`
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 struct arch_without_register_storage {
     using X = vcpu::arch::x86_64;
@@ -13,9 +13,9 @@ struct arch_without_register_storage {
     static constexpr auto pc = X::pc;
     using exit_types = X::exit_types;
     template <class V>
-    static void decode(const vcpu::kvm_run_view& v, V&& visit) noexcept {
+    static void decode(const vcpu::kvm::run_view& v, V&& visit) noexcept {
         X::decode(v, visit);
     }
 };
 
-int main() { return sizeof(vcpu::basic_vcpu<arch_without_register_storage, vcpu::mock::hal>) != 0; }
+int main() { return sizeof(vcpu::basic_vcpu<arch_without_register_storage, vcpu::kvm::mock::hal>) != 0; }

@@ -2,7 +2,7 @@
 // expect-error: vcpu: Arch does not model RegisterFile: it has no `registers` list
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 struct arch_without_registers {
     using X = vcpu::arch::x86_64;
@@ -14,9 +14,9 @@ struct arch_without_registers {
     static constexpr auto pc = X::pc;
     using exit_types = X::exit_types;
     template <class V>
-    static void decode(const vcpu::kvm_run_view& v, V&& visit) noexcept {
+    static void decode(const vcpu::kvm::run_view& v, V&& visit) noexcept {
         X::decode(v, visit);
     }
 };
 
-int main() { return sizeof(vcpu::basic_vcpu<arch_without_registers, vcpu::mock::hal>) != 0; }
+int main() { return sizeof(vcpu::basic_vcpu<arch_without_registers, vcpu::kvm::mock::hal>) != 0; }

@@ -8,8 +8,8 @@
 struct hal_without_enter {
     template <class A>
     struct vcpu {
-        using raw_exit = ::vcpu::kvm_run_view;
-        ::vcpu::kvm_run_view exit_record() noexcept { return {}; }
+        using raw_exit = ::vcpu::kvm::run_view;
+        ::vcpu::kvm::run_view exit_record() noexcept { return {}; }
         template <class B>
         ::vcpu::result<const typename B::layout*> load() noexcept {
             return static_cast<const typename B::layout*>(nullptr);

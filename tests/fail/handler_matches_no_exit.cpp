@@ -3,10 +3,10 @@
 // expect-error: handler number I .* is never called
 // expect-error(gcc): handler_is_called<1, .*mmio\*
 #include <arch/x86_64/arch.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 int main() {
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>({});
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>({});
     auto r = cpu.run([](vcpu::halt) { return vcpu::action::stop; }, [](vcpu::mmio*) {});
     return r ? 0 : 1;
 }

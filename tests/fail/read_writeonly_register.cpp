@@ -1,7 +1,7 @@
 // Reading a register whose descriptor says access::wo does not compile.
 // expect-error: vcpu: this register is write-only \(access::wo\)
 #include <arch/x86_64/arch.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <cstdint>
 
@@ -9,7 +9,7 @@ inline constexpr vcpu::keyed_reg<vcpu::x86_64::msr_bank, std::uint64_t, vcpu::ac
     "IA32_PRED_CMD", 0x49};
 
 int main() {
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>({});
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>({});
     (void)cpu.set(wo_msr, 1); // writing is fine
     return cpu.get(wo_msr) ? 0 : 1;
 }

@@ -1,4 +1,4 @@
-// Fuzzes the AArch64 kvm_run decoder (arch/aarch64/exits.hpp over vcpu/kvm_exits.hpp).
+// Fuzzes the AArch64 kvm_run decoder (arch/aarch64/exits.hpp over kvm/exits_common.hpp).
 //
 // Input: u16 mapping size selector, then the bytes of the kvm_run mapping (see raw_record).
 // Invariants as for x86_64_kvm_run: one visit with a type of exit_types, deterministic and free
@@ -9,6 +9,7 @@
 #include "kvm_run_common.hpp"
 
 #include <arch/aarch64/arch.hpp>
+#include <kvm/exits.hpp>
 
 namespace {
 
@@ -157,7 +158,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     vcpu_fuzz::input in(data, size);
     vcpu_fuzz::run_kvm_run_harness<list>(
         in, "aarch64",
-        [](const vcpu::kvm_run_view& v, auto&& visit) { vcpu::arch::aarch64::decode(v, visit); },
+        [](const vcpu::kvm::run_view& v, auto&& visit) { vcpu::decode_exit<vcpu::arch::aarch64>(v, visit); },
         [](const auto& e, vcpu_fuzz::digest& d, const vcpu_fuzz::raw_record& rec) { checker{rec}(e, d); },
         expect,
         [](auto& e, auto& allow, const vcpu_fuzz::raw_record&) { (void)vcpu_fuzz::answer_common(e, allow); });

@@ -6,7 +6,7 @@
 #include "fuzz.hpp"
 
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 
 #include <linux/kvm.h>
@@ -55,7 +55,7 @@ public:
         // look at it then: the harness expects `malformed_exit`).
         if (orig_.size() < sizeof(::kvm_run)) orig_.resize(sizeof(::kvm_run));
     }
-    [[nodiscard]] vcpu::kvm_run_view view() const noexcept {
+    [[nodiscard]] vcpu::kvm::run_view view() const noexcept {
         return {reinterpret_cast<::kvm_run*>(mem_.get()), mapped_};
     }
     [[nodiscard]] std::byte* base() const noexcept { return mem_.get(); }
@@ -109,7 +109,7 @@ struct expectation {
     std::optional<vcpu::malformed_exit::why> why;
 };
 
-/// The expected outcome of the reasons `kvm_common::decode` handles, independent of the
+/// The expected outcome of the reasons `kvm::decode_common` handles, independent of the
 /// decoder: an oracle written from the KVM API text. Anything else is `unknown`.
 template <class List>
 expectation expect_common(const ::kvm_run& r) {
@@ -151,7 +151,7 @@ inline vcpu::system_event::kind expected_event_kind(std::uint32_t t) {
     }
 }
 
-/// Field checks and a digest for the exit kinds of `kvm_common::decode`. `rec` is the live
+/// Field checks and a digest for the exit kinds of `kvm::decode_common`. `rec` is the live
 /// record, `r` its original contents. Returns false when `e` is not one of those kinds.
 template <class E>
 bool check_common(const E& e, const raw_record& rec, const ::kvm_run& r, digest& d) {

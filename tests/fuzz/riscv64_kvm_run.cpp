@@ -1,4 +1,4 @@
-// Fuzzes the RISC-V 64 kvm_run decoder (arch/riscv64/exits.hpp over vcpu/kvm_exits.hpp).
+// Fuzzes the RISC-V 64 kvm_run decoder (arch/riscv64/exits.hpp over kvm/exits_common.hpp).
 //
 // Input: u16 mapping size selector, then the bytes of the kvm_run mapping (see raw_record).
 // Invariants as for x86_64_kvm_run, plus: KVM_EXIT_RISCV_SBI decodes per the SBI spec's
@@ -7,6 +7,7 @@
 #include "riscv64_sbi.hpp"
 
 #include <arch/riscv64/arch.hpp>
+#include <kvm/exits.hpp>
 
 namespace {
 
@@ -160,7 +161,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     vcpu_fuzz::input in(data, size);
     vcpu_fuzz::run_kvm_run_harness<list>(
         in, "riscv64",
-        [](const vcpu::kvm_run_view& v, auto&& visit) { vcpu::arch::riscv64::decode(v, visit); },
+        [](const vcpu::kvm::run_view& v, auto&& visit) { vcpu::decode_exit<vcpu::arch::riscv64>(v, visit); },
         [](const auto& e, vcpu_fuzz::digest& d, const vcpu_fuzz::raw_record& rec) { checker{rec}(e, d); },
         expect,
         [](auto& e, auto& allow, const vcpu_fuzz::raw_record& rec) { answer(e, allow, rec); });

@@ -1,4 +1,4 @@
-// Fuzzes the exit-trace parser and the replay HAL (vcpu/trace.hpp, vcpu/replay.hpp) with
+// Fuzzes the exit-trace parser and the replay HAL (kvm/trace.hpp, kvm/replay.hpp) with
 // arbitrary trace bytes; the seeds include tests/data/hello.trace, recorded on /dev/kvm.
 //
 // Input: the trace file.
@@ -11,16 +11,16 @@
 // the same way a second time after rewind().
 #include "trace_common.hpp"
 
-#include <vcpu/mock.hpp>
-#include <vcpu/record.hpp>
-#include <vcpu/replay.hpp>
-#include <vcpu/trace.hpp>
+#include <kvm/mock.hpp>
+#include <kvm/record.hpp>
+#include <kvm/replay.hpp>
+#include <kvm/trace.hpp>
 
 #include <cstdio>
 
 namespace {
 using namespace vcpu_fuzz;
-using replay_vcpu = vcpu::replay::hal::vcpu<trace_arch>;
+using replay_vcpu = vcpu::kvm::replay::hal::vcpu<trace_arch>;
 
 void check_trace_error(const vcpu::error& e) {
     VCPU_FUZZ_CHECK(std::string_view(e.op) == "read trace" && e.code == EPROTO);
@@ -49,7 +49,7 @@ void vcpu_fuzz::seeds(seed_set& out) {
         }
     }
     // A session of every recordable kind, recorded through the mock.
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     const std::byte xyz[] = {std::byte{'x'}, std::byte{'y'}, std::byte{'z'}};
     s.io_out(0x3f8, 1, 'A').io_in(0x3fd, 1).io_in(0x60, 4, 3).coalesced(0xd0001000, 4, 7).coalesced(0x510, 2, 9, true)
         .mmio_write(0xd0000000, 4, 0x11).mmio_read(0xd0000004, 8).hypercall(9, {1, 2, 3, 4, 5, 6})
@@ -58,20 +58,20 @@ void vcpu_fuzz::seeds(seed_set& out) {
         .raw(KVM_EXIT_INTERNAL_ERROR, [](::kvm_run& r) { r.internal.ndata = 40; })
         .raw(KVM_EXIT_IO, [](::kvm_run& r) { r.io.size = 3; r.io.count = 1; r.io.data_offset = 4096; })
         .hlt();
-    using rec = vcpu::record::hal<vcpu::mock::hal>;
-    vcpu::basic_vcpu<trace_arch, rec> cpu{rec::vcpu<trace_arch>(vcpu::mock::hal::vcpu<trace_arch>(s))};
+    using rec = vcpu::kvm::record::hal<vcpu::kvm::mock::hal>;
+    vcpu::basic_vcpu<trace_arch, rec> cpu{rec::vcpu<trace_arch>(vcpu::kvm::mock::hal::vcpu<trace_arch>(s))};
     session_log log;
     (void)run_session(cpu, log);
     (void)cpu.hal().finish();
     const auto t = cpu.hal().bytes();
     const auto* p = reinterpret_cast<const std::uint8_t*>(t.data());
     out.add("mock_session", std::vector<std::uint8_t>(p, p + t.size()));
-    out.add("header_only", std::vector<std::uint8_t>(p, p + vcpu::trace::header_bytes));
+    out.add("header_only", std::vector<std::uint8_t>(p, p + vcpu::kvm::trace::header_bytes));
     auto bad_version = std::vector<std::uint8_t>(p, p + t.size());
     bad_version[8] = 9;
     out.add("bad_version", bad_version);
     auto bad_len = std::vector<std::uint8_t>(p, p + t.size());
-    bad_len[vcpu::trace::header_bytes] = 0xff; // first record's length
+    bad_len[vcpu::kvm::trace::header_bytes] = 0xff; // first record's length
     out.add("bad_record_length", bad_len);
     out.add("empty", std::vector<std::uint8_t>{});
 }
@@ -80,15 +80,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto* b = reinterpret_cast<const std::byte*>(data);
     const std::span<const std::byte> bytes(b, size);
 
-    std::size_t records = 0, covered = vcpu::trace::header_bytes;
-    const auto parsed = vcpu::trace::parse(bytes, vcpu::trace::arch_id<trace_arch>(), [&](const vcpu::trace::record& r) {
+    std::size_t records = 0, covered = vcpu::kvm::trace::header_bytes;
+    const auto parsed = vcpu::kvm::trace::parse(bytes, vcpu::kvm::trace::arch_id<trace_arch>(), [&](const vcpu::kvm::trace::record& r) {
         ++records;
         VCPU_FUZZ_CHECK(inside(r.payload.data(), r.payload.size(), data, size));
-        covered += vcpu::trace::record_head_bytes + r.payload.size();
-        if (r.type == vcpu::trace::record_type::exit) {
-            const auto e = vcpu::trace::split_exit(r.payload);
+        covered += vcpu::kvm::trace::record_head_bytes + r.payload.size();
+        if (r.type == vcpu::kvm::trace::record_type::exit) {
+            const auto e = vcpu::kvm::trace::split_exit(r.payload);
             VCPU_FUZZ_CHECK(e.has_value());
-            VCPU_FUZZ_CHECK(e->exit_union.size() <= vcpu::trace::union_bytes && e->pio.size() <= vcpu::trace::max_pio_bytes);
+            VCPU_FUZZ_CHECK(e->exit_union.size() <= vcpu::kvm::trace::union_bytes && e->pio.size() <= vcpu::kvm::trace::max_pio_bytes);
             VCPU_FUZZ_CHECK(inside(e->pio.data(), e->pio.size(), r.payload.data(), r.payload.size()));
         }
         return true;
@@ -112,7 +112,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     VCPU_FUZZ_CHECK(parsed.has_value() && made->size() <= records);
     const std::size_t n = made->size();
-    vcpu::basic_vcpu<trace_arch, vcpu::replay::hal> cpu(std::move(*made));
+    vcpu::basic_vcpu<trace_arch, vcpu::kvm::replay::hal> cpu(std::move(*made));
     session_log log;
     const vcpu::error end = run_session(cpu, log);
     VCPU_FUZZ_CHECK(std::string_view(end.op) == "replay" && (end.code == ENODATA || end.code == EPROTO));

@@ -1,5 +1,5 @@
-// Fuzzes record -> replay round trips (vcpu/record.hpp over vcpu/mock.hpp, then
-// vcpu/replay.hpp): a fuzzed session of exits is run through record::hal<mock::hal> with a VMM
+// Fuzzes record -> replay round trips (kvm/record.hpp over kvm/mock.hpp, then
+// kvm/replay.hpp): a fuzzed session of exits is run through record::hal<mock::hal> with a VMM
 // that answers every read; the trace it writes must parse, and replaying it through the same VMM
 // must deliver the same exits with the same fields, OUT data and coalesced writes, accept every
 // answer (the replay HAL checks each one against the recording) and end exactly after the last
@@ -12,10 +12,10 @@
 // trace records it.
 #include "trace_common.hpp"
 
-#include <vcpu/mock.hpp>
-#include <vcpu/record.hpp>
-#include <vcpu/replay.hpp>
-#include <vcpu/trace.hpp>
+#include <kvm/mock.hpp>
+#include <kvm/record.hpp>
+#include <kvm/replay.hpp>
+#include <kvm/trace.hpp>
 
 #include <algorithm>
 
@@ -28,8 +28,8 @@ constexpr std::uint32_t reasons[] = {KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, K
                                      KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_NMI, KVM_EXIT_UNKNOWN};
 constexpr std::size_t nreasons = sizeof reasons / sizeof reasons[0];
 
-vcpu::mock::script script_from(input& in) {
-    vcpu::mock::script s;
+vcpu::kvm::mock::script script_from(input& in) {
+    vcpu::kvm::mock::script s;
     for (int n = 0; n < 24 && in.left() > 0; ++n) {
         const auto k = in.get<std::uint8_t>();
         const std::uint32_t reason = k < nreasons ? reasons[k] : k == 0xff ? in.get<std::uint32_t>() : reasons[k % nreasons];
@@ -47,7 +47,7 @@ vcpu::mock::script script_from(input& in) {
         s.raw(reason, [&](::kvm_run& r) {
             std::memcpy(reinterpret_cast<std::byte*>(&r) + offsetof(::kvm_run, io), u.data(), u.size());
             if (reason == static_cast<std::uint32_t>(KVM_EXIT_IO)) {
-                r.io.data_offset = vcpu::mock::pio_data_offset;
+                r.io.data_offset = vcpu::kvm::mock::pio_data_offset;
                 const unsigned size = r.io.size == 0 ? 1 : r.io.size;
                 r.io.count = std::min<std::uint32_t>(r.io.count, 4096 / size);
             }
@@ -123,8 +123,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const auto script = script_from(in);
     const std::size_t n = script.exits().size();
 
-    using rec = vcpu::record::hal<vcpu::mock::hal>;
-    vcpu::basic_vcpu<trace_arch, rec> a{rec::vcpu<trace_arch>(vcpu::mock::hal::vcpu<trace_arch>(script))};
+    using rec = vcpu::kvm::record::hal<vcpu::kvm::mock::hal>;
+    vcpu::basic_vcpu<trace_arch, rec> a{rec::vcpu<trace_arch>(vcpu::kvm::mock::hal::vcpu<trace_arch>(script))};
     session_log recorded;
     const vcpu::error end_a = run_session(a, recorded);
     VCPU_FUZZ_CHECK(std::string_view(end_a.op) == "mock enter" && end_a.code == ENODATA);
@@ -132,10 +132,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     VCPU_FUZZ_CHECK(a.hal().finish().has_value());
     const auto t = a.hal().bytes();
 
-    auto made = vcpu::replay::hal::vcpu<trace_arch>::make(std::vector<std::byte>(t.begin(), t.end()));
+    auto made = vcpu::kvm::replay::hal::vcpu<trace_arch>::make(std::vector<std::byte>(t.begin(), t.end()));
     VCPU_FUZZ_CHECK(made.has_value());
     VCPU_FUZZ_CHECK(made->size() == n);
-    vcpu::basic_vcpu<trace_arch, vcpu::replay::hal> b(std::move(*made));
+    vcpu::basic_vcpu<trace_arch, vcpu::kvm::replay::hal> b(std::move(*made));
     session_log replayed;
     const vcpu::error end_b = run_session(b, replayed);
     if (end_b.code != ENODATA) std::fprintf(stderr, "replay: %s\n", end_b.message().c_str());

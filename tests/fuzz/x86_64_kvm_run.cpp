@@ -1,4 +1,4 @@
-// Fuzzes the x86-64 kvm_run decoder (arch/x86_64/exits.hpp over vcpu/kvm_exits.hpp).
+// Fuzzes the x86-64 kvm_run decoder (arch/x86_64/exits.hpp over kvm/exits_common.hpp).
 //
 // Input: u16 mapping size selector, then the bytes of the kvm_run mapping (see raw_record).
 // Invariants: the visitor runs once with a type of exit_types; decoding is deterministic and
@@ -9,6 +9,7 @@
 #include "kvm_run_common.hpp"
 
 #include <arch/x86_64/arch.hpp>
+#include <kvm/exits.hpp>
 
 namespace {
 
@@ -343,7 +344,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     vcpu_fuzz::input in(data, size);
     vcpu_fuzz::run_kvm_run_harness<list>(
         in, "x86_64",
-        [](const vcpu::kvm_run_view& v, auto&& visit) { vcpu::arch::x86_64::decode(v, visit); },
+        [](const vcpu::kvm::run_view& v, auto&& visit) { vcpu::decode_exit<vcpu::arch::x86_64>(v, visit); },
         [](const auto& e, vcpu_fuzz::digest& d, const vcpu_fuzz::raw_record& rec) { checker{rec}(e, d); },
         expect,
         [](auto& e, auto& allow, const vcpu_fuzz::raw_record& rec) { answer(e, allow, rec); });

@@ -7,7 +7,7 @@
 #include <vcpu/guest/x86_64.hpp>
 #include <vcpu/guest/x86_64_loader.hpp>
 #include <vcpu/memory.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <doctest/doctest.h>
 
@@ -59,7 +59,7 @@ TEST_CASE("guest x86-64 mock: the loader's long-mode state, SysV arguments and p
     ram r;
     auto space = gx::space::load(r.mem, reinterpret_cast<const void*>(&guest_entry));
     REQUIRE_MESSAGE(space, space.err().message());
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(vcpu::mock::script{});
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(vcpu::kvm::mock::script{});
     REQUIRE(space->enter(cpu, gx::call(&guest_entry, 7, -3L)));
 
     auto& g = cpu.hal().block<vcpu::x86_64::regs_block>();
@@ -120,13 +120,13 @@ TEST_CASE("guest x86-64 mock: scripted ucalls decode to typed exits; hostile rec
     ucall::fill(rec, vcpu::guest::ucall_kind::done, nullptr, nullptr, 0);
     put(r.mem, at + 0x700, rec);
 
-    vcpu::mock::script sc;
+    vcpu::kvm::mock::script sc;
     for (u64 off : {0x000, 0x100, 0x200, 0x300, 0x400, 0x500, 0x600})
         sc.io_out(vcpu::guest::ucall_port, 4, static_cast<std::uint32_t>(at + off));
     sc.io_out(0x10, 1, 0x41);                              // an ordinary port write
     sc.io_out(vcpu::guest::ucall_port, 4, 0xfffff000);     // a record outside guest RAM
     sc.io_out(vcpu::guest::ucall_port, 4, static_cast<std::uint32_t>(at + 0x700));
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
 
     std::vector<std::string> seen;
     auto res = vcpu::guest::run(
@@ -178,9 +178,9 @@ TEST_CASE("guest x86-64 mock: an unhandled ucall exit comes back from run, typed
     vcpu::guest::ucall_record rec{};
     ucall::fill(rec, vcpu::guest::ucall_kind::sync, nullptr, nullptr, 0, u64{99});
     put(r.mem, space->free_begin(), rec);
-    vcpu::mock::script sc;
+    vcpu::kvm::mock::script sc;
     sc.io_out(vcpu::guest::ucall_port, 4, static_cast<std::uint32_t>(space->free_begin()));
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
     // No sync handler: the sync is in the returned variant.
     auto res = vcpu::guest::run(cpu, *space, [](vcpu::guest::done) {});
     REQUIRE(res);
@@ -193,11 +193,11 @@ TEST_CASE("guest x86-64 mock: a sync of up to six values comes in registers") {
     ram r;
     auto space = gx::space::load(r.mem, reinterpret_cast<const void*>(&guest_entry));
     REQUIRE_MESSAGE(space, space.err().message());
-    vcpu::mock::script sc;
+    vcpu::kvm::mock::script sc;
     sc.io_out(vcpu::guest::ucall_sync_port, 4, 6);
     sc.io_out(vcpu::guest::ucall_sync_port, 4, 7); // more than six: refused
     sc.io_out(vcpu::guest::ucall_sync_port, 1, 1); // not a 4-byte OUT: an ordinary port
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(std::move(sc));
     auto& g = cpu.hal().block<vcpu::x86_64::regs_block>();
     g.rdi = 1;
     g.rsi = 2;

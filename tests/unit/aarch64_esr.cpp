@@ -25,7 +25,7 @@ using exit_variant = to_variant<any_exit>::type;
 exit_variant decode(const el2_syndrome& s) {
     exit_variant out;
     int calls = 0;
-    vcpu::arch::aarch64::decode(s, [&]<class E>(E& e) noexcept {
+    vcpu::decode_exit<vcpu::arch::aarch64>(s, [&]<class E>(E& e) noexcept {
         ++calls;
         out.emplace<E>(e);
     });

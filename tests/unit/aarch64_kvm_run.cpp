@@ -2,7 +2,7 @@
 #include <arch/aarch64/arch.hpp>
 #include <arch/aarch64/init.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <doctest/doctest.h>
 
@@ -16,18 +16,18 @@ using vcpu::arch::aarch64;
 
 namespace {
 template <class F>
-void decode_one(vcpu::mock::script s, F&& f) {
-    auto cpu = vcpu::mock::make_vcpu<aarch64>(std::move(s));
+void decode_one(vcpu::kvm::mock::script s, F&& f) {
+    auto cpu = vcpu::kvm::mock::make_vcpu<aarch64>(std::move(s));
     REQUIRE(cpu.hal().enter());
     int calls = 0;
-    aarch64::decode(cpu.hal().exit_record(), [&](auto& e) noexcept {
+    vcpu::kvm::decode_aarch64(cpu.hal().exit_record(), [&](auto& e) noexcept {
         ++calls;
         f(e);
     });
     CHECK(calls == 1);
 }
 template <class Want, class F>
-void expect(vcpu::mock::script s, F&& check) {
+void expect(vcpu::kvm::mock::script s, F&& check) {
     bool seen = false;
     decode_one(std::move(s), [&]<class E>(E& e) {
         if constexpr (std::is_same_v<E, Want>) {
@@ -40,12 +40,12 @@ void expect(vcpu::mock::script s, F&& check) {
 } // namespace
 
 TEST_CASE("kvm_run: MMIO read and write") {
-    expect<vcpu::mmio>(vcpu::mock::script{}.mmio_write(0x0900'0000, 4, 0x1235), [](vcpu::mmio& m) {
+    expect<vcpu::mmio>(vcpu::kvm::mock::script{}.mmio_write(0x0900'0000, 4, 0x1235), [](vcpu::mmio& m) {
         CHECK(m.address == 0x0900'0000);
         CHECK(m.is_write());
         CHECK(m.value() == 0x1235);
     });
-    expect<vcpu::mmio>(vcpu::mock::script{}.mmio_read(0x0900'0008, 2), [](vcpu::mmio& m) {
+    expect<vcpu::mmio>(vcpu::kvm::mock::script{}.mmio_read(0x0900'0008, 2), [](vcpu::mmio& m) {
         CHECK(m.is_read());
         CHECK(m.size == 2);
     });
@@ -54,24 +54,24 @@ TEST_CASE("kvm_run: MMIO read and write") {
 TEST_CASE("kvm_run: hostile MMIO length and system-event ndata are malformed") {
     for (std::uint32_t len : {0u, 9u, 0xffff'ffffu})
         expect<vcpu::malformed_exit>(
-            vcpu::mock::script{}.raw(KVM_EXIT_MMIO, [&](::kvm_run& r) { r.mmio.len = len; }),
+            vcpu::kvm::mock::script{}.raw(KVM_EXIT_MMIO, [&](::kvm_run& r) { r.mmio.len = len; }),
             [](vcpu::malformed_exit& m) { CHECK(m.reason == vcpu::malformed_exit::why::mmio_size); });
-    expect<vcpu::malformed_exit>(vcpu::mock::script{}.raw(KVM_EXIT_SYSTEM_EVENT,
+    expect<vcpu::malformed_exit>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_SYSTEM_EVENT,
                                                           [](::kvm_run& r) { r.system_event.ndata = 17; }),
                                  [](vcpu::malformed_exit& m) {
                                      CHECK(m.reason == vcpu::malformed_exit::why::event_ndata);
                                  });
     expect<vcpu::malformed_exit>(
-        vcpu::mock::script{}.raw(KVM_EXIT_INTERNAL_ERROR, [](::kvm_run& r) { r.internal.ndata = 100; }),
+        vcpu::kvm::mock::script{}.raw(KVM_EXIT_INTERNAL_ERROR, [](::kvm_run& r) { r.internal.ndata = 100; }),
         [](vcpu::malformed_exit& m) { CHECK(m.reason == vcpu::malformed_exit::why::ndata); });
 }
 
 TEST_CASE("kvm_run: PSCI SYSTEM_OFF / RESET arrive as system events") {
-    expect<vcpu::system_event>(vcpu::mock::script{}.system_event(KVM_SYSTEM_EVENT_SHUTDOWN),
+    expect<vcpu::system_event>(vcpu::kvm::mock::script{}.system_event(KVM_SYSTEM_EVENT_SHUTDOWN),
                                [](vcpu::system_event& e) { CHECK(e.what == vcpu::system_event::kind::power_off); });
-    expect<vcpu::system_event>(vcpu::mock::script{}.system_event(KVM_SYSTEM_EVENT_RESET),
+    expect<vcpu::system_event>(vcpu::kvm::mock::script{}.system_event(KVM_SYSTEM_EVENT_RESET),
                                [](vcpu::system_event& e) { CHECK(e.what == vcpu::system_event::kind::reset); });
-    expect<vcpu::system_event>(vcpu::mock::script{}.raw(KVM_EXIT_SYSTEM_EVENT,
+    expect<vcpu::system_event>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_SYSTEM_EVENT,
                                                         [](::kvm_run& r) {
                                                             r.system_event.type = KVM_SYSTEM_EVENT_CRASH;
                                                             r.system_event.ndata = 1;
@@ -85,7 +85,7 @@ TEST_CASE("kvm_run: PSCI SYSTEM_OFF / RESET arrive as system events") {
 }
 
 TEST_CASE("kvm_run: KVM_EXIT_ARM_NISV carries ESR ISS and the fault IPA") {
-    expect<a64::nisv_abort>(vcpu::mock::script{}.raw(KVM_EXIT_ARM_NISV,
+    expect<a64::nisv_abort>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_ARM_NISV,
                                                      [](::kvm_run& r) {
                                                          r.arm_nisv.esr_iss = a64::esr::dabt::wnr.bits();
                                                          r.arm_nisv.fault_ipa = 0x1000'0040;
@@ -97,7 +97,7 @@ TEST_CASE("kvm_run: KVM_EXIT_ARM_NISV carries ESR ISS and the fault IPA") {
 }
 
 TEST_CASE("kvm_run: SMCCC hypercall forwarding, debug, fail entry, unknown") {
-    expect<a64::smccc_call>(vcpu::mock::script{}.raw(KVM_EXIT_HYPERCALL,
+    expect<a64::smccc_call>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_HYPERCALL,
                                                      [](::kvm_run& r) {
                                                          r.hypercall.nr = 0xc600'0001;
                                                          r.hypercall.longmode = 1; // KVM_HYPERCALL_EXIT_SMC
@@ -107,7 +107,7 @@ TEST_CASE("kvm_run: SMCCC hypercall forwarding, debug, fail entry, unknown") {
                                 CHECK(c.smc);
                                 CHECK_FALSE(c.ret); // answered through X0-X3
                             });
-    expect<vcpu::debug>(vcpu::mock::script{}.raw(KVM_EXIT_DEBUG,
+    expect<vcpu::debug>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_DEBUG,
                                                  [](::kvm_run& r) {
                                                      a64::debug_exit_layout d{
                                                          static_cast<std::uint32_t>(a64::esr::make(a64::exception_class::brk64, 0x3e8)),
@@ -118,7 +118,7 @@ TEST_CASE("kvm_run: SMCCC hypercall forwarding, debug, fail entry, unknown") {
                             CHECK(d.exception == 0x3c);
                             CHECK(d.address == 0xfff0);
                         });
-    expect<vcpu::fail_entry>(vcpu::mock::script{}.raw(KVM_EXIT_FAIL_ENTRY,
+    expect<vcpu::fail_entry>(vcpu::kvm::mock::script{}.raw(KVM_EXIT_FAIL_ENTRY,
                                                       [](::kvm_run& r) {
                                                           r.fail_entry.hardware_entry_failure_reason = 1;
                                                           r.fail_entry.cpu = 3;
@@ -127,14 +127,14 @@ TEST_CASE("kvm_run: SMCCC hypercall forwarding, debug, fail entry, unknown") {
                                  CHECK(f.hardware_reason == 1);
                                  CHECK(f.cpu == 3);
                              });
-    expect<vcpu::interrupted>(vcpu::mock::script{}.interrupted(), [](vcpu::interrupted&) {});
-    expect<vcpu::unknown>(vcpu::mock::script{}.raw(0xdead, [](::kvm_run&) {}),
+    expect<vcpu::interrupted>(vcpu::kvm::mock::script{}.interrupted(), [](vcpu::interrupted&) {});
+    expect<vcpu::unknown>(vcpu::kvm::mock::script{}.raw(0xdead, [](::kvm_run&) {}),
                           [](vcpu::unknown& u) { CHECK(u.raw == 0xdead); });
 }
 
 TEST_CASE("kvm_boot on the mock HAL: KVM_ARM_VCPU_INIT with PSCI 0.2, then PC, X0-X3, PSTATE") {
-    using kind = vcpu::mock::event::kind;
-    auto cpu = vcpu::mock::make_vcpu<aarch64>(vcpu::mock::script{}.system_event(KVM_SYSTEM_EVENT_SHUTDOWN));
+    using kind = vcpu::kvm::mock::event::kind;
+    auto cpu = vcpu::kvm::mock::make_vcpu<aarch64>(vcpu::kvm::mock::script{}.system_event(KVM_SYSTEM_EVENT_SHUTDOWN));
     a64::vcpu_init init{};
     init.target = 5; // KVM_ARM_TARGET_GENERIC_V8
     init.with(a64::feature::sve);
@@ -151,7 +151,7 @@ TEST_CASE("kvm_boot on the mock HAL: KVM_ARM_VCPU_INIT with PSCI 0.2, then PC, X
     CHECK(*cpu.get(a64::pstate) == 0x3c5);
 
     SUBCASE("a secondary (power_off) vCPU gets no entry state: CPU_ON provides it") {
-        auto sec = vcpu::mock::make_vcpu<aarch64>(vcpu::mock::script{});
+        auto sec = vcpu::kvm::mock::make_vcpu<aarch64>(vcpu::kvm::mock::script{});
         a64::vcpu_init i2{};
         i2.with(a64::feature::power_off);
         REQUIRE(sec.init(a64::kvm_boot{i2, 0x1234, 0}));
@@ -160,7 +160,7 @@ TEST_CASE("kvm_boot on the mock HAL: KVM_ARM_VCPU_INIT with PSCI 0.2, then PC, X
 }
 
 TEST_CASE("run loop: MMIO handlers answer, PSCI SYSTEM_OFF ends the run as a typed exit") {
-    auto cpu = vcpu::mock::make_vcpu<aarch64>(vcpu::mock::script{}
+    auto cpu = vcpu::kvm::mock::make_vcpu<aarch64>(vcpu::kvm::mock::script{}
                                                   .mmio_read(0x0900'0000, 4)
                                                   .mmio_write(0x0900'0004, 4, 0x1235)
                                                   .system_event(KVM_SYSTEM_EVENT_SHUTDOWN));
@@ -177,7 +177,7 @@ TEST_CASE("run loop: MMIO handlers answer, PSCI SYSTEM_OFF ends the run as a typ
 }
 
 TEST_CASE("register set/get through ONE_REG ids, including 128-bit V registers") {
-    auto cpu = vcpu::mock::make_vcpu<aarch64>(vcpu::mock::script{});
+    auto cpu = vcpu::kvm::mock::make_vcpu<aarch64>(vcpu::kvm::mock::script{});
     REQUIRE(cpu.set(aarch64::gpr(7), 77));
     CHECK(*cpu.get(a64::xregs[7]) == 77);
     REQUIRE(cpu.set(a64::vregs[31], vcpu::u128{1, 2}));

@@ -4,7 +4,7 @@
 
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/bus.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <array>
 #include <cstdint>
@@ -160,9 +160,9 @@ TEST_CASE("bus: MMIO bus with 8-byte accesses") {
 }
 
 TEST_CASE("bus: plugs into basic_vcpu::run as a handler") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(0x60, 1, 0x42).io_in(0x3fa, 1).io_out(0x999, 1, 1).hlt();
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(std::move(s));
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(std::move(s));
     vcpu::port_bus<vcpu::unmapped::report, vcpu::range<0x3f8, 8, probe_a>, vcpu::range<0x60, 1, probe_b>>
         bus;
     auto r = cpu.run(bus);

@@ -4,7 +4,7 @@
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/dispatch.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <doctest/doctest.h>
 #include <linux/kvm.h>
@@ -43,7 +43,7 @@ using any_void = decltype([](auto&) {});
 using any_action = decltype([](auto&) { return action::resume; });
 
 template <class... Hs>
-using exit_for = vcpu::mock::mock_vcpu<arch>::exit_for<Hs...>;
+using exit_for = vcpu::kvm::mock::mock_vcpu<arch>::exit_for<Hs...>;
 
 // --- the exact variant run() returns ----------------------------------------------------------
 // Every exit handled for good: nothing can come back.
@@ -88,15 +88,15 @@ struct counter {
     int others = 0;
 };
 
-vcpu::mock::mock_vcpu<arch> make(vcpu::mock::script s) {
-    return vcpu::mock::make_vcpu<arch>(std::move(s));
+vcpu::kvm::mock::mock_vcpu<arch> make(vcpu::kvm::mock::script s) {
+    return vcpu::kvm::mock::make_vcpu<arch>(std::move(s));
 }
 
 
 } // namespace
 
 TEST_CASE("dispatch: the first handler whose parameter type matches is chosen") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(0x3f8, 1, 'A').mmio_write(0xd0000000, 4, 7).hlt();
     auto cpu = make(std::move(s));
     int first = 0, second = 0, mmio = 0, rest = 0;
@@ -115,7 +115,7 @@ TEST_CASE("dispatch: the first handler whose parameter type matches is chosen") 
 }
 
 TEST_CASE("dispatch: a generic catch-all placed last takes the rest") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(0x80, 1, 1).hypercall(9).system_event(KVM_SYSTEM_EVENT_RESET).mmio_read(0x1000, 2).shutdown();
     auto cpu = make(std::move(s));
     int io = 0;
@@ -136,7 +136,7 @@ TEST_CASE("dispatch: a generic catch-all placed last takes the rest") {
 }
 
 TEST_CASE("dispatch: action::stop ends run with the exit; action::resume goes on") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.mmio_write(0x1000, 8, 0x1122334455667788ull).mmio_write(0x2000, 2, 0xabcd).hlt();
     auto cpu = make(std::move(s));
     int calls = 0;
@@ -164,7 +164,7 @@ TEST_CASE("dispatch: action::stop ends run with the exit; action::resume goes on
 }
 
 TEST_CASE("dispatch: stateful handler objects are called in place, not copied") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(1, 1, 1).io_out(2, 1, 1).hlt();
     auto cpu = make(std::move(s));
     counter c;
@@ -177,7 +177,7 @@ TEST_CASE("dispatch: stateful handler objects are called in place, not copied") 
 }
 
 TEST_CASE("dispatch: script exhaustion is an error naming mock enter and ENODATA") {
-    auto cpu = make(vcpu::mock::script{});
+    auto cpu = make(vcpu::kvm::mock::script{});
     auto all = [](auto&) {};
     auto r = cpu.run(all);
     REQUIRE_FALSE(r);

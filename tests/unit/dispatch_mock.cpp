@@ -6,7 +6,7 @@
 #include <arch/x86_64/registers.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <doctest/doctest.h>
 #include <linux/kvm.h>
@@ -30,13 +30,13 @@ struct count_ports {
     void operator()(vcpu::port_io&) const noexcept { ++*n; }
 };
 
-vcpu::mock::mock_vcpu<arch> make(vcpu::mock::script s) {
-    return vcpu::mock::make_vcpu<arch>(std::move(s));
+vcpu::kvm::mock::mock_vcpu<arch> make(vcpu::kvm::mock::script s) {
+    return vcpu::kvm::mock::make_vcpu<arch>(std::move(s));
 }
 
-std::vector<vcpu::mock::event> events_of(vcpu::mock::mock_vcpu<arch>& cpu,
-                                          vcpu::mock::event::kind k) {
-    std::vector<vcpu::mock::event> out;
+std::vector<vcpu::kvm::mock::event> events_of(vcpu::kvm::mock::mock_vcpu<arch>& cpu,
+                                          vcpu::kvm::mock::event::kind k) {
+    std::vector<vcpu::kvm::mock::event> out;
     for (const auto& e : cpu.hal().events())
         if (e.what == k) out.push_back(e);
     return out;
@@ -45,7 +45,7 @@ std::vector<vcpu::mock::event> events_of(vcpu::mock::mock_vcpu<arch>& cpu,
 } // namespace
 
 TEST_CASE("dispatch: unhandled exits come back from run and step") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(0x80, 1, 1).hlt().io_out(0x80, 1, 2).shutdown();
     auto cpu = make(std::move(s));
     int io = 0;
@@ -72,7 +72,7 @@ TEST_CASE("dispatch: unhandled exits come back from run and step") {
 }
 
 TEST_CASE("dispatch: a hostile scripted exit comes back as malformed_exit") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.raw(KVM_EXIT_IO, [](::kvm_run& r) {
         r.io.direction = KVM_EXIT_IO_IN;
         r.io.size = 4;
@@ -90,7 +90,7 @@ TEST_CASE("dispatch: a hostile scripted exit comes back as malformed_exit") {
 }
 
 TEST_CASE("dispatch: coalesced writes come first, in order, and a stop mid-ring resumes") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.coalesced(0xfe000000, 4, 0x11).coalesced(0xfe000004, 4, 0x22).coalesced(0x3f8, 1, 0x41, true);
     s.mmio_write(0xfe001000, 4, 0x33);
     s.hlt();
@@ -133,7 +133,7 @@ TEST_CASE("dispatch: coalesced writes come first, in order, and a stop mid-ring 
 }
 
 TEST_CASE("dispatch: unhandled coalesced writes come back one by one") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.coalesced(0x10, 2, 0xaaaa, true).coalesced(0x20, 1, 0xbb, true).hlt();
     auto cpu = make(std::move(s));
     int io = 0;
@@ -157,7 +157,7 @@ TEST_CASE("dispatch: unhandled coalesced writes come back one by one") {
 }
 
 TEST_CASE("dispatch: the mock records the answers handlers leave") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_in(0x71, 1).mmio_read(0xfee00030, 4).hypercall(42, {1, 2, 3, 4, 5, 6}).io_in(0x60, 2, 2);
     auto cpu = make(std::move(s));
     std::uint64_t hc_sum = 0;
@@ -175,7 +175,7 @@ TEST_CASE("dispatch: the mock records the answers handlers leave") {
     REQUIRE_FALSE(r); // the script ran out: every answer has been recorded
     CHECK(r.err().code == ENODATA);
     CHECK(hc_sum == 21);
-    auto answers = events_of(cpu, vcpu::mock::event::kind::answer);
+    auto answers = events_of(cpu, vcpu::kvm::mock::event::kind::answer);
     REQUIRE(answers.size() == 4);
     CHECK(answers[0].index == 0);
     CHECK(answers[0].value == 0x42);
@@ -185,7 +185,7 @@ TEST_CASE("dispatch: the mock records the answers handlers leave") {
     CHECK(answers[2].value == 43);
     CHECK(answers[3].index == 3);
     CHECK(answers[3].value == 0x12341234); // both 16-bit items of the rep ins
-    auto enters = events_of(cpu, vcpu::mock::event::kind::enter);
+    auto enters = events_of(cpu, vcpu::kvm::mock::event::kind::enter);
     REQUIRE(enters.size() == 4);
     for (std::size_t i = 0; i < 4; ++i) CHECK(enters[i].index == i);
 }
@@ -198,7 +198,7 @@ TEST_CASE("dispatch: in the mock, a handler's answer and its register writes bot
     namespace x86 = vcpu::x86_64;
     for (const bool answer_first : {true, false}) {
         CAPTURE(answer_first);
-        vcpu::mock::script s;
+        vcpu::kvm::mock::script s;
         s.io_in(0x71, 2).mmio_read(0x10000000, 4);
         auto cpu = make(std::move(s));
         int handled = 0;
@@ -219,24 +219,24 @@ TEST_CASE("dispatch: in the mock, a handler's answer and its register writes bot
             [](auto&) {});
         REQUIRE_FALSE(r); // the script ran out after both exits
         CHECK(handled == 2);
-        const auto answers = events_of(cpu, vcpu::mock::event::kind::answer);
+        const auto answers = events_of(cpu, vcpu::kvm::mock::event::kind::answer);
         REQUIRE(answers.size() == 2);
         CHECK(answers[0].value == 0xbeef);
         CHECK(answers[1].value == 0xcafef00d);
         CHECK(cpu.get(x86::rbx).value() == 0x1111);
         CHECK(cpu.get(x86::rcx).value() == 0x2222);
         CHECK(cpu.get(x86::rip).value() == 0x2000);
-        CHECK_FALSE(events_of(cpu, vcpu::mock::event::kind::block_write).empty());
+        CHECK_FALSE(events_of(cpu, vcpu::kvm::mock::event::kind::block_write).empty());
     }
 }
 
 TEST_CASE("mock: string port I/O carries up to a page per exit, and more is an error") {
     // A full page of `rep outsb` data arrives intact; a shorter exit after it sees only its own
     // bytes; an IN after them gets a zeroed data area.
-    std::vector<std::byte> page(vcpu::mock::pio_data_bytes);
+    std::vector<std::byte> page(vcpu::kvm::mock::pio_data_bytes);
     for (std::size_t i = 0; i < page.size(); ++i) page[i] = std::byte(i * 7 + 1);
     const std::byte two[2] = {std::byte{0xaa}, std::byte{0xbb}};
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_string_out(0x3f8, 1, page).io_string_out(0x3f8, 1, two).io_in(0x3f8, 1, 8);
     auto cpu = make(std::move(s));
     std::vector<std::vector<std::byte>> seen;
@@ -253,8 +253,8 @@ TEST_CASE("mock: string port I/O carries up to a page per exit, and more is an e
 
     // One byte more than an exit carries: the run fails with E2BIG, naming the exit, rather
     // than playing truncated data.
-    std::vector<std::byte> too_long(vcpu::mock::pio_data_bytes + 1, std::byte{1});
-    vcpu::mock::script big;
+    std::vector<std::byte> too_long(vcpu::kvm::mock::pio_data_bytes + 1, std::byte{1});
+    vcpu::kvm::mock::script big;
     big.hlt().io_string_out(0x3f8, 1, too_long);
     auto cpu2 = make(std::move(big));
     auto h = cpu2.run([](vcpu::halt) {});

@@ -5,7 +5,7 @@
 
 #include <arch/x86_64/arch.hpp>
 #include <arch/x86_64/multiboot.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <algorithm>
 #include <cstring>
@@ -237,7 +237,7 @@ TEST_CASE("multiboot: no modules, no loader name; an image in low memory and a v
 }
 
 TEST_CASE("multiboot: the entry state (flat 32-bit protected mode, EAX magic, EBX info)") {
-    auto cpu = vcpu::mock::make_vcpu<vcpu::arch::x86_64>(vcpu::mock::script{});
+    auto cpu = vcpu::kvm::mock::make_vcpu<vcpu::arch::x86_64>(vcpu::kvm::mock::script{});
     REQUIRE(cpu.init(x86::multiboot_state{0x400010, 0x9500}));
     const auto regs = cpu.hal().block<x86::regs_block>();
     const auto sregs = cpu.hal().block<x86::sregs_block>();

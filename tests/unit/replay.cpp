@@ -4,10 +4,10 @@
 
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
-#include <vcpu/record.hpp>
-#include <vcpu/replay.hpp>
-#include <vcpu/trace.hpp>
+#include <kvm/mock.hpp>
+#include <kvm/record.hpp>
+#include <kvm/replay.hpp>
+#include <kvm/trace.hpp>
 
 #include <cstdio>
 #include <cstring>
@@ -20,13 +20,13 @@
 namespace {
 
 using arch = vcpu::arch::x86_64;
-using rec_hal = vcpu::record::hal<vcpu::mock::hal>;
+using rec_hal = vcpu::kvm::record::hal<vcpu::kvm::mock::hal>;
 
 static_assert(vcpu::HalFor<rec_hal, arch>);
-static_assert(vcpu::HalFor<vcpu::replay::hal, arch>);
+static_assert(vcpu::HalFor<vcpu::kvm::replay::hal, arch>);
 
-vcpu::mock::script session() {
-    vcpu::mock::script s;
+vcpu::kvm::mock::script session() {
+    vcpu::kvm::mock::script s;
     const std::byte xyz[] = {std::byte{'x'}, std::byte{'y'}, std::byte{'z'}};
     s.io_out(0x3f8, 1, 'A')
         .io_in(0x3fd, 1)
@@ -71,7 +71,7 @@ struct vmm {
 };
 
 std::vector<std::byte> record_session(vmm& m) {
-    vcpu::basic_vcpu<arch, rec_hal> cpu{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session()))};
+    vcpu::basic_vcpu<arch, rec_hal> cpu{rec_hal::vcpu<arch>(vcpu::kvm::mock::hal::vcpu<arch>(session()))};
     auto r = m.run(cpu);
     REQUIRE(r);
     CHECK(std::holds_alternative<vcpu::halt>(*r));
@@ -81,8 +81,8 @@ std::vector<std::byte> record_session(vmm& m) {
     return {b.begin(), b.end()};
 }
 
-vcpu::result<vcpu::replay::hal::vcpu<arch>> open_trace(std::vector<std::byte> b) {
-    return vcpu::replay::hal::vcpu<arch>::make(std::move(b));
+vcpu::result<vcpu::kvm::replay::hal::vcpu<arch>> open_trace(std::vector<std::byte> b) {
+    return vcpu::kvm::replay::hal::vcpu<arch>::make(std::move(b));
 }
 
 std::string detail_of(const vcpu::error& e) { return e.detail ? e.detail : ""; }
@@ -104,7 +104,7 @@ TEST_CASE("trace: a recorded session replays through the same handlers with the 
     auto rv = open_trace(bytes);
     REQUIRE(rv);
     CHECK(rv->size() == 7);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     vmm b;
     auto r = b.run(cpu);
     REQUIRE(r);
@@ -120,7 +120,7 @@ TEST_CASE("trace: a different answer is an error naming the exit, expected and a
     vmm a;
     auto rv = open_trace(record_session(a));
     REQUIRE(rv);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     vmm b;
     b.lsr = 0x61;
     auto r = b.run(cpu);
@@ -139,7 +139,7 @@ TEST_CASE("trace: entering past the end of the trace is ENODATA; unanswered exit
     {
         auto rv = open_trace(bytes);
         REQUIRE(rv);
-        vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+        vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
         vmm b;
         REQUIRE(b.run(cpu));
         auto e = cpu.hal().enter();
@@ -185,25 +185,25 @@ TEST_CASE("trace: hostile or damaged traces are refused with a clear error") {
         refused(std::vector<std::byte>(good.begin(), good.begin() + 20), "truncated");
     }
     SUBCASE("truncated in a record head") {
-        refused(std::vector<std::byte>(good.begin(), good.begin() + vcpu::trace::header_bytes + 5), "truncated");
+        refused(std::vector<std::byte>(good.begin(), good.begin() + vcpu::kvm::trace::header_bytes + 5), "truncated");
     }
     SUBCASE("truncated in a record body") {
         refused(std::vector<std::byte>(good.begin(), good.end() - 3), "past the end");
     }
     SUBCASE("a length field pointing past the end") {
         auto b = good;
-        poke<std::uint32_t>(b, vcpu::trace::header_bytes, 0x7fffffff);
+        poke<std::uint32_t>(b, vcpu::kvm::trace::header_bytes, 0x7fffffff);
         refused(b, "past the end");
     }
     SUBCASE("inner lengths that do not add up") {
         auto b = good;
         // The first record is an exit: its union_len field follows the 16-byte head + reason.
-        poke<std::uint16_t>(b, vcpu::trace::header_bytes + 16 + 4, 200);
+        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + 16 + 4, 200);
         refused(b, "do not add up");
     }
     SUBCASE("an unknown record type") {
         auto b = good;
-        poke<std::uint16_t>(b, vcpu::trace::header_bytes + 4, 9);
+        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + 4, 9);
         refused(b, "unknown record type");
     }
 }
@@ -217,19 +217,19 @@ TEST_CASE("trace: recording to a file, read back") {
     {
         // A small buffer, so the recorder writes several chunks while running.
         vcpu::basic_vcpu<arch, rec_hal> cpu(
-            rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session().repeat(200)), vcpu::record::options{8192}));
+            rec_hal::vcpu<arch>(vcpu::kvm::mock::hal::vcpu<arch>(session().repeat(200)), vcpu::kvm::record::options{8192}));
         REQUIRE(cpu.hal().open(path));
         for (int i = 0; i < 200; ++i) REQUIRE(a.run(cpu));
         REQUIRE(cpu.hal().finish());
     }
-    auto bytes = vcpu::replay::read_file(path);
+    auto bytes = vcpu::kvm::replay::read_file(path);
     ::unlink(path);
     REQUIRE(bytes);
     CHECK(bytes->size() > 8192);
     auto rv = open_trace(std::move(*bytes));
     REQUIRE(rv);
     CHECK(rv->size() == 7 * 200);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     vmm b;
     for (int i = 0; i < 200; ++i) REQUIRE(b.run(cpu));
     CHECK(b.log == a.log);
@@ -237,7 +237,7 @@ TEST_CASE("trace: recording to a file, read back") {
 
 TEST_CASE("trace: a full buffer without a file is ENOSPC from enter()") {
     vcpu::basic_vcpu<arch, rec_hal> cpu(
-        rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(session().repeat(100)), vcpu::record::options{0}));
+        rec_hal::vcpu<arch>(vcpu::kvm::mock::hal::vcpu<arch>(session().repeat(100)), vcpu::kvm::record::options{0}));
     vmm a;
     vcpu::result<void> last;
     for (int i = 0; i < 100 && last; ++i) {
@@ -251,11 +251,11 @@ TEST_CASE("trace: a full buffer without a file is ENOSPC from enter()") {
 TEST_CASE("trace: tests/data/hello.trace (the hello example on KVM) replays through hello's handlers") {
     std::string path = __FILE__;
     path = path.substr(0, path.rfind("/unit/")) + "/data/hello.trace";
-    auto bytes = vcpu::replay::read_file(path.c_str());
+    auto bytes = vcpu::kvm::replay::read_file(path.c_str());
     REQUIRE_MESSAGE(bytes, path);
     auto rv = open_trace(std::move(*bytes));
     REQUIRE(rv);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     // The handlers of examples/hello/main.cpp.
     std::string printed;
     std::uint32_t answer_back = 0;
@@ -285,13 +285,13 @@ TEST_CASE("trace: a port IN with an invalid size records no answer, so its repla
     // IN whatever its size, so the recorder stored as "the VMM's answer" the stale bytes an
     // earlier exit left in the port data page for an exit the decoder reports as malformed and
     // nobody answers; the replay (which clears that page) then failed with a mismatch.
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.raw(KVM_EXIT_IO, [](::kvm_run& r) {
         r.io.direction = KVM_EXIT_IO_IN;
         r.io.size = 3;
         r.io.count = 1;
         r.io.port = 0x60;
-        r.io.data_offset = vcpu::mock::pio_data_offset;
+        r.io.data_offset = vcpu::kvm::mock::pio_data_offset;
     });
     // What an earlier exit left in the port data page (KVM does not clear it either).
     auto& in = s.mutable_exits().back();
@@ -302,7 +302,7 @@ TEST_CASE("trace: a port IN with an invalid size records no answer, so its repla
         return cpu.run([](vcpu::port_io&) {}, [&](vcpu::malformed_exit&) { ++malformed; },
                        [](vcpu::halt&) { return vcpu::action::stop; });
     };
-    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(s))};
+    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::kvm::mock::hal::vcpu<arch>(s))};
     int malformed_a = 0;
     REQUIRE(handlers(a, malformed_a));
     REQUIRE(a.hal().finish());
@@ -310,7 +310,7 @@ TEST_CASE("trace: a port IN with an invalid size records no answer, so its repla
     const auto b = a.hal().bytes();
     auto rv = open_trace({b.begin(), b.end()});
     REQUIRE(rv);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     int malformed_b = 0;
     auto r = handlers(cpu, malformed_b);
     REQUIRE(r);
@@ -322,7 +322,7 @@ TEST_CASE("trace: port OUT data is recorded for every direction the decoder read
     // Found by tests/fuzz/trace_roundtrip: the decoder treats any direction other than
     // KVM_EXIT_IO_IN as OUT, but trace::out_data recorded data only for KVM_EXIT_IO_OUT, so a
     // record with another direction value replayed with its OUT data zeroed.
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     s.io_out(0x3f8, 1, 'h');
     s.mutable_exits().back().payload[0] = std::byte{2}; // kvm_run.io.direction
     s.hlt();
@@ -330,7 +330,7 @@ TEST_CASE("trace: port OUT data is recorded for every direction the decoder read
         return cpu.run([&](vcpu::port_io& io) { out += static_cast<char>(io.value()); },
                        [](vcpu::halt&) { return vcpu::action::stop; });
     };
-    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::mock::hal::vcpu<arch>(s))};
+    vcpu::basic_vcpu<arch, rec_hal> a{rec_hal::vcpu<arch>(vcpu::kvm::mock::hal::vcpu<arch>(s))};
     std::string out_a, out_b;
     REQUIRE(run(a, out_a));
     REQUIRE(a.hal().finish());
@@ -338,7 +338,7 @@ TEST_CASE("trace: port OUT data is recorded for every direction the decoder read
     const auto b = a.hal().bytes();
     auto rv = open_trace({b.begin(), b.end()});
     REQUIRE(rv);
-    vcpu::basic_vcpu<arch, vcpu::replay::hal> cpu(std::move(*rv));
+    vcpu::basic_vcpu<arch, vcpu::kvm::replay::hal> cpu(std::move(*rv));
     REQUIRE(run(cpu, out_b));
     CHECK(out_b == "h");
 }

@@ -8,7 +8,7 @@
 
 #include <arch/riscv64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <linux/kvm.h>
 
@@ -27,7 +27,7 @@ namespace {
 struct run_area {
     std::unique_ptr<::kvm_run> r = std::make_unique<::kvm_run>();
     run_area() { std::memset(static_cast<void*>(r.get()), 0, sizeof(::kvm_run)); }
-    vcpu::kvm_run_view view() { return {r.get(), sizeof(::kvm_run)}; }
+    vcpu::kvm::run_view view() { return {r.get(), sizeof(::kvm_run)}; }
     ::kvm_run& sbi_call(std::uint64_t ext, std::uint64_t fid, std::array<std::uint64_t, 6> a = {}) {
         r->exit_reason = KVM_EXIT_RISCV_SBI;
         r->riscv_sbi.extension_id = ext;
@@ -206,14 +206,14 @@ TEST_CASE("riscv64 kvm_run: CSR exits, system events, failures, unknown") {
     a.r->exit_reason = 0xdead;
     CHECK(std::get<vcpu::unknown>(rvtest::decode(a.view())).raw == 0xdead);
 
-    vcpu::kvm_run_view tiny{a.r.get(), 16};
+    vcpu::kvm::run_view tiny{a.r.get(), 16};
     CHECK(std::holds_alternative<vcpu::malformed_exit>(rvtest::decode(tiny)));
-    vcpu::kvm_run_view null{nullptr, 0};
+    vcpu::kvm::run_view null{nullptr, 0};
     CHECK(std::holds_alternative<vcpu::malformed_exit>(rvtest::decode(null)));
 }
 
 TEST_CASE("riscv64 mock: handlers answer SBI calls and MMIO reads; SRST ends run()") {
-    vcpu::mock::script s;
+    vcpu::kvm::mock::script s;
     auto sbi_exit = [&](std::uint64_t ext, std::uint64_t fid, std::array<std::uint64_t, 6> args) {
         s.raw(KVM_EXIT_RISCV_SBI, [&](::kvm_run& r) {
             r.riscv_sbi.extension_id = ext;
@@ -227,7 +227,7 @@ TEST_CASE("riscv64 mock: handlers answer SBI calls and MMIO reads; SRST ends run
     s.mmio_read(0x10000000, 8);
     sbi_exit(0x09000000, 1, {});
     sbi_exit(sbi::ext::srst, sbi::srst_fid::system_reset, {sbi::reset_type::shutdown, 0});
-    auto cpu = vcpu::mock::make_vcpu<A>(std::move(s));
+    auto cpu = vcpu::kvm::mock::make_vcpu<A>(std::move(s));
     REQUIRE(cpu.init(rv::boot{0x80000000, 0, 0x82200000}));
 
     std::string console;
@@ -251,6 +251,6 @@ TEST_CASE("riscv64 mock: handlers answer SBI calls and MMIO reads; SRST ends run
     // The MMIO read's answer was recorded before the next exit overwrote it.
     bool saw = false;
     for (const auto& ev : cpu.hal().events())
-        if (ev.what == vcpu::mock::event::kind::answer && ev.value == 0x1122334455667788ull) saw = true;
+        if (ev.what == vcpu::kvm::mock::event::kind::answer && ev.value == 0x1122334455667788ull) saw = true;
     CHECK(saw);
 }

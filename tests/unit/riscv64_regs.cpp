@@ -5,7 +5,7 @@
 
 #include <arch/riscv64/arch.hpp>
 #include <kvm/riscv64.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <cstdint>
 #include <set>
@@ -77,11 +77,11 @@ TEST_CASE("riscv64 CSR table: sorted, unique, searchable") {
 }
 
 TEST_CASE("riscv64 boot: S-mode, satp/sstatus cleared, a0 = hart id, a1 = DTB, pc last") {
-    auto cpu = vcpu::mock::make_vcpu<A>(vcpu::mock::script{});
+    auto cpu = vcpu::kvm::mock::make_vcpu<A>(vcpu::kvm::mock::script{});
     REQUIRE(cpu.init(rv::boot{0x80200000, 3, 0x82200000}));
     std::vector<std::pair<std::uint64_t, std::uint64_t>> writes;
     for (const auto& e : cpu.hal().events())
-        if (e.what == vcpu::mock::event::kind::one_reg_write) writes.emplace_back(e.key, e.value);
+        if (e.what == vcpu::kvm::mock::event::kind::one_reg_write) writes.emplace_back(e.key, e.value);
     REQUIRE(writes.size() == 6);
     CHECK(writes[0] == std::pair{rv::mode.id, rv::abi::mode_s});
     CHECK(writes[1] == std::pair{rv::satp.id, std::uint64_t{0}});
@@ -94,7 +94,7 @@ TEST_CASE("riscv64 boot: S-mode, satp/sstatus cleared, a0 = hart id, a1 = DTB, p
 }
 
 TEST_CASE("riscv64 kvm: enable_sbi_extension writes the SBI_EXT register") {
-    auto cpu = vcpu::mock::make_vcpu<A>(vcpu::mock::script{});
+    auto cpu = vcpu::kvm::mock::make_vcpu<A>(vcpu::kvm::mock::script{});
     REQUIRE(vcpu::kvm::enable_sbi_extension(cpu, rv::abi::kvm_sbi_ext::dbcn));
     CHECK(*cpu.get(rv::sbi_extension_enable(rv::abi::kvm_sbi_ext::dbcn)) == 1);
 }

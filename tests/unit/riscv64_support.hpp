@@ -20,7 +20,7 @@ template <class Raw>
 inline any_exit decode(const Raw& raw, int* calls = nullptr) {
     std::optional<any_exit> out;
     int n = 0;
-    vcpu::arch::riscv64::decode(raw, [&]<class E>(E& e) {
+    vcpu::decode_exit<vcpu::arch::riscv64>(raw, [&]<class E>(E& e) {
         ++n;
         out.emplace(std::in_place_type<E>, e);
     });

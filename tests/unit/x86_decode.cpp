@@ -2,8 +2,9 @@
 // and hostile sizes, counts, offsets and lengths that must become malformed_exit (never a view
 // outside the mapping).
 #include <arch/x86_64/arch.hpp>
+#include <kvm/exits.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/run.hpp>
 
 #include <doctest/doctest.h>
 #include <linux/kvm.h>
@@ -46,7 +47,7 @@ public:
 
     [[nodiscard]] ::kvm_run& run() noexcept { return *run_; }
     [[nodiscard]] std::byte* base() noexcept { return p_; }
-    [[nodiscard]] vcpu::kvm_run_view view(std::size_t mapped = bytes) noexcept {
+    [[nodiscard]] vcpu::kvm::run_view view(std::size_t mapped = bytes) noexcept {
         return {run_, mapped};
     }
     /// True when `s` (of any element type) lies inside the mapped area.
@@ -85,9 +86,9 @@ struct decoded {
 };
 
 /// Decodes through the arch policy, recording the exit's type and value.
-decoded decode(const vcpu::kvm_run_view& v) {
+decoded decode(const vcpu::kvm::run_view& v) {
     decoded d;
-    arch::decode(v, [&]<class E>(E& e) noexcept {
+    vcpu::decode_exit<arch>(v, [&]<class E>(E& e) noexcept {
         static_assert(vcpu::list_contains_v<E, x86::exit_types>);
         d.exit.template emplace<E>(e);
         ++d.calls;
@@ -641,7 +642,7 @@ TEST_CASE("x86 decode: a mapping smaller than kvm_run is malformed, never read")
         CAPTURE(mapped);
         check_malformed(decode(a.view(mapped)), why::io_out_of_bounds, 0, mapped);
     }
-    check_malformed(decode(vcpu::kvm_run_view{nullptr, run_area::bytes}), why::io_out_of_bounds, 0,
+    check_malformed(decode(vcpu::kvm::run_view{nullptr, run_area::bytes}), why::io_out_of_bounds, 0,
                     run_area::bytes);
     CHECK(decode(a.view(sizeof(::kvm_run))).is<vcpu::halt>());
 }

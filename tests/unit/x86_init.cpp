@@ -5,7 +5,7 @@
 #include <arch/x86_64/init.hpp>
 #include <vcpu/init.hpp>
 #include <vcpu/memory.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 
 #include <doctest/doctest.h>
 
@@ -23,9 +23,9 @@ namespace {
 
 namespace x86 = vcpu::x86_64;
 using arch = vcpu::arch::x86_64;
-using kind = vcpu::mock::event::kind;
+using kind = vcpu::kvm::mock::event::kind;
 
-vcpu::mock::mock_vcpu<arch> make() { return vcpu::mock::make_vcpu<arch>(vcpu::mock::script{}); }
+vcpu::kvm::mock::mock_vcpu<arch> make() { return vcpu::kvm::mock::make_vcpu<arch>(vcpu::kvm::mock::script{}); }
 
 std::uint64_t u64_at(const std::vector<std::byte>& b, std::size_t off) {
     std::uint64_t v = 0;
@@ -34,7 +34,7 @@ std::uint64_t u64_at(const std::vector<std::byte>& b, std::size_t off) {
 }
 
 /// Presets every GPR and control register with garbage so a policy's resets are visible.
-void dirty(vcpu::mock::mock_vcpu<arch>& cpu) {
+void dirty(vcpu::kvm::mock::mock_vcpu<arch>& cpu) {
     auto& g = cpu.hal().block<x86::regs_block>();
     std::memset(&g, 0x5a, sizeof g);
     auto& s = cpu.hal().block<x86::sregs_block>();
@@ -56,13 +56,13 @@ void check_flat(const x86::segment& s, std::uint16_t sel, std::uint8_t type) {
     CHECK(s.dpl == 0);
 }
 
-std::size_t count_function(vcpu::mock::mock_vcpu<arch>& cpu, std::uint32_t fn) {
+std::size_t count_function(vcpu::kvm::mock::mock_vcpu<arch>& cpu, std::uint32_t fn) {
     std::size_t n = 0;
     for (std::size_t i = 0; i < cpu.hal().cpuid_count(); ++i)
         n += cpu.hal().cpuid_at<x86::cpuid_entry>(i).function == fn;
     return n;
 }
-x86::cpuid_entry find_function(vcpu::mock::mock_vcpu<arch>& cpu, std::uint32_t fn) {
+x86::cpuid_entry find_function(vcpu::kvm::mock::mock_vcpu<arch>& cpu, std::uint32_t fn) {
     for (std::size_t i = 0; i < cpu.hal().cpuid_count(); ++i)
         if (auto e = cpu.hal().cpuid_at<x86::cpuid_entry>(i); e.function == fn) return e;
     FAIL("CPUID leaf not set: " << fn);

@@ -3,7 +3,7 @@
 // architectural bit fields checked against the Intel SDM.
 #include <arch/x86_64/arch.hpp>
 #include <arch/x86_64/registers.hpp>
-#include <vcpu/mock.hpp>
+#include <kvm/mock.hpp>
 #include <vcpu/registers.hpp>
 
 #include <doctest/doctest.h>
@@ -132,7 +132,7 @@ void for_each_register(F&& f) {
     for_each_register(f, std::make_index_sequence<register_count>{});
 }
 
-vcpu::mock::mock_vcpu<arch> make() { return vcpu::mock::make_vcpu<arch>(vcpu::mock::script{}); }
+vcpu::kvm::mock::mock_vcpu<arch> make() { return vcpu::kvm::mock::make_vcpu<arch>(vcpu::kvm::mock::script{}); }
 
 } // namespace
 
@@ -228,7 +228,7 @@ TEST_CASE("x86 registers: writes are recorded per block / MSR by the mock") {
     REQUIRE(cpu.set(x86::msr(0x8b), 7)); // any MSR by index
     const auto ev = cpu.hal().events();
     REQUIRE(ev.size() == 5);
-    using k = vcpu::mock::event::kind;
+    using k = vcpu::kvm::mock::event::kind;
     CHECK((ev[0].what == k::block_write && ev[0].name == "kvm_regs"));
     CHECK((ev[1].what == k::block_write && ev[1].name == "kvm_sregs"));
     CHECK((ev[2].what == k::block_write && ev[2].name == "kvm_debugregs"));

@@ -8,7 +8,7 @@
 #include <arch/aarch64/exits.hpp>
 #include <arch/aarch64/registers.hpp>
 #include <vcpu/config.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <vcpu/decoder.hpp>
 #include <vcpu/meta.hpp>
 
 #include <string_view>
@@ -17,7 +17,7 @@
 namespace vcpu::arch {
 
 /// The AArch64 architecture (Armv8-A, A64 guests) as a stateless policy.
-/// Models `RegisterFile`, `ExitDecoder<aarch64, kvm_run_view>` and
+/// Models `RegisterFile`, `ExitDecoder<aarch64, kvm::run_view>` (with kvm/exits.hpp) and
 /// `ExitDecoder<aarch64, vcpu::aarch64::el2_syndrome>`.
 struct aarch64 {
     static constexpr std::string_view name = "aarch64";
@@ -37,18 +37,15 @@ struct aarch64 {
     static constexpr auto pc = ::vcpu::aarch64::pc;
 
     using exit_types = ::vcpu::aarch64::exit_types;
-
-    /// Decodes a KVM/arm64 `kvm_run` exit.
-    template <class Visitor>
-    [[gnu::always_inline]] static void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
-        ::vcpu::aarch64::decode(v, std::forward<Visitor>(visit));
-    }
-    /// Decodes a bare-metal EL2 guest exit (ESR_EL2 + FAR_EL2 + HPFAR_EL2 + GPRs).
-    template <class Visitor>
-    [[gnu::always_inline]] static void decode(const ::vcpu::aarch64::el2_syndrome& s,
-                                              Visitor&& visit) noexcept {
-        ::vcpu::aarch64::decode(s, std::forward<Visitor>(visit));
-    }
 };
 
 } // namespace vcpu::arch
+
+/// A bare-metal EL2 guest exit (ESR_EL2 + FAR_EL2 + HPFAR_EL2 + GPRs) decodes through `aarch64::decode`.
+template <>
+struct vcpu::exit_decoder<vcpu::arch::aarch64, vcpu::aarch64::el2_syndrome> {
+    template <class Visitor>
+    [[gnu::always_inline]] static void decode(const aarch64::el2_syndrome& r, Visitor&& visit) noexcept {
+        aarch64::decode(r, std::forward<Visitor>(visit));
+    }
+};

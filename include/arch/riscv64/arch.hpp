@@ -10,7 +10,7 @@
 #include <arch/riscv64/init.hpp>
 #include <arch/riscv64/registers.hpp>
 #include <vcpu/config.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <vcpu/decoder.hpp>
 #include <vcpu/meta.hpp>
 
 #include <string_view>
@@ -19,7 +19,7 @@
 namespace vcpu::arch {
 
 /// The RISC-V 64 architecture as a stateless policy. Models `RegisterFile`,
-/// `ExitDecoder<riscv64, kvm_run_view>` and `ExitDecoder<riscv64,
+/// `ExitDecoder<riscv64, kvm::run_view>` (with kvm/exits.hpp) and `ExitDecoder<riscv64,
 /// riscv64::hs_trap>`.
 struct riscv64 {
     static constexpr std::string_view name = "riscv64";
@@ -43,18 +43,15 @@ struct riscv64 {
     static constexpr auto pc = ::vcpu::riscv64::pc;
 
     using exit_types = ::vcpu::riscv64::exit_types;
-
-    /// Decodes a `kvm_run` exit (see `vcpu::riscv64::decode(const kvm_run_view&, ...)`).
-    template <class Visitor>
-    [[gnu::always_inline]] static void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
-        ::vcpu::riscv64::decode(v, std::forward<Visitor>(visit));
-    }
-    /// Decodes an HS-mode trap (see `vcpu::riscv64::decode(const hs_trap&, ...)`).
-    template <class Visitor>
-    [[gnu::always_inline]] static constexpr void decode(const ::vcpu::riscv64::hs_trap& t,
-                                                        Visitor&& visit) noexcept {
-        ::vcpu::riscv64::decode(t, std::forward<Visitor>(visit));
-    }
 };
 
 } // namespace vcpu::arch
+
+/// An HS-mode trap (scause/stval/htval/htinst + GPRs) decodes through `riscv64::decode`.
+template <>
+struct vcpu::exit_decoder<vcpu::arch::riscv64, vcpu::riscv64::hs_trap> {
+    template <class Visitor>
+    [[gnu::always_inline]] static constexpr void decode(const riscv64::hs_trap& r, Visitor&& visit) noexcept {
+        riscv64::decode(r, std::forward<Visitor>(visit));
+    }
+};

@@ -3,7 +3,7 @@
 /// RISC-V 64 exits: the kinds only RISC-V has, the HS-mode trap record of a
 /// bare-metal hypervisor, and the two decoders:
 ///
-/// - `decode(const kvm_run_view&, visit)`: Linux KVM exits (KVM API §5 "The
+/// - `decode(const kvm::run_view&, visit)`: Linux KVM exits (KVM API §5 "The
 ///   kvm_run structure": `KVM_EXIT_MMIO`, `KVM_EXIT_RISCV_SBI`,
 ///   `KVM_EXIT_RISCV_CSR`, `KVM_EXIT_SYSTEM_EVENT`, ...);
 /// - `decode(const hs_trap&, visit)`: a trap taken in HS-mode from a guest
@@ -29,11 +29,8 @@
 #include <arch/riscv64/sbi.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_exits.hpp>
-#include <vcpu/kvm_record.hpp>
 #include <vcpu/meta.hpp>
 
-#include <linux/kvm.h>
 
 #include <array>
 #include <cstddef>
@@ -224,6 +221,9 @@ using exit_types =
 
 namespace detail {
 
+/// `KVM_SYSTEM_EVENT_SHUTDOWN` / `_RESET` values: an SRST decoded from an HS-mode trap
+/// carries the same `raw_type` as one KVM reports (asserted in kvm/exits_riscv64.hpp).
+inline constexpr std::uint32_t linux_event_shutdown = 1, linux_event_reset = 2;
 
 /// Decodes one SBI call (EID `ext`, FID `fid`, a0-a5 `args`) into a typed exit
 /// answering through `ret0`/`ret1` (a0/a1).
@@ -246,7 +246,7 @@ constexpr void decode_sbi(std::uint64_t ext, std::uint64_t fid,
     case e::legacy_shutdown: {
         system_event s{};
         s.what = system_event::kind::power_off;
-        s.raw_type = KVM_SYSTEM_EVENT_SHUTDOWN;
+        s.raw_type = linux_event_shutdown;
         visit(s);
         return;
     }
@@ -283,7 +283,7 @@ constexpr void decode_sbi(std::uint64_t ext, std::uint64_t fid,
             system_event s{};
             const bool off = args[0] == sbi::reset_type::shutdown;
             s.what = off ? system_event::kind::power_off : system_event::kind::reset;
-            s.raw_type = off ? KVM_SYSTEM_EVENT_SHUTDOWN : KVM_SYSTEM_EVENT_RESET;
+            s.raw_type = off ? linux_event_shutdown : linux_event_reset;
             s.data[0] = args[1];
             s.data[1] = args[0];
             s.ndata = 2;
@@ -325,43 +325,6 @@ constexpr void decode_sbi(std::uint64_t ext, std::uint64_t fid,
 using ::vcpu::detail::malformed;
 
 } // namespace detail
-
-/// Decodes one `kvm_run` exit of a RISC-V vCPU and hands the typed exit to
-/// `visit` (exactly once). Precondition: `v.run` points at `v.mapped` readable
-/// bytes; a mapping smaller than `struct kvm_run` decodes to `malformed_exit`.
-template <class Visitor>
-[[gnu::always_inline]] inline void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
-    ::kvm_run* rp = kvm_common::checked_run(v, visit);
-    if (rp == nullptr) return;
-    ::kvm_run& r = *rp;
-    const std::uint32_t reason = r.exit_reason;
-    switch (reason) {
-    case KVM_EXIT_RISCV_SBI: {
-        // KVM API 5 "KVM_EXIT_RISCV_SBI": ret[0..1] become a0/a1 when the vCPU
-        // next runs (KVM presets ret[0] = SBI_ERR_NOT_SUPPORTED).
-        std::array<std::uint64_t, 6> args{};
-        for (std::size_t i = 0; i < 6; ++i) args[i] = r.riscv_sbi.args[i];
-        detail::decode_sbi(r.riscv_sbi.extension_id, r.riscv_sbi.function_id, args,
-                           answer_slot(&r.riscv_sbi.ret[0]), answer_slot(&r.riscv_sbi.ret[1]),
-                           visit);
-        return;
-    }
-    case KVM_EXIT_RISCV_CSR: {
-        // KVM API 5 "KVM_EXIT_RISCV_CSR": userspace returns the old value in
-        // ret_value and applies new_value under write_mask.
-        csr_access e{};
-        e.id = r.riscv_csr.csr_num;
-        e.dir = r.riscv_csr.write_mask != 0 ? direction::out : direction::in;
-        e.value = r.riscv_csr.new_value;
-        e.result = answer_slot(&r.riscv_csr.ret_value);
-        e.new_value = r.riscv_csr.new_value;
-        e.write_mask = r.riscv_csr.write_mask;
-        visit(e);
-        return;
-    }
-    default: kvm_common::decode(r, visit, v.requests); return;
-    }
-}
 
 namespace detail {
 

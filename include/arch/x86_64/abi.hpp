@@ -168,4 +168,12 @@ static_assert(sizeof(sync_regs_layout) == 520);
 static_assert(sizeof(cpuid_entry) == 40);
 static_assert(sizeof(msr_entry) == 16);
 
+/// `struct kvm_debug_exit_arch` for x86.
+struct debug_exit_layout {
+    std::uint32_t exception;
+    std::uint32_t pad;
+    std::uint64_t pc, dr6, dr7;
+};
+static_assert(sizeof(debug_exit_layout) == 32);
+
 } // namespace vcpu::x86_64

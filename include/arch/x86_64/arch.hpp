@@ -7,7 +7,7 @@
 #include <arch/x86_64/exits.hpp>
 #include <arch/x86_64/registers.hpp>
 #include <vcpu/config.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <vcpu/decoder.hpp>
 #include <vcpu/meta.hpp>
 
 #include <string_view>
@@ -16,7 +16,7 @@
 namespace vcpu::arch {
 
 /// The x86-64 architecture (Intel 64 / AMD64) as a stateless policy.
-/// Models `RegisterFile` and `ExitDecoder<x86_64, kvm_run_view>`.
+/// Models `RegisterFile` and `ExitDecoder<x86_64, kvm::run_view>` (with kvm/exits.hpp).
 struct x86_64 {
     static constexpr std::string_view name = "x86_64";
 
@@ -38,12 +38,6 @@ struct x86_64 {
     static constexpr auto pc = ::vcpu::x86_64::rip;
 
     using exit_types = ::vcpu::x86_64::exit_types;
-
-    /// Decodes a `kvm_run` exit (see `vcpu::x86_64::decode`).
-    template <class Visitor>
-    [[gnu::always_inline]] static void decode(const kvm_run_view& v, Visitor&& visit) noexcept {
-        ::vcpu::x86_64::decode(v, std::forward<Visitor>(visit));
-    }
 };
 
 } // namespace vcpu::arch

@@ -4,12 +4,12 @@
 /// every architecture (Documentation/virt/kvm/api.rst §5): MMIO, system
 /// events, failed entry, internal errors, signals, a full dirty ring, memory
 /// faults, and unknown reasons. Each architecture's decoder handles its own
-/// reasons first and hands the rest to `kvm_common::decode`, so the checks on
+/// reasons first and hands the rest to `kvm::decode_common`, so the checks on
 /// guest-influenced sizes live in one place.
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/run.hpp>
 
 #include <linux/kvm.h>
 
@@ -17,12 +17,10 @@
 #include <cstdint>
 #include <span>
 
-namespace vcpu::kvm_common {
-
-using ::vcpu::detail::malformed;
+namespace vcpu::kvm {
 
 /// `KVM_SYSTEM_EVENT_*` → `system_event::kind`.
-[[nodiscard]] constexpr system_event::kind event_kind(std::uint32_t t) noexcept {
+[[nodiscard]] constexpr system_event::kind system_event_kind(std::uint32_t t) noexcept {
     switch (t) {
     case KVM_SYSTEM_EVENT_SHUTDOWN: return system_event::kind::power_off;
     case KVM_SYSTEM_EVENT_RESET: return system_event::kind::reset;
@@ -36,9 +34,9 @@ using ::vcpu::detail::malformed;
 /// The `kvm_run` of `v`, or null after visiting a `malformed_exit` when the
 /// mapping cannot hold a whole `struct kvm_run`.
 template <class Visitor>
-[[nodiscard]] ::kvm_run* checked_run(const kvm_run_view& v, Visitor& visit) noexcept {
+[[nodiscard]] ::kvm_run* checked_run(const run_view& v, Visitor& visit) noexcept {
     if (v.mapped < sizeof(::kvm_run) || v.run == nullptr) {
-        malformed(visit, malformed_exit::why::io_out_of_bounds, 0, v.mapped);
+        ::vcpu::detail::malformed(visit, malformed_exit::why::io_out_of_bounds, 0, v.mapped);
         return nullptr;
     }
     return v.run;
@@ -47,10 +45,10 @@ template <class Visitor>
 /// `KVM_EXIT_INTERNAL_ERROR` as the generic `internal_error`; `ndata` larger
 /// than the array is malformed.
 template <class Visitor>
-void internal(::kvm_run& r, Visitor& visit) noexcept {
+void decode_internal_error(::kvm_run& r, Visitor& visit) noexcept {
     const auto nd = r.internal.ndata;
     if (nd > std::size(r.internal.data)) {
-        malformed(visit, malformed_exit::why::ndata, KVM_EXIT_INTERNAL_ERROR, nd);
+        ::vcpu::detail::malformed(visit, malformed_exit::why::ndata, KVM_EXIT_INTERNAL_ERROR, nd);
         return;
     }
     internal_error e{r.internal.suberror, std::span<const record_u64>(r.internal.data, nd)};
@@ -60,14 +58,14 @@ void internal(::kvm_run& r, Visitor& visit) noexcept {
 /// Decodes every architecture-neutral exit reason of `r`; any other reason
 /// becomes `unknown` (with `hardware_exit_reason` for `KVM_EXIT_UNKNOWN`).
 template <class Visitor>
-void decode(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
+void decode_common(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
     using why = malformed_exit::why;
     const std::uint32_t reason = r.exit_reason;
     switch (reason) {
     case KVM_EXIT_MMIO: {
         const auto len = r.mmio.len;
         if (len == 0 || len > sizeof(r.mmio.data)) {
-            malformed(visit, why::mmio_size, reason, len);
+            ::vcpu::detail::malformed(visit, why::mmio_size, reason, len);
             return;
         }
         mmio e{r.mmio.phys_addr, static_cast<std::uint8_t>(len),
@@ -79,12 +77,12 @@ void decode(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
     case KVM_EXIT_SYSTEM_EVENT: {
         const auto nd = r.system_event.ndata;
         if (nd > std::size(r.system_event.data)) {
-            malformed(visit, why::event_ndata, reason, nd);
+            ::vcpu::detail::malformed(visit, why::event_ndata, reason, nd);
             return;
         }
         system_event e{};
         e.raw_type = r.system_event.type;
-        e.what = event_kind(e.raw_type);
+        e.what = system_event_kind(e.raw_type);
         e.ndata = static_cast<std::uint8_t>(nd < e.data.size() ? nd : e.data.size());
         for (std::size_t i = 0; i < e.ndata; ++i) e.data[i] = r.system_event.data[i];
         visit(e);
@@ -100,7 +98,7 @@ void decode(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
         visit(e);
         return;
     }
-    case KVM_EXIT_INTERNAL_ERROR: internal(r, visit); return;
+    case KVM_EXIT_INTERNAL_ERROR: decode_internal_error(r, visit); return;
     case KVM_EXIT_DIRTY_RING_FULL: {
         dirty_ring_full e{};
         visit(e);
@@ -124,4 +122,4 @@ void decode(::kvm_run& r, Visitor& visit, std::uint32_t requests = 0) noexcept {
     }
 }
 
-} // namespace vcpu::kvm_common
+} // namespace vcpu::kvm

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// `vcpu::mock::hal`: a HAL that plays back a script of exits and records
+/// `vcpu::kvm::mock::hal`: a HAL that plays back a script of exits and records
 /// what the vCPU did — register writes, CPUID, entries and the answers the
 /// handlers gave — so a VMM's exit handling is testable without `/dev/kvm`.
 ///
@@ -14,7 +14,8 @@
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/exits.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/result.hpp>
 
@@ -32,7 +33,7 @@
 #include <tuple>
 #include <vector>
 
-namespace vcpu::mock {
+namespace vcpu::kvm::mock {
 
 /// Bytes of the mock's `kvm_run` area: the run page, the PIO data page and a
 /// spare page, as on x86 KVM.
@@ -67,7 +68,7 @@ class script {
 public:
     script& io_out(std::uint16_t port, std::uint8_t size, std::uint32_t value) {
         std::array<std::byte, 4> b{};
-        detail::store_le(std::span<std::byte>(b).first(size <= 4 ? size : 4), value);
+        ::vcpu::detail::store_le(std::span<std::byte>(b).first(size <= 4 ? size : 4), value);
         return io(KVM_EXIT_IO_OUT, port, size, 1, std::span<const std::byte>(b).first(size <= 4 ? size : 4));
     }
     script& io_in(std::uint16_t port, std::uint8_t size, std::uint32_t count = 1) {
@@ -84,7 +85,7 @@ public:
             r.mmio.phys_addr = gpa;
             r.mmio.len = size;
             r.mmio.is_write = 1;
-            detail::store_le(std::span<std::byte>(reinterpret_cast<std::byte*>(r.mmio.data),
+            ::vcpu::detail::store_le(std::span<std::byte>(reinterpret_cast<std::byte*>(r.mmio.data),
                                                   std::min<std::size_t>(size, 8)),
                              value);
         });
@@ -111,7 +112,7 @@ public:
     /// Adds a coalesced write delivered before the *next* scripted exit.
     script& coalesced(std::uint64_t addr, std::uint32_t size, std::uint64_t value, bool pio = false) {
         coalesced_write w{addr, size, pio, {}};
-        detail::store_le(std::span<std::byte>(w.bytes).first(std::min<std::size_t>(size, 8)), value);
+        ::vcpu::detail::store_le(std::span<std::byte>(w.bytes).first(std::min<std::size_t>(size, 8)), value);
         if (pending_c_ < pending_.size()) pending_[pending_c_++] = w;
         return *this;
     }
@@ -222,7 +223,7 @@ template <class B, class... Bs> struct index_of<B, type_list<Bs...>> {
 template <class Arch>
 class hal::vcpu {
 public:
-    using raw_exit = kvm_run_view;
+    using raw_exit = kvm::run_view;
     using arch_type = Arch;
 
     explicit vcpu(script s, options o = {}) : script_(std::move(s)), opts_(o) {
@@ -270,7 +271,7 @@ public:
         return ok();
     }
 
-    [[nodiscard]] kvm_run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
+    [[nodiscard]] kvm::run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
 
     /// Hands the coalesced writes scripted for this exit to `f` (true = go on).
     template <class F>
@@ -468,4 +469,4 @@ template <class Arch>
     return mock_vcpu<Arch>(typename hal::template vcpu<Arch>(std::move(s), o));
 }
 
-} // namespace vcpu::mock
+} // namespace vcpu::kvm::mock

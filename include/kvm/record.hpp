@@ -1,11 +1,11 @@
 #pragma once
 /// \file
-/// `vcpu::record::hal<Inner>`: a HAL that wraps another one (usually
+/// `vcpu::kvm::record::hal<Inner>`: a HAL that wraps another one (usually
 /// `vcpu::kvm::hal`) and writes every exit of the session to an exit trace
-/// (format: vcpu/trace.hpp) — the exit's `kvm_run` fields and port OUT data,
+/// (format: kvm/trace.hpp) — the exit's `kvm_run` fields and port OUT data,
 /// the coalesced writes delivered before it, and, at the next entry, the
 /// answer the VMM left (IN data, MMIO read data, hypercall/RDMSR return).
-/// `vcpu::replay::hal` plays such a trace back without `/dev/kvm`.
+/// `vcpu::kvm::replay::hal` plays such a trace back without `/dev/kvm`.
 ///
 /// Policy composition, no virtual calls: `basic_vcpu<Arch, record::hal<kvm::hal>>`.
 /// The trace is built in a buffer sized once (`options::buffer_bytes`); no
@@ -16,9 +16,10 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/exits.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/result.hpp>
-#include <vcpu/trace.hpp>
+#include <kvm/trace.hpp>
 
 #include <linux/kvm.h>
 
@@ -35,14 +36,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-namespace vcpu::record {
+namespace vcpu::kvm::record {
 
 /// Options of a recording vCPU.
 struct options {
     std::size_t buffer_bytes = std::size_t{1} << 20; ///< trace buffer (at least 8 KiB is used)
 };
 
-/// The recording HAL over `Inner` (a HAL whose exit record is `kvm_run_view`).
+/// The recording HAL over `Inner` (a HAL whose exit record is `kvm::run_view`).
 template <class Inner>
 struct hal {
     template <class Arch>
@@ -56,8 +57,8 @@ public:
     using inner_type = typename Inner::template vcpu<Arch>;
     using raw_exit = typename inner_type::raw_exit;
     using arch_type = Arch;
-    static_assert(std::is_same_v<raw_exit, kvm_run_view>,
-                  "vcpu::record: the inner HAL must expose kvm_run_view exit records");
+    static_assert(std::is_same_v<raw_exit, kvm::run_view>,
+                  "vcpu::kvm::record: the inner HAL must expose kvm::run_view exit records");
 
     /// Wraps `inner`; allocates the trace buffer and writes the header.
     explicit vcpu(inner_type&& inner, options o = {})
@@ -83,7 +84,7 @@ public:
         if (has_exit_) record_answer();
         if (err_.code != 0) return err_;
         if (auto e = inner_.enter(); !e) return e;
-        const kvm_run_view v = inner_.exit_record();
+        const kvm::run_view v = inner_.exit_record();
         if (v.run == nullptr || v.mapped < sizeof(::kvm_run))
             return error{"record trace", EPROTO, "exit record is not a mapped kvm_run"};
         const std::uint32_t reason = v.run->exit_reason;
@@ -232,4 +233,4 @@ private:
     error err_{};
 };
 
-} // namespace vcpu::record
+} // namespace vcpu::kvm::record

@@ -1,6 +1,6 @@
 #pragma once
 /// \file
-/// `kvm_run_view`: the exit record every KVM-ABI HAL (the real KVM HAL, the
+/// `vcpu::kvm::run_view`: the exit record every KVM-ABI HAL (the real KVM HAL, the
 /// mock, a trace replay) hands to an architecture's decoder. The generic part
 /// of `struct kvm_run` is the same on every Linux architecture, so each arch
 /// decodes it on every host; arch-specific sync-register areas are reached
@@ -14,12 +14,12 @@
 #include <cstdint>
 #include <span>
 
-namespace vcpu {
+namespace vcpu::kvm {
 
 /// A `kvm_run` area and how many bytes of it are mapped (`KVM_GET_VCPU_MMAP_SIZE`).
 /// Decoders check that every offset they follow (port I/O `data_offset`)
 /// stays inside `[run, run + mapped)`.
-struct kvm_run_view {
+struct run_view {
     ::kvm_run* run = nullptr;
     std::size_t mapped = 0;
     /// Kick requests taken at this exit (`interrupted::requests`); not part of `kvm_run`, so a
@@ -38,4 +38,4 @@ struct kvm_run_view {
     }
 };
 
-} // namespace vcpu
+} // namespace vcpu::kvm

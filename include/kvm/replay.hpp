@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// `vcpu::replay::hal`: plays an exit trace (vcpu/trace.hpp, written by
-/// `vcpu::record::hal`) back through the architecture's real decoder, so a
+/// `vcpu::kvm::replay::hal`: plays an exit trace (kvm/trace.hpp, written by
+/// `vcpu::kvm::record::hal`) back through the architecture's real decoder, so a
 /// VMM's exit handling can be regression-tested and benchmarked without
 /// `/dev/kvm`.
 ///
@@ -16,10 +16,11 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/exits.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/result.hpp>
-#include <vcpu/trace.hpp>
+#include <kvm/trace.hpp>
 
 #include <linux/kvm.h>
 
@@ -39,7 +40,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-namespace vcpu::replay {
+namespace vcpu::kvm::replay {
 
 /// Bytes of the replay `kvm_run` area: run page, port data page, spare page.
 inline constexpr std::size_t run_area_bytes = 3 * 4096;
@@ -77,7 +78,7 @@ struct hal {
 template <class Arch>
 class hal::vcpu {
 public:
-    using raw_exit = kvm_run_view;
+    using raw_exit = kvm::run_view;
     using arch_type = Arch;
 
     /// Validates and indexes `trace` (kept by the vCPU). EPROTO errors from
@@ -142,7 +143,7 @@ public:
         return ok();
     }
 
-    [[nodiscard]] kvm_run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
+    [[nodiscard]] kvm::run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
 
     /// Delivers the coalesced writes recorded before the current exit.
     template <class F>
@@ -259,4 +260,4 @@ private:
     std::array<char, 24> hex_got_{}, hex_want_{};
 };
 
-} // namespace vcpu::replay
+} // namespace vcpu::kvm::replay

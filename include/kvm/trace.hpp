@@ -1,7 +1,7 @@
 #pragma once
 /// \file
-/// The exit-trace format written by `vcpu::record::hal` and read by
-/// `vcpu::replay::hal`: every exit of a session in order, with the `kvm_run`
+/// The exit-trace format written by `vcpu::kvm::record::hal` and read by
+/// `vcpu::kvm::replay::hal`: every exit of a session in order, with the `kvm_run`
 /// fields a decoder reads, the port OUT data, the coalesced writes delivered
 /// before it, and the answer the VMM gave (IN data, MMIO read data, hypercall
 /// or RDMSR return).
@@ -30,7 +30,7 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <vcpu/kvm_record.hpp>
+#include <kvm/run.hpp>
 #include <vcpu/result.hpp>
 
 #include <linux/kvm.h>
@@ -43,7 +43,7 @@
 #include <span>
 #include <string_view>
 
-namespace vcpu::trace {
+namespace vcpu::kvm::trace {
 
 inline constexpr std::array<char, 8> magic{'V', 'C', 'P', 'U', 'T', 'R', 'C', '\0'};
 inline constexpr std::uint16_t version = 1;
@@ -98,7 +98,7 @@ template <class T>
 /// Where the VMM's answer to the exit in `v` lives (IN data, MMIO read data,
 /// hypercall return, RDMSR data); empty when the exit takes no answer or its
 /// sizes are invalid.
-[[nodiscard]] inline std::span<std::byte> answer_area(const kvm_run_view& v) noexcept {
+[[nodiscard]] inline std::span<std::byte> answer_area(const kvm::run_view& v) noexcept {
     if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) return {};
     ::kvm_run& r = *v.run;
     switch (r.exit_reason) {
@@ -118,7 +118,7 @@ template <class T>
 }
 
 /// Port OUT data of the exit in `v` (empty for IN, other exits or bad sizes).
-[[nodiscard]] inline std::span<const std::byte> out_data(const kvm_run_view& v) noexcept {
+[[nodiscard]] inline std::span<const std::byte> out_data(const kvm::run_view& v) noexcept {
     if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) return {};
     const ::kvm_run& r = *v.run;
     // As the decoders read it: every direction but KVM_EXIT_IO_IN is an OUT.
@@ -205,4 +205,4 @@ inline void write_header(std::span<std::byte, header_bytes> out, std::uint16_t a
     detail::put<std::uint32_t>(out.data() + 12, static_cast<std::uint32_t>(header_bytes));
 }
 
-} // namespace vcpu::trace
+} // namespace vcpu::kvm::trace
