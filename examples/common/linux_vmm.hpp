@@ -13,6 +13,7 @@
 #include <kvm/vcpu.hpp>
 #include <vcpu/boot/flat_image.hpp>
 #include <vcpu/boot/linux_image.hpp>
+#include <vcpu/exit_name.hpp>
 #include <vcpu/exits.hpp>
 #include <vcpu/memory.hpp>
 #include <vcpu/result.hpp>
@@ -35,7 +36,6 @@
 #include <string_view>
 #include <thread>
 #include <type_traits>
-#include <typeinfo>
 #include <variant>
 #include <vector>
 
@@ -257,7 +257,7 @@ void run_until_end(Cpu& cpu, unsigned id, vm_state& state, counters& st, Hs&... 
             using T = std::remove_cvref_t<E>;
             if constexpr (!std::is_same_v<T, vcpu::interrupted> && !std::is_same_v<T, vcpu::system_event>) {
                 ++st.other;
-                std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, typeid(T).name());
+                std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, vcpu::exit_name<T>().data());
                 state.finish(ending::error);
             }
         },

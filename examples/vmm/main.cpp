@@ -550,7 +550,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
                         return true;
                     } else {
                         ++st.n[k_other];
-                        std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, typeid(T).name());
+                        std::fprintf(stderr, "vmm: vCPU %u: unhandled exit %s\n", id, vcpu::exit_name<T>().data());
                         finish(ending::error);
                         return true;
                     }

@@ -7,6 +7,7 @@
 #include <vcpu/config.hpp>
 #include <vcpu/decoder.hpp>
 #include <vcpu/dispatch.hpp>
+#include <vcpu/exit_name.hpp>
 #include <vcpu/exits.hpp>
 #include <vcpu/init.hpp>
 #include <vcpu/memory.hpp>
