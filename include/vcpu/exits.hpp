@@ -44,8 +44,11 @@ static_assert(sizeof(record_u64) == 8);
 class answer_slot {
 public:
     constexpr answer_slot() noexcept = default;
+    /// A null slot: answers are dropped.
     constexpr answer_slot(std::nullptr_t) noexcept {}
+    /// A slot of type `__u64` (x86 `hypercall.ret`, `msr.data`; an AArch64 saved X register).
     constexpr answer_slot(record_u64* p) noexcept : ull_(p) {}
+    /// A slot of type `unsigned long` (RISC-V `riscv_sbi.ret[]`, `riscv_csr.ret_value`).
     constexpr answer_slot(unsigned long* p) noexcept : ul_(p) {}
 
     /// True when the slot points somewhere.
@@ -89,13 +92,15 @@ constexpr void store_le(std::span<std::byte> b, std::uint64_t v) noexcept {
 /// `data` then holds `count` consecutive items of `size` bytes, all in the
 /// order the guest issues them. For `in`, the handler fills `data`.
 struct port_io {
-    std::uint16_t port = 0;
+    std::uint16_t port = 0;  ///< port number
     std::uint8_t size = 0;  ///< bytes per item: 1, 2 or 4
     std::uint32_t count = 0; ///< items (>= 1)
-    direction dir = direction::out;
+    direction dir = direction::out;  ///< `in`: the guest reads and the handler fills `data`; `out`: the guest wrote `data`
     std::span<std::byte> data; ///< size * count bytes inside the exit record
 
+    /// True for `in`/`ins`: the handler answers with `set` or `fill`.
     [[nodiscard]] constexpr bool is_in() const noexcept { return dir == direction::in; }
+    /// True for `out`/`outs`: `data` holds what the guest wrote.
     [[nodiscard]] constexpr bool is_out() const noexcept { return dir == direction::out; }
     /// Item `i` (default: the first) as an integer.
     [[nodiscard]] constexpr std::uint32_t value(std::uint32_t i = 0) const noexcept {
@@ -117,12 +122,16 @@ struct port_io {
 struct mmio {
     std::uint64_t address = 0; ///< guest physical address
     std::uint8_t size = 0;     ///< 1..8 bytes
-    direction dir = direction::out;
+    direction dir = direction::out;  ///< `in`: a load the handler answers; `out`: a store
     std::span<std::byte> data; ///< `size` bytes inside the exit record
 
+    /// True for a load: answer with `set`.
     [[nodiscard]] constexpr bool is_read() const noexcept { return dir == direction::in; }
+    /// True for a store: `value()` is what the guest wrote.
     [[nodiscard]] constexpr bool is_write() const noexcept { return dir == direction::out; }
+    /// The `size` bytes of `data` as a little-endian integer (the stored value, or the answer so far).
     [[nodiscard]] constexpr std::uint64_t value() const noexcept { return detail::load_le(data); }
+    /// Answers a load: stores the low `size` bytes of `v` into `data`, little-endian.
     constexpr void set(std::uint64_t v) const noexcept { detail::store_le(data, v); }
 };
 
@@ -132,12 +141,14 @@ struct mmio {
 struct coalesced_write {
     std::uint64_t address = 0; ///< GPA, or port number when `pio`
     std::uint32_t size = 0;    ///< 1..8
-    bool pio = false;
+    bool pio = false;  ///< true: a port write (`KVM_REGISTER_COALESCED_MMIO` with `KVM_COALESCED_MMIO_PIO`), false: MMIO
     /// Copied out of the ring: the kernel reuses a slot once it is consumed.
     std::array<std::byte, 8> bytes{};
+    /// The `size` bytes written.
     [[nodiscard]] constexpr std::span<const std::byte> data() const noexcept {
         return std::span<const std::byte>(bytes).first(size <= 8 ? size : 8);
     }
+    /// The bytes written as a little-endian integer.
     [[nodiscard]] constexpr std::uint64_t value() const noexcept { return detail::load_le(data()); }
 };
 
@@ -147,18 +158,21 @@ struct coalesced_write {
 /// (`aarch64::sys_encoding::index()`: op0<<14|op1<<11|CRn<<7|CRm<<3|op2, which
 /// sorts like the ARM ARM's encoding order), RISC-V CSR number.
 /// For reads the handler calls `answer`; `fail` asks the hypervisor to inject
-/// the architecture's fault (x86 #GP, AArch64 UNDEF, RISC-V illegal insn).
+/// the architecture's fault (x86 \#GP, AArch64 UNDEF, RISC-V illegal insn).
 struct sysreg {
-    std::uint64_t id = 0;
-    direction dir = direction::in;
+    std::uint64_t id = 0;  ///< the register: MSR index, AArch64 `sys_encoding::index()`, or CSR number
+    direction dir = direction::in;  ///< `in`: the guest reads (answer it), `out`: the guest writes `value`
     std::uint64_t value = 0;           ///< value written (dir == out)
     answer_slot result;                ///< where a read's answer goes
     std::uint8_t* fault = nullptr;     ///< set to 1 to fail the access; may be null
     std::uint8_t gpr = 0xff;           ///< destination/source GPR when known, else 0xff
     std::uint32_t reason = 0;          ///< x86: KVM_MSR_EXIT_REASON_* bits; else 0
 
+    /// True for a read (MRS, RDMSR, CSR read): answer with `answer`.
     [[nodiscard]] constexpr bool is_read() const noexcept { return dir == direction::in; }
+    /// Answers a read: stores `v` where the guest's destination register gets it.
     constexpr void answer(std::uint64_t v) const noexcept { result.store(v); }
+    /// Makes the access fault in the guest (only where the record has a fault flag: x86 MSR exits).
     constexpr void fail() const noexcept {
         if (fault != nullptr) *fault = 1;
     }
@@ -171,7 +185,9 @@ struct hypercall {
     std::array<std::uint64_t, 6> args{}; ///< arguments in calling-convention order
     answer_slot ret;                     ///< where the return value goes; may be null
     answer_slot ret2;                    ///< second return value (SBI a1); may be null
+    /// Sets the return value the guest sees (x86 RAX, SBI a0, SMCCC X0).
     constexpr void answer(std::uint64_t r) const noexcept { ret.store(r); }
+    /// Sets both return values (SBI `error`/`value` in a0/a1, SMCCC X0/X1).
     constexpr void answer(std::uint64_t r, std::uint64_t r2) const noexcept {
         ret.store(r);
         ret2.store(r2);
@@ -189,11 +205,12 @@ struct shutdown {};
 
 /// A platform-level request (PSCI SYSTEM_OFF/RESET, SBI SRST, crash...).
 struct system_event {
+    /// What the platform asked for.
     enum class kind : std::uint8_t { power_off, reset, crash, wakeup, suspend, other };
-    kind what = kind::other;
+    kind what = kind::other;  ///< the request, from `raw_type`
     std::uint32_t raw_type = 0;              ///< KVM_SYSTEM_EVENT_* or arch code
     std::array<std::uint64_t, 16> data{};    ///< arch-specific reason words (all KVM gives)
-    std::uint8_t ndata = 0;
+    std::uint8_t ndata = 0;  ///< valid words in `data`
 };
 
 /// A request to start another vCPU (PSCI CPU_ON, SBI HSM hart_start).
@@ -202,6 +219,7 @@ struct cpu_up {
     std::uint64_t entry = 0;   ///< guest physical entry point
     std::uint64_t context = 0; ///< value for the new CPU's first argument register
     answer_slot ret;           ///< status returned to the caller; may be null
+    /// Stores the status returned to the caller of CPU_ON / hart_start.
     constexpr void answer(std::uint64_t r) const noexcept { ret.store(r); }
 };
 
@@ -213,13 +231,16 @@ struct cpu_down {};
 struct nested_page_fault {
     std::uint64_t address = 0; ///< guest physical address
     std::uint64_t size = 0;    ///< bytes, 0 when unknown
+    /// @{
+    /// Kind of the faulting access (none set when the record does not say).
     bool read = false, write = false, exec = false;
+    /// @}
     std::uint64_t syndrome = 0; ///< arch detail: ESR_EL2, scause, KVM flags
 };
 
 /// A host interrupt arrived while the guest ran (bare-metal HALs).
 struct external_interrupt {
-    std::uint32_t vector = 0;
+    std::uint32_t vector = 0;  ///< interrupt: GIC INTID (AArch64 EL2) or RISC-V interrupt code (5 timer, 9 external, ...)
 };
 
 /// The HAL returned to userspace without a guest exit: another thread kicked
@@ -229,7 +250,7 @@ struct external_interrupt {
 /// is reported exactly once. 0 when something else interrupted the run (a
 /// signal not sent by a kicker).
 struct interrupted {
-    std::uint32_t requests = 0;
+    std::uint32_t requests = 0;  ///< request bits posted by the kickers since the last interrupted exit
 };
 
 /// The hardware refused to enter the guest (VM-entry failure, bad state).
@@ -248,11 +269,11 @@ struct internal_error {
 /// x86: `exception` vector, `pc`, `status` = DR6, `control` = DR7.
 /// AArch64: `status` = ESR_EL2 (HSR), `address` = FAR.
 struct debug {
-    std::uint64_t pc = 0;
-    std::uint32_t exception = 0;
-    std::uint64_t status = 0;
-    std::uint64_t control = 0;
-    std::uint64_t address = 0;
+    std::uint64_t pc = 0;  ///< guest PC of the debug event (x86)
+    std::uint32_t exception = 0;  ///< x86: exception vector (1 = \#DB, 3 = \#BP); AArch64: ESR_EL2.EC
+    std::uint64_t status = 0;  ///< x86: DR6; AArch64: ESR_EL2
+    std::uint64_t control = 0;  ///< x86: DR7; else 0
+    std::uint64_t address = 0;  ///< AArch64: FAR_EL2 (the watchpoint address); else 0
 };
 
 /// The dirty-page ring of this vCPU is full (`KVM_EXIT_DIRTY_RING_FULL`):
@@ -261,13 +282,14 @@ struct dirty_ring_full {};
 
 /// An exit reason the decoder does not know, with the raw code.
 struct unknown {
-    std::uint64_t raw = 0;
+    std::uint64_t raw = 0;  ///< the exit reason (KVM `exit_reason`, ESR_EL2.EC, or scause)
     std::uint64_t detail = 0; ///< hardware exit reason when the HAL reports one
 };
 
 /// An exit record that fails validation: a size, count or offset that would
 /// reach outside the record. The access is never performed.
 struct malformed_exit {
+    /// What failed validation.
     enum class why : std::uint8_t {
         io_size,          ///< port access size not 1, 2 or 4
         io_count,         ///< zero items
@@ -278,9 +300,10 @@ struct malformed_exit {
         event_ndata,      ///< system-event ndata larger than its array
         encoding,         ///< instruction/syndrome that cannot be decoded
     };
-    why reason = why::io_size;
+    why reason = why::io_size;  ///< the check that failed
     std::uint64_t raw_reason = 0; ///< the record's exit reason
     std::uint64_t value = 0;      ///< the offending value
+    /// A one-line message for the failed check.
     [[nodiscard]] constexpr std::string_view describe() const noexcept {
         switch (reason) {
         case why::io_size: return "port I/O size is not 1, 2 or 4";
