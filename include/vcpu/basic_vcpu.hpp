@@ -53,9 +53,13 @@ class basic_vcpu {
                   "`vcpu<Arch>` holding a vCPU's state");
 
 public:
+    /// The architecture policy (e.g. `vcpu::arch::x86_64`).
     using arch_type = Arch;
+    /// The HAL policy (e.g. `vcpu::kvm::hal`, `vcpu::kvm::mock::hal`).
     using hal_type = Hal;
+    /// The HAL's per-vCPU state for this architecture (`Hal::vcpu<Arch>`).
     using hal_vcpu = typename Hal::template vcpu<Arch>;
+    /// The HAL's exit record, decoded by `exit_decoder<Arch, raw_exit>` (KVM: `kvm::run_view`).
     using raw_exit = typename hal_vcpu::raw_exit;
 
     static_assert(EntersGuest<hal_vcpu>,
@@ -73,11 +77,14 @@ public:
     explicit basic_vcpu(hal_vcpu&& h) noexcept(std::is_nothrow_move_constructible_v<hal_vcpu>)
         : hal_(std::move(h)) {}
 
+    /// Moves the HAL vCPU; do not move a vCPU while `run()`/`step()` is on.
     basic_vcpu(basic_vcpu&&) noexcept = default;
+    /// Moves the HAL vCPU; do not move a vCPU while `run()`/`step()` is on.
     basic_vcpu& operator=(basic_vcpu&&) noexcept = default;
 
     /// The HAL state, for HAL-specific operations (KVM: fds, `kvm_run`, ...).
     [[nodiscard]] hal_vcpu& hal() noexcept { return hal_; }
+    /// The HAL state, read-only.
     [[nodiscard]] const hal_vcpu& hal() const noexcept { return hal_; }
 
     /// Reads register `r` (any storage kind) through the HAL.

@@ -41,8 +41,9 @@ namespace vcpu {
 /// One entry of a bus map: `Size` addresses from `Base` handled by a `Device`.
 template <std::uint64_t Base, std::uint64_t Size, class Device>
 struct range {
-    static constexpr std::uint64_t base = Base;
-    static constexpr std::uint64_t size = Size;
+    static constexpr std::uint64_t base = Base;  ///< first address of the range
+    static constexpr std::uint64_t size = Size;  ///< number of addresses (bytes or ports) in the range
+    /// The device type; the bus holds one instance and passes it offsets from `base`.
     using device = Device;
 };
 
@@ -61,19 +62,25 @@ concept BusDevice = requires(D& d, std::uint64_t offset, std::uint8_t size, std:
 namespace unmapped {
 /// Writes are dropped, reads return 0.
 struct ignore {
+    /// Unmapped writes do not stop the run loop.
     static constexpr bool stops = false;
+    /// What an unmapped read returns.
     static constexpr std::uint64_t read_value = 0;
 };
 /// Writes are dropped, reads return all ones (what an empty ISA/PCI bus
 /// floats to; Linux's probes treat 0xff.. as "no device").
 struct all_ones {
+    /// Unmapped writes do not stop the run loop.
     static constexpr bool stops = false;
+    /// What an unmapped read returns: all ones, truncated to the access size.
     static constexpr std::uint64_t read_value = ~std::uint64_t{0};
 };
 /// The access is reported as an exit: the bus returns `action::stop`, so
 /// `basic_vcpu::run` returns the `port_io` / `mmio` exit to its caller.
 struct report {
+    /// Unmapped accesses make the bus return `action::stop`.
     static constexpr bool stops = true;
+    /// An unmapped read's data before the caller answers it: 0.
     static constexpr std::uint64_t read_value = 0;
 };
 } // namespace unmapped
@@ -162,7 +169,9 @@ public:
     /// True when dispatch can ask the run loop to stop (report policy, or a
     /// device whose `write` returns `action`). Then the bus returns `action`.
     static constexpr bool may_stop = Policy::stops || device_stops;
+    /// What `dispatch` returns: `vcpu::action` when `may_stop`, else `void`.
     using result_type = std::conditional_t<may_stop, action, void>;
+    /// Number of ranges (and devices) on the bus.
     static constexpr std::size_t device_count = sizeof...(Rs);
 
     basic_bus() = default;

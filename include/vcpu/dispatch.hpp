@@ -74,9 +74,10 @@ struct unhandled<type_list<Es...>, Hs...> {
 /// architectures. Calls forward to the wrapped handler.
 template <class H>
 struct allowed_unused {
-    H fn;
+    H fn;  ///< the wrapped handler
     template <class E>
         requires std::is_invocable_v<H&, E&>
+    /// Calls the wrapped handler with `e`.
     constexpr decltype(auto) operator()(E& e) noexcept(std::is_nothrow_invocable_v<H&, E&>) {
         return fn(e);
     }

@@ -14,11 +14,13 @@ namespace vcpu {
 /// Applies its policies in order; models `CpuInitFor` when each part does.
 template <class... Ps>
 struct init_sequence {
-    std::tuple<Ps...> parts;
+    std::tuple<Ps...> parts;  ///< the policies, applied first to last
 
+    /// Holds `ps...` to apply in this order.
     constexpr explicit init_sequence(Ps... ps) : parts(std::move(ps)...) {}
 
     template <class Cpu>
+    /// Applies each policy to `cpu` in order and stops at the first error, which it returns.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         result<void> r;
         std::apply([&](const auto&... p) { (void)((r = p.apply(cpu), r.has_value()) && ...); },

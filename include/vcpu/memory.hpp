@@ -19,10 +19,11 @@ namespace vcpu {
 
 /// One contiguous range of guest physical memory backed by host bytes.
 struct guest_region {
-    std::uint64_t gpa = 0;
-    std::span<std::byte> host;
-    bool read_only = false;
+    std::uint64_t gpa = 0;  ///< guest physical address of the first byte
+    std::span<std::byte> host;  ///< the host bytes that back the region (its length is the region's size)
+    bool read_only = false;  ///< writes through this map fail with `EACCES` (a ROM image)
 
+    /// Size of the region in bytes.
     [[nodiscard]] constexpr std::uint64_t size() const noexcept { return host.size(); }
     /// True when `[addr, addr+len)` lies inside this region (overflow-safe).
     [[nodiscard]] constexpr bool contains(std::uint64_t addr, std::uint64_t len) const noexcept {
@@ -107,6 +108,7 @@ public:
         return write(gpa, b);
     }
 
+    /// The regions added so far, in the order they were added.
     [[nodiscard]] std::span<const guest_region> regions() const noexcept {
         return {regions_.data(), count_};
     }
@@ -121,6 +123,7 @@ private:
     std::size_t count_ = 0;
 };
 
+/// A guest memory map with the default capacity of regions.
 using guest_memory = basic_guest_memory<>;
 
 } // namespace vcpu

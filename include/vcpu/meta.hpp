@@ -14,6 +14,7 @@ namespace vcpu {
 /// A list of types, as declared by an architecture or HAL.
 template <class... Ts>
 struct type_list {
+    /// Number of types in the list.
     static constexpr std::size_t size = sizeof...(Ts);
 };
 

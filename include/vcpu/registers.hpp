@@ -37,7 +37,10 @@ enum class access : std::uint8_t { rw, ro, wo };
 
 /// A 128-bit register value (AArch64 V0-V31), little-endian halves.
 struct u128 {
+    /// @{
+    /// The low and high 64 bits.
     std::uint64_t lo = 0, hi = 0;
+    /// @}
     friend constexpr bool operator==(const u128&, const u128&) = default;
 };
 
@@ -54,20 +57,25 @@ inline void block_register_lies_outside_its_block() noexcept {}
 /// need no run-time bounds test.
 template <class Block, class T, access A = access::rw>
 struct block_reg {
+    /// The register block type (its `layout` is the struct the HAL loads and stores).
     using block = Block;
+    /// The register's value type.
     using value_type = T;
+    /// Who may access the register (`ro` ones cannot be `set`).
     static constexpr access rights = A;
-    std::string_view name;
-    std::size_t offset = 0;
+    std::string_view name;  ///< the register's name in the manual (for messages)
+    std::size_t offset = 0;  ///< byte offset of the value inside `Block::layout`
 
     static_assert(std::is_trivially_copyable_v<T>, "block register values are copied bytewise");
 
     constexpr block_reg() noexcept = default;
+    /// A descriptor named `n` at byte `off` of the block; does not compile when the value would leave the block.
     consteval block_reg(std::string_view n, std::size_t off) noexcept : name(n), offset(off) {
         if (off > sizeof(typename Block::layout) || sizeof(T) > sizeof(typename Block::layout) - off)
             detail::block_register_lies_outside_its_block();
     }
 
+    /// Width of the value in bits.
     [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
 
     /// Reads the value out of a block image.
@@ -76,6 +84,7 @@ struct block_reg {
         std::memcpy(&v, reinterpret_cast<const std::byte*>(&l) + offset, sizeof(T));
         return v;
     }
+    /// Writes `v` into a block image.
     void write_to(typename Block::layout& l, const T& v) const noexcept {
         std::memcpy(reinterpret_cast<std::byte*>(&l) + offset, &v, sizeof(T));
     }
@@ -84,10 +93,13 @@ struct block_reg {
 /// Register reached one at a time by a 64-bit id (`KVM_{GET,SET}_ONE_REG`).
 template <class T, access A = access::rw>
 struct one_reg {
+    /// The register's value type.
     using value_type = T;
+    /// Who may access the register (`ro` ones cannot be `set`).
     static constexpr access rights = A;
-    std::string_view name;
-    std::uint64_t id = 0;
+    std::string_view name;  ///< the register's name in the manual (for messages)
+    std::uint64_t id = 0;  ///< the 64-bit register id (`KVM_REG_*` encoding on KVM)
+    /// Width of the value in bits.
     [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
 };
 
@@ -95,11 +107,15 @@ struct one_reg {
 /// x86 MSR by its index.
 template <class Bank, class T = std::uint64_t, access A = access::rw>
 struct keyed_reg {
+    /// The bank tag type; the HAL reaches the register through `get_keyed<Bank>` / `set_keyed<Bank>`.
     using bank = Bank;
+    /// The register's value type.
     using value_type = T;
+    /// Who may access the register (`ro` ones cannot be `set`).
     static constexpr access rights = A;
-    std::string_view name;
-    std::uint64_t key = 0;
+    std::string_view name;  ///< the register's name in the manual (for messages)
+    std::uint64_t key = 0;  ///< index inside the bank (e.g. the MSR number)
+    /// Width of the value in bits.
     [[nodiscard]] constexpr std::size_t width_bits() const noexcept { return sizeof(T) * 8; }
 };
 
@@ -123,15 +139,21 @@ concept RegisterDescriptor =
 template <unsigned Lsb, unsigned Width = 1, access A = access::rw>
 struct bitfield {
     static_assert(Width >= 1 && Lsb + Width <= 64, "bit field must fit in 64 bits");
+    /// Lowest bit of the field.
     static constexpr unsigned lsb = Lsb;
+    /// Number of bits.
     static constexpr unsigned width = Width;
+    /// Who may write the field (`set` does not compile for `ro`).
     static constexpr access rights = A;
+    /// The field's bits in place.
     static constexpr std::uint64_t mask =
         (Width == 64 ? ~std::uint64_t{0} : ((std::uint64_t{1} << Width) - 1)) << Lsb;
 
+    /// The field's value, shifted down to bit 0.
     [[nodiscard]] static constexpr std::uint64_t get(std::uint64_t reg) noexcept {
         return (reg & mask) >> Lsb;
     }
+    /// True when any bit of the field is set.
     [[nodiscard]] static constexpr bool test(std::uint64_t reg) noexcept { return (reg & mask) != 0; }
     /// `reg` with this field replaced by `v` (truncated to the field's width).
     [[nodiscard]] static constexpr std::uint64_t set(std::uint64_t reg, std::uint64_t v) noexcept {

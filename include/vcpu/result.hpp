@@ -43,16 +43,18 @@ struct error_context {
         hex,     ///< 0x-prefixed hexadecimal
         range,   ///< with the next slot: [start, start+size) in hexadecimal
     };
+    /// Most values one error carries.
     static constexpr std::size_t max_values = 6;
+    /// Most characters of `text` (longer texts are cut).
     static constexpr std::size_t max_text = 31;
 
-    const char* names[max_values] = {};
-    std::uint64_t values[max_values] = {};
-    format formats[max_values] = {};
+    const char* names[max_values] = {};  ///< names of the values (static strings; null for a range's second slot)
+    std::uint64_t values[max_values] = {};  ///< the values, in the order they were added
+    format formats[max_values] = {};  ///< how each value is rendered
     std::uint8_t count = 0;      ///< slots used in `names`/`values` (a range takes two)
     bool truncated = false;      ///< a value did not fit, or the text was cut
     const char* text_name = nullptr; ///< name of `text`; null when there is none
-    char text[max_text + 1] = {};
+    char text[max_text + 1] = {};  ///< the named text, NUL-terminated
 };
 
 /// An operation that failed, with its errno and the values that explain it.
@@ -73,6 +75,7 @@ struct error {
     }
     template <class I>
         requires std::is_integral_v<I>
+    /// As `with(name, v) &`, on a temporary error: `return error{...}.with("slot", s);`.
     [[nodiscard]] constexpr error with(const char* name, I v) && noexcept {
         with(name, v);
         return std::move(*this);
@@ -81,6 +84,7 @@ struct error {
     constexpr error& with_hex(const char* name, std::uint64_t v) & noexcept {
         return put(name, v, error_context::format::hex);
     }
+    /// As `with_hex(name, v) &`, on a temporary error.
     [[nodiscard]] constexpr error with_hex(const char* name, std::uint64_t v) && noexcept {
         with_hex(name, v);
         return std::move(*this);
@@ -95,6 +99,7 @@ struct error {
         put(name, start, error_context::format::range);
         return put(nullptr, size, error_context::format::range);
     }
+    /// As `with_range(name, start, size) &`, on a temporary error.
     [[nodiscard]] constexpr error with_range(const char* name, std::uint64_t start, std::uint64_t size) && noexcept {
         with_range(name, start, size);
         return std::move(*this);
@@ -109,6 +114,7 @@ struct error {
         if (n < t.size()) c.truncated = true;
         return *this;
     }
+    /// As `with_text(name, t) &`, on a temporary error.
     [[nodiscard]] constexpr error with_text(const char* name, std::string_view t) && noexcept {
         with_text(name, t);
         return std::move(*this);
@@ -263,28 +269,36 @@ class [[nodiscard]] result {
     static_assert(!std::is_reference_v<T>, "result<T&> is not supported; use result<T*>");
 
 public:
+    /// The value type `T`.
     using value_type = T;
 
+    /// A result holding a copy of `v`.
     constexpr result(const T& v) noexcept(std::is_nothrow_copy_constructible_v<T>)
         : v_(v), ok_(true) {}
+    /// A result holding `v`, moved.
     constexpr result(T&& v) noexcept(std::is_nothrow_move_constructible_v<T>)
         : v_(std::move(v)), ok_(true) {}
     template <class... A>
+    /// A result holding a `T` built in place from `a...`.
     constexpr explicit result(std::in_place_t, A&&... a) : v_(std::forward<A>(a)...), ok_(true) {}
+    /// A result holding the error `e`.
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
 
     // The union is left without an active member until the body constructs one: zeroing the
     // error first (as `e_()` would) cost the success path the whole error's size.
+    /// Copies the value or the error.
     constexpr result(const result& o) noexcept(std::is_nothrow_copy_constructible_v<T>)
         : ok_(o.ok_) {
         if (ok_) std::construct_at(&v_, o.v_);
         else std::construct_at(&e_, o.e_);
     }
+    /// Moves the value, or copies the error.
     constexpr result(result&& o) noexcept(std::is_nothrow_move_constructible_v<T>)
         : ok_(o.ok_) {
         if (ok_) std::construct_at(&v_, std::move(o.v_));
         else std::construct_at(&e_, o.e_);
     }
+    /// Replaces the content with `o`'s.
     constexpr result& operator=(result o) noexcept(std::is_nothrow_move_constructible_v<T>) {
         reset();
         if (o.ok_) std::construct_at(&v_, std::move(o.v_));
@@ -294,21 +308,33 @@ public:
     }
     constexpr ~result() { reset(); }
 
+    /// True when the result holds a value.
     [[nodiscard]] constexpr bool has_value() const noexcept { return ok_; }
+    /// True when the result holds a value.
     constexpr explicit operator bool() const noexcept { return ok_; }
 
+    /// The value; traps when the result holds an error.
     [[nodiscard]] constexpr T& value() & noexcept { check(ok_); return v_; }
+    /// The value; traps when the result holds an error.
     [[nodiscard]] constexpr const T& value() const& noexcept { check(ok_); return v_; }
+    /// The value, moved out; traps when the result holds an error.
     [[nodiscard]] constexpr T&& value() && noexcept { check(ok_); return std::move(v_); }
+    /// The value (`value()`).
     constexpr T& operator*() & noexcept { return value(); }
+    /// The value (`value()`).
     constexpr const T& operator*() const& noexcept { return value(); }
+    /// The value, moved out (`value()`).
     constexpr T&& operator*() && noexcept { return std::move(*this).value(); }
+    /// Member access to the value; traps when the result holds an error.
     constexpr T* operator->() noexcept { return &value(); }
+    /// Member access to the value; traps when the result holds an error.
     constexpr const T* operator->() const noexcept { return &value(); }
 
+    /// The error; traps when the result holds a value.
     [[nodiscard]] constexpr const error& err() const noexcept { check(!ok_); return e_; }
 
     template <class U>
+    /// The value, or `u` converted to `T` when the result holds an error.
     [[nodiscard]] constexpr T value_or(U&& u) const& {
         return ok_ ? v_ : static_cast<T>(std::forward<U>(u));
     }
@@ -333,6 +359,7 @@ private:
 template <>
 class [[nodiscard]] result<void> {
 public:
+    /// There is no value: `void`.
     using value_type = void;
     constexpr result() noexcept : ok_(true) {
         // Keeps GCC from folding `ok()` into a constant: a constant is materialised whole, so
@@ -341,23 +368,30 @@ public:
         // Clang does not fold it; the branch costs nothing at run time.
         if (std::is_constant_evaluated()) ok_ = true;
     }
+    /// A failed result holding the error `e`.
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
     // Copies touch the error's bytes only on failure: a trivial copy would move all of them on
     // the success path too (measured: 36 more instructions per exit in the exit loop).
+    /// Copies the success flag and, on failure, the error.
     constexpr result(const result& o) noexcept : ok_(o.ok_) {
         if (!ok_) std::construct_at(&e_, o.e_);
     }
+    /// Copies the success flag and, on failure, the error.
     constexpr result& operator=(const result& o) noexcept {
         ok_ = o.ok_;
         if (!ok_) std::construct_at(&e_, o.e_);
         return *this;
     }
     constexpr ~result() = default;
+    /// True on success.
     [[nodiscard]] constexpr bool has_value() const noexcept { return ok_; }
+    /// True on success.
     constexpr explicit operator bool() const noexcept { return ok_; }
+    /// Does nothing on success; traps when the result holds an error.
     constexpr void value() const noexcept {
         if (!ok_) __builtin_trap();
     }
+    /// The error; traps on success.
     [[nodiscard]] constexpr const error& err() const noexcept {
         if (ok_) __builtin_trap();
         return e_;

@@ -118,6 +118,7 @@ public:
         }
         return *this;
     }
+    /// As the span overload, for a braced list: `prop_u32s("interrupts", {0, 33, 4})`.
     fdt_writer& prop_u32s(const char* name, std::initializer_list<std::uint32_t> cells) noexcept {
         return prop_u32s(name, std::span<const std::uint32_t>(cells.begin(), cells.size()));
     }
@@ -133,6 +134,7 @@ public:
         }
         return *this;
     }
+    /// As the span overload, for a braced list: `prop_u64s("reg", {base, size})`.
     fdt_writer& prop_u64s(const char* name, std::initializer_list<std::uint64_t> values) noexcept {
         return prop_u64s(name, std::span<const std::uint64_t>(values.begin(), values.size()));
     }

@@ -48,7 +48,7 @@ struct flat_layout {
     std::uint64_t entry = 0;       ///< load address = entry point (PC)
     std::uint64_t image_end = 0;   ///< entry + image size
     std::uint64_t initrd = 0;      ///< 0 when there is none
-    std::uint64_t initrd_size = 0;
+    std::uint64_t initrd_size = 0;  ///< bytes of initrd at `initrd`
     std::uint64_t dtb = 0;         ///< slot for the device tree
     std::uint64_t dtb_max = 0;     ///< its size
 };

@@ -25,10 +25,10 @@ struct image_header {
 
 /// Field offsets both formats share (arm64 booting.rst §4, riscv boot-image-header.rst).
 namespace image_field {
-inline constexpr std::size_t text_offset = 8;
-inline constexpr std::size_t image_size = 16;
-inline constexpr std::size_t flags = 24;
-inline constexpr std::size_t header_size = 64;
+inline constexpr std::size_t text_offset = 8;  ///< `text_offset`, u64 LE
+inline constexpr std::size_t image_size = 16;  ///< `image_size`, u64 LE
+inline constexpr std::size_t flags = 24;  ///< `flags`, u64 LE
+inline constexpr std::size_t header_size = 64;  ///< bytes of the header (the file must be at least this long)
 } // namespace image_field
 
 /// Little-endian read of `bytes` (≤ 8) bytes at `off`; false when they are not all inside `img`.

@@ -43,9 +43,9 @@ struct linux_layout {
     std::uint64_t kernel_end = 0;   ///< entry + max(image_size, file size)
     std::uint64_t kernel_file = 0;  ///< bytes of kernel written (after decompression)
     bool compressed = false;        ///< the file was gzip
-    image_header header{};
+    image_header header{};  ///< the image header as read (`text_offset`, `image_size`, `flags`)
     std::uint64_t initrd = 0;       ///< 0 when there is none
-    std::uint64_t initrd_size = 0;
+    std::uint64_t initrd_size = 0;  ///< bytes of initrd at `initrd`
     std::uint64_t dtb = 0;          ///< slot for the device tree
     std::uint64_t dtb_max = 0;      ///< its size
 };
