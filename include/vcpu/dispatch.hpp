@@ -75,9 +75,9 @@ struct unhandled<type_list<Es...>, Hs...> {
 template <class H>
 struct allowed_unused {
     H fn;  ///< the wrapped handler
+    /// Calls the wrapped handler with `e`.
     template <class E>
         requires std::is_invocable_v<H&, E&>
-    /// Calls the wrapped handler with `e`.
     constexpr decltype(auto) operator()(E& e) noexcept(std::is_nothrow_invocable_v<H&, E&>) {
         return fn(e);
     }

@@ -73,9 +73,9 @@ struct error {
         return put(name, static_cast<std::uint64_t>(v),
                    std::is_signed_v<I> ? error_context::format::sdec : error_context::format::dec);
     }
+    /// As `with(name, v) &`, on a temporary error: `return error{...}.with("slot", s);`.
     template <class I>
         requires std::is_integral_v<I>
-    /// As `with(name, v) &`, on a temporary error: `return error{...}.with("slot", s);`.
     [[nodiscard]] constexpr error with(const char* name, I v) && noexcept {
         with(name, v);
         return std::move(*this);

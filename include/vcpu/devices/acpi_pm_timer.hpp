@@ -31,6 +31,7 @@ inline constexpr std::uint16_t acpi_pm_timer_ports = 4;
 
 /// Nanoseconds of the host's monotonic clock.
 struct steady_ns {
+    /// The clock's current value in nanoseconds.
     [[nodiscard]] std::uint64_t operator()() const noexcept {
         return static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -49,9 +50,11 @@ struct steady_ns {
 template <class Clock = steady_ns>
 class acpi_pm_timer {
 public:
+    /// The counter's 24 bits.
     static constexpr std::uint32_t mask = (1u << acpi_pm_timer_bits) - 1;
 
     acpi_pm_timer() noexcept : start_(clock_()) {}
+    /// A timer that reads time from `c`, counting from 0 at construction.
     explicit acpi_pm_timer(Clock c) noexcept : clock_(static_cast<Clock&&>(c)), start_(clock_()) {}
 
     /// The current count (24 bits): `size` bytes of it from byte `offset`.

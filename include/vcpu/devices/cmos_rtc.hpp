@@ -15,7 +15,9 @@
 
 namespace vcpu::devices {
 
+/// The index register: selects the RTC/CMOS register (bit 7 is the NMI mask, ignored).
 inline constexpr std::uint16_t cmos_index_port = 0x70;
+/// The data register: reads or writes the selected register.
 inline constexpr std::uint16_t cmos_data_port = 0x71;
 
 /// MC146818A register indices.
@@ -28,11 +30,15 @@ enum class rtc_reg : std::uint8_t {
 
 /// Broken-down time the RTC reports (a policy so tests can pin it).
 struct rtc_time {
+    /// @{
+    /// Seconds, minutes, hours (24-hour), day of week (1 = Sunday), day of month, month (1..12), full year.
     int sec = 0, min = 0, hour = 0, wday = 0, mday = 1, mon = 1, year = 2000;
+    /// @}
 };
 
 /// The host's UTC time.
 struct host_clock {
+    /// The current UTC time from `gmtime_r`.
     [[nodiscard]] rtc_time operator()() const noexcept {
         const std::time_t t = std::time(nullptr);
         std::tm tm{};
@@ -42,6 +48,7 @@ struct host_clock {
     }
 };
 
+/// `v` (0..99) in packed BCD, as the RTC reports time.
 [[nodiscard]] constexpr std::uint8_t to_bcd(int v) noexcept {
     return static_cast<std::uint8_t>(((v / 10) % 10) << 4 | (v % 10));
 }
@@ -51,18 +58,22 @@ template <class Clock = host_clock>
 class cmos_rtc {
 public:
     cmos_rtc() = default;
+    /// An RTC that reads time from `c`.
     explicit cmos_rtc(Clock c) : clock_(c) {}
 
+    /// Offset 0: the index last written; offset 1: the selected register (`reg`).
     std::uint8_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
         if (offset == 0) return index_;
         return reg(index_ & 0x7f);
     }
+    /// Offset 0 selects a register; offset 1 writes CMOS RAM at 0x0e and above (time registers are read-only).
     void write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
         const auto b = static_cast<std::uint8_t>(value);
         if (offset == 0) index_ = b;
         else if ((index_ & 0x7f) >= 0x0e) ram_[index_ & 0x7f] = b; // time regs are read-only here
     }
 
+    /// Register `i`: the time in BCD (24-hour), fixed status A-D (no update in progress, no interrupts), else CMOS RAM.
     [[nodiscard]] std::uint8_t reg(std::uint8_t i) const noexcept {
         const auto t = clock_();
         switch (static_cast<rtc_reg>(i)) {

@@ -31,6 +31,7 @@
 namespace vcpu::devices {
 
 inline constexpr std::uint16_t fw_cfg_port = 0x510;  ///< selector; data at 0x511
+/// Ports of the device: selector and data.
 inline constexpr std::uint16_t fw_cfg_ports = 2;
 
 /// Item keys (QEMU docs/specs/fw_cfg.rst "Selector Register" table,
@@ -65,17 +66,19 @@ struct fw_cfg_config {
 
 /// One file in the directory (name without the NUL, at most 55 bytes).
 struct fw_cfg_file {
-    std::string_view name;
-    std::span<const std::byte> bytes;
+    std::string_view name;  ///< the file's name, e.g. "etc/e820" (at most 55 bytes)
+    std::span<const std::byte> bytes;  ///< its contents; must outlive the device
 };
 
 /// The device over 0x510..0x511 (`range<0x510, 2, fw_cfg<>>`).
 template <std::size_t MaxFiles = 8>
 class basic_fw_cfg {
 public:
+    /// Most files the directory holds.
     static constexpr std::size_t max_files = MaxFiles;
 
     basic_fw_cfg() = default;
+    /// A device describing the machine `c`, with no files yet.
     explicit basic_fw_cfg(const fw_cfg_config& c) noexcept : cfg_(c) {}
 
     /// Adds a file (its bytes must outlive the device). False when the

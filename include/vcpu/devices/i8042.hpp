@@ -20,6 +20,7 @@ namespace vcpu::devices {
 
 /// i8042 ports (IBM PC/AT Technical Reference, keyboard controller).
 inline constexpr std::uint16_t i8042_data_port = 0x60;
+/// Status (read) and command (write) port.
 inline constexpr std::uint16_t i8042_command_port = 0x64;
 
 /// i8042 commands written to port 0x64.
@@ -52,6 +53,7 @@ inline constexpr std::uint8_t system_flag = 0x04; ///< set after self test
 /// the status port 10,000 times per command (I8042_CTL_TIMEOUT) for two of them.
 class i8042 {
 public:
+    /// Offset 0: the pending output byte (then none is pending); offset 4: the status register.
     std::uint8_t read(std::uint64_t offset, std::uint8_t /*size*/) noexcept {
         if (offset == 0) {
             const std::uint8_t v = has_output_ ? output_ : 0;
@@ -64,6 +66,7 @@ public:
         return 0;
     }
 
+    /// Offset 0: a data byte (for a pending write-command-byte or AUX-output command); offset 4: a command. Pulse-reset (0xFE) returns `action::stop`, so the run loop returns the exit.
     action write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
         const auto b = static_cast<std::uint8_t>(value);
         if (offset == 0) {

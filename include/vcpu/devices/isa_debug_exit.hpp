@@ -20,6 +20,7 @@ namespace vcpu::devices {
 
 /// The port and width kvm-unit-tests configures (x86/run: `iobase=0xf4,iosize=0x4`).
 inline constexpr std::uint16_t isa_debug_exit_port = 0xf4;
+/// Width of the port block kvm-unit-tests configures.
 inline constexpr std::uint16_t isa_debug_exit_ports = 4;
 
 /// Place over 0xf4..0xf7 (`range<0xf4, 4, isa_debug_exit>`).

@@ -33,7 +33,7 @@ inline constexpr std::uint16_t pc_testdev_port = 0xe0;        ///< scratch regis
 inline constexpr std::uint16_t pc_testdev_port_count = 12;///< 0xe0..0xeb
 inline constexpr std::uint16_t pc_testdev_irq_port = 0x2000;  ///< IRQ line 0
 inline constexpr std::uint16_t pc_testdev_irq_lines = 24;     ///< 0x2000..0x2017
-inline constexpr std::uint64_t pc_testdev_iomem_base = 0xff000000;
+inline constexpr std::uint64_t pc_testdev_iomem_base = 0xff000000;  ///< IOMEM: QEMU's memory-mapped test area (`pc-testdev` iomem)
 inline constexpr std::uint64_t pc_testdev_iomem_size = 0x10000; ///< IOMEM_LEN
 
 /// Offsets inside `pc_testdev_ports`.
@@ -45,10 +45,12 @@ inline constexpr std::uint64_t scratch_byte = 0x8; ///< 0xe8..0xeb
 
 /// A flush policy that does nothing (the default).
 struct no_flush {
+    /// Ignores the page address.
     constexpr void operator()(std::uint64_t /*gpa*/) const noexcept {}
 };
 /// An IRQ policy that drives nothing (the default).
 struct no_irq_lines {
+    /// Ignores the line change.
     constexpr void operator()(unsigned /*line*/, bool /*level*/) const noexcept {}
 };
 
@@ -57,6 +59,7 @@ template <class Flush = no_flush>
 class pc_testdev_ports {
 public:
     pc_testdev_ports() = default;
+    /// Ports whose flush-page writes go to `f`.
     explicit pc_testdev_ports(Flush f) noexcept : flush_(static_cast<Flush&&>(f)) {}
 
     /// Scratch reads return the addressed bytes; the flush port reads 0.
@@ -78,6 +81,7 @@ public:
     }
     /// The scratch register.
     [[nodiscard]] std::uint32_t scratch() const noexcept { return scratch_; }
+    /// The flush policy (e.g. to read what it recorded).
     [[nodiscard]] Flush& flush() noexcept { return flush_; }
 
 private:
@@ -98,6 +102,7 @@ template <class Irq = no_irq_lines>
 class pc_testdev_irq {
 public:
     pc_testdev_irq() = default;
+    /// Lines driven through `i(line, level)`.
     explicit pc_testdev_irq(Irq i) noexcept : irq_(static_cast<Irq&&>(i)) {}
 
     /// Reads return 0 (QEMU's `test_irq_line_read`).
@@ -106,6 +111,7 @@ public:
     void write(std::uint64_t offset, std::uint8_t /*size*/, std::uint64_t value) noexcept {
         if (offset < pc_testdev_irq_lines) irq_(static_cast<unsigned>(offset), value != 0);
     }
+    /// The IRQ policy (e.g. to read what it recorded).
     [[nodiscard]] Irq& irq() noexcept { return irq_; }
 
 private:

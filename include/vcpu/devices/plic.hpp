@@ -35,12 +35,12 @@ namespace vcpu::devices {
 
 /// PLIC register offsets and strides (PLIC spec §3).
 namespace plic_map {
-inline constexpr std::uint64_t priority = 0x000000;
-inline constexpr std::uint64_t pending = 0x001000;
-inline constexpr std::uint64_t enable = 0x002000;
-inline constexpr std::uint64_t enable_stride = 0x80;
-inline constexpr std::uint64_t context = 0x200000;
-inline constexpr std::uint64_t context_stride = 0x1000;
+inline constexpr std::uint64_t priority = 0x000000;  ///< source priorities: one 32-bit word per source id
+inline constexpr std::uint64_t pending = 0x001000;  ///< pending bits: one bit per source id
+inline constexpr std::uint64_t enable = 0x002000;  ///< enable bits of context 0 (one bit per source)
+inline constexpr std::uint64_t enable_stride = 0x80;  ///< bytes between the enable bits of two contexts
+inline constexpr std::uint64_t context = 0x200000;  ///< threshold/claim block of context 0
+inline constexpr std::uint64_t context_stride = 0x1000;  ///< bytes between the blocks of two contexts
 inline constexpr std::uint64_t threshold = 0x0; ///< within a context block
 inline constexpr std::uint64_t claim = 0x4;     ///< within a context block
 /// Bytes of address space for `contexts` contexts (what a device tree's `reg` needs).
@@ -61,7 +61,9 @@ public:
         : contexts_(contexts <= MaxContexts ? contexts : MaxContexts),
           sources_(sources < MaxSources ? sources : MaxSources - 1), irq_(static_cast<Irq&&>(irq)) {}
 
+    /// Number of contexts (targets).
     [[nodiscard]] unsigned contexts() const noexcept { return contexts_; }
+    /// Highest source id.
     [[nodiscard]] unsigned sources() const noexcept { return sources_; }
 
     /// The line of `source` (1..sources) is now `level`.
@@ -119,8 +121,11 @@ public:
 
     /// Whether context `c`'s output is raised.
     [[nodiscard]] bool output(unsigned c) const noexcept { return c < contexts_ && out_[c]; }
+    /// Whether source `s` is pending (raised, not yet claimed).
     [[nodiscard]] bool is_pending(unsigned s) const noexcept { return s <= sources_ && bit(pending_, s); }
+    /// Whether source `s` was claimed and not yet completed.
     [[nodiscard]] bool in_service(unsigned s) const noexcept { return s <= sources_ && bit(claimed_, s); }
+    /// The IRQ policy (e.g. to read what it recorded).
     [[nodiscard]] Irq& irq() noexcept { return irq_; }
 
 private:

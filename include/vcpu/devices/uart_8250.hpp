@@ -43,49 +43,54 @@ inline constexpr std::uint8_t ier_erbfi = 0x01; ///< received data available int
 inline constexpr std::uint8_t ier_etbei = 0x02; ///< THR empty interrupt
 inline constexpr std::uint8_t ier_elsi = 0x04;  ///< receiver line status interrupt
 inline constexpr std::uint8_t ier_edssi = 0x08; ///< modem status interrupt
-inline constexpr std::uint8_t ier_mask = 0x0f;
+inline constexpr std::uint8_t ier_mask = 0x0f;  ///< every IER bit
 // IIR (bits 3..0 identify the source; bit 0 set = nothing pending)
-inline constexpr std::uint8_t iir_none = 0x01;
-inline constexpr std::uint8_t iir_msr = 0x00;
-inline constexpr std::uint8_t iir_thre = 0x02;
-inline constexpr std::uint8_t iir_rda = 0x04;
-inline constexpr std::uint8_t iir_rls = 0x06;
+inline constexpr std::uint8_t iir_none = 0x01;  ///< no interrupt pending
+inline constexpr std::uint8_t iir_msr = 0x00;  ///< modem status change (lowest priority)
+inline constexpr std::uint8_t iir_thre = 0x02;  ///< THR empty
+inline constexpr std::uint8_t iir_rda = 0x04;  ///< received data available
+inline constexpr std::uint8_t iir_rls = 0x06;  ///< receiver line status (highest priority)
 inline constexpr std::uint8_t iir_fifo_enabled = 0xc0; ///< bits 7:6 when FCR bit 0 is set
 // FCR
-inline constexpr std::uint8_t fcr_enable = 0x01;
-inline constexpr std::uint8_t fcr_clear_rx = 0x02;
-inline constexpr std::uint8_t fcr_clear_tx = 0x04;
+inline constexpr std::uint8_t fcr_enable = 0x01;  ///< enable the FIFOs
+inline constexpr std::uint8_t fcr_clear_rx = 0x02;  ///< clear the receive FIFO
+inline constexpr std::uint8_t fcr_clear_tx = 0x04;  ///< clear the transmit FIFO
 // LCR
-inline constexpr std::uint8_t lcr_dlab = 0x80;
+inline constexpr std::uint8_t lcr_dlab = 0x80;  ///< divisor latch access: offsets 0/1 reach the divisor
 // MCR
-inline constexpr std::uint8_t mcr_dtr = 0x01;
-inline constexpr std::uint8_t mcr_rts = 0x02;
-inline constexpr std::uint8_t mcr_out1 = 0x04;
-inline constexpr std::uint8_t mcr_out2 = 0x08;
-inline constexpr std::uint8_t mcr_loop = 0x10;
-inline constexpr std::uint8_t mcr_mask = 0x1f;
+inline constexpr std::uint8_t mcr_dtr = 0x01;  ///< data terminal ready
+inline constexpr std::uint8_t mcr_rts = 0x02;  ///< request to send
+inline constexpr std::uint8_t mcr_out1 = 0x04;  ///< OUT1
+inline constexpr std::uint8_t mcr_out2 = 0x08;  ///< OUT2 (gates the interrupt line on PCs)
+inline constexpr std::uint8_t mcr_loop = 0x10;  ///< loopback mode
+inline constexpr std::uint8_t mcr_mask = 0x1f;  ///< every MCR bit
 // LSR
 inline constexpr std::uint8_t lsr_dr = 0x01;   ///< data ready
 inline constexpr std::uint8_t lsr_oe = 0x02;   ///< overrun error
 inline constexpr std::uint8_t lsr_thre = 0x20; ///< THR empty
 inline constexpr std::uint8_t lsr_temt = 0x40; ///< transmitter empty
 // MSR
-inline constexpr std::uint8_t msr_cts = 0x10;
-inline constexpr std::uint8_t msr_dsr = 0x20;
-inline constexpr std::uint8_t msr_ri = 0x40;
-inline constexpr std::uint8_t msr_dcd = 0x80;
+inline constexpr std::uint8_t msr_cts = 0x10;  ///< clear to send
+inline constexpr std::uint8_t msr_dsr = 0x20;  ///< data set ready
+inline constexpr std::uint8_t msr_ri = 0x40;  ///< ring indicator
+inline constexpr std::uint8_t msr_dcd = 0x80;  ///< data carrier detect
 } // namespace uart_bits
 
 /// The PC's first serial port (COM1): I/O base 0x3f8, 8 ports, ISA IRQ 4.
 inline constexpr std::uint16_t com1_base = 0x3f8;
+/// COM1's ISA interrupt line.
 inline constexpr std::uint16_t com1_irq = 4;
+/// Ports of a UART (base .. base + 7).
 inline constexpr std::uint16_t uart_ports = 8;
 
-/// A sink that drops output and an IRQ line that goes nowhere (defaults).
+/// A sink that drops output (the default `Sink`).
 struct null_sink {
+    /// Drops the byte.
     constexpr void operator()(std::uint8_t) const noexcept {}
 };
+/// An IRQ line that goes nowhere (the default `Irq`).
 struct null_irq {
+    /// Ignores the level.
     constexpr void operator()(bool) const noexcept {}
 };
 
@@ -97,6 +102,7 @@ public:
     static constexpr std::size_t fifo_size = 16; ///< 16550A receive FIFO depth
 
     uart_8250() = default;
+    /// A UART sending output bytes to `s` and its interrupt level to `i`.
     explicit uart_8250(Sink s, Irq i = {}) : sink_(static_cast<Sink&&>(s)), irq_(static_cast<Irq&&>(i)) {}
 
     /// Port read at `offset` (0..7). Side effects per the datasheet: RBR pops
@@ -189,11 +195,17 @@ public:
         if ((ier_ & ier_etbei) && thre_pending_) return iir_thre;
         return iir_none;
     }
+    /// The current interrupt output level.
     [[nodiscard]] bool irq_level() const noexcept { return level_; }
+    /// The baud-rate divisor the guest programmed (DLL/DLM).
     [[nodiscard]] std::uint16_t divisor() const noexcept { return divisor_; }
+    /// Bytes transmitted so far.
     [[nodiscard]] std::uint64_t transmitted() const noexcept { return transmitted_; }
+    /// Received bytes waiting in the FIFO.
     [[nodiscard]] std::size_t rx_pending() const noexcept { return count_; }
+    /// The output sink.
     [[nodiscard]] Sink& sink() noexcept { return sink_; }
+    /// The IRQ policy.
     [[nodiscard]] Irq& irq() noexcept { return irq_; }
 
 private:
