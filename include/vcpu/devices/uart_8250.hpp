@@ -61,7 +61,7 @@ inline constexpr std::uint8_t lcr_dlab = 0x80;  ///< divisor latch access: offse
 inline constexpr std::uint8_t mcr_dtr = 0x01;  ///< data terminal ready
 inline constexpr std::uint8_t mcr_rts = 0x02;  ///< request to send
 inline constexpr std::uint8_t mcr_out1 = 0x04;  ///< OUT1
-inline constexpr std::uint8_t mcr_out2 = 0x08;  ///< OUT2 (gates the interrupt line on PCs)
+inline constexpr std::uint8_t mcr_out2 = 0x08;  ///< OUT2 (kept; this model does not gate the interrupt with it)
 inline constexpr std::uint8_t mcr_loop = 0x10;  ///< loopback mode
 inline constexpr std::uint8_t mcr_mask = 0x1f;  ///< every MCR bit
 // LSR

@@ -54,13 +54,13 @@ enum class ucall_kind : std::uint16_t {
 /// The record guest code fills, shared between guest and host (both little-endian, LP64).
 /// Guest virtual addresses in `text`/`file` are translated by the host's address space.
 struct ucall_record {
-    std::uint32_t magic;
+    std::uint32_t magic;  ///< `ucall_magic`: marks a record the guest filled
     std::uint16_t kind;  ///< a `ucall_kind`
     std::uint16_t count; ///< values used (<= max_values)
     std::uint64_t text;  ///< GVA of a NUL-terminated string, or 0
     std::uint64_t file;  ///< GVA of a NUL-terminated file name, or 0
-    std::uint64_t line;
-    std::uint64_t values[max_values];
+    std::uint64_t line;  ///< the guest source line (assertions), or 0
+    std::uint64_t values[max_values];  ///< the values, `count` of them
 };
 static_assert(std::is_standard_layout_v<ucall_record> && std::is_trivially_copyable_v<ucall_record>);
 static_assert(sizeof(ucall_record) == 96);
@@ -75,12 +75,13 @@ inline constexpr std::size_t max_string = 1024;
 
 /// `ucall::sync(v...)`: up to eight values; the guest continues when the handler returns.
 struct sync {
-    std::array<std::uint64_t, max_values> values{};
-    std::uint8_t count = 0;
+    std::array<std::uint64_t, max_values> values{};  ///< the values the guest sent
+    std::uint8_t count = 0;  ///< how many (<= `max_values`)
     /// Value `i`, 0 when the guest sent fewer.
     [[nodiscard]] constexpr std::uint64_t operator[](std::size_t i) const noexcept {
         return i < count ? values[i] : 0;
     }
+    /// Number of values the guest sent.
     [[nodiscard]] constexpr std::size_t size() const noexcept { return count; }
 };
 
@@ -90,11 +91,11 @@ struct done {};
 /// A guest assertion failed (`VCPU_GUEST_ASSERT`). `expression.data()` and `file.data()` are
 /// NUL-terminated (the host checked it), views into guest memory.
 struct assert_fail {
-    std::string_view expression;
-    std::string_view file;
-    std::uint32_t line = 0;
-    std::array<std::uint64_t, max_values> values{};
-    std::uint8_t count = 0;
+    std::string_view expression;  ///< the failed expression's text
+    std::string_view file;  ///< the guest source file
+    std::uint32_t line = 0;  ///< the guest source line
+    std::array<std::uint64_t, max_values> values{};  ///< the values passed to the assertion
+    std::uint8_t count = 0;  ///< how many (<= `max_values`)
 
     /// "file:line: expr (values: 0x1, 0x2)" into `buf`; returns the text written (truncated to fit).
     [[nodiscard]] std::string_view describe(std::span<char> buf) const noexcept;
@@ -103,16 +104,17 @@ struct assert_fail {
 /// `ucall::print(fmt, v...)`, formatted on the host (printf subset: `%d %i %u %x %X %o %c %s %p %%`,
 /// flags `-0`, a width, length `hh h l ll z j t`; `%s` reads a guest string).
 struct print {
-    std::array<char, 512> buffer{};
-    std::uint16_t length = 0;
+    std::array<char, 512> buffer{};  ///< the formatted text (not NUL-terminated)
+    std::uint16_t length = 0;  ///< bytes of `buffer` used
     bool truncated = false; ///< the text did not fit in `buffer`
+    /// The formatted text.
     [[nodiscard]] constexpr std::string_view text() const noexcept { return {buffer.data(), length}; }
 };
 
 /// An exception the guest has no handler for (x86: `vector` per SDM Vol. 3A Table 6-1).
 struct unhandled_exception {
-    std::uint32_t vector = 0;
-    std::uint64_t error_code = 0;
+    std::uint32_t vector = 0;  ///< exception vector (x86: 0..31)
+    std::uint64_t error_code = 0;  ///< the exception's error code, 0 when it has none
     std::uint64_t pc = 0;      ///< RIP of the faulting (or, for traps, next) instruction
     std::uint64_t address = 0; ///< x86: CR2 (the page-fault linear address)
     /// The x86 mnemonic of `vector` ("#UD"), or "vector".
@@ -128,6 +130,7 @@ struct unhandled_exception {
 
 /// A ucall record the host refused; nothing was read outside guest memory.
 struct bad_ucall {
+    /// Why the host refused the record.
     enum class why : std::uint8_t {
         address, ///< the record is not in mapped guest memory
         magic,   ///< no `ucall_magic`
@@ -137,9 +140,10 @@ struct bad_ucall {
         format,  ///< a print format that asks for more values than were sent, or is malformed
         registers, ///< a register ucall with a bad count, or its registers could not be read
     };
-    why reason = why::address;
+    why reason = why::address;  ///< the check that failed
     std::uint64_t address = 0; ///< the record's guest address (or the string's)
     std::uint64_t value = 0;   ///< the offending field
+    /// A one-line message for the failed check.
     [[nodiscard]] constexpr std::string_view describe() const noexcept {
         switch (reason) {
         case why::address: return "ucall record is not in mapped guest memory";

@@ -206,25 +206,31 @@ template <detail::ucall_value... T>
 /// Guest-side x86-64 helpers.
 namespace x86_64 {
 
+/// OUT of a byte to `port`.
 VCPU_GUEST_CODE inline void outb(std::uint16_t port, std::uint8_t v) noexcept {
     asm volatile("outb %0, %1" : : "a"(v), "Nd"(port) : "memory");
 }
+/// OUT of a word to `port`.
 VCPU_GUEST_CODE inline void outw(std::uint16_t port, std::uint16_t v) noexcept {
     asm volatile("outw %0, %1" : : "a"(v), "Nd"(port) : "memory");
 }
+/// OUT of a doubleword to `port`.
 VCPU_GUEST_CODE inline void outl(std::uint16_t port, std::uint32_t v) noexcept {
     asm volatile("outl %0, %1" : : "a"(v), "Nd"(port) : "memory");
 }
+/// IN of a byte from `port`.
 VCPU_GUEST_CODE inline std::uint8_t inb(std::uint16_t port) noexcept {
     std::uint8_t v;
     asm volatile("inb %1, %0" : "=a"(v) : "Nd"(port) : "memory");
     return v;
 }
+/// IN of a word from `port`.
 VCPU_GUEST_CODE inline std::uint16_t inw(std::uint16_t port) noexcept {
     std::uint16_t v;
     asm volatile("inw %1, %0" : "=a"(v) : "Nd"(port) : "memory");
     return v;
 }
+/// IN of a doubleword from `port`.
 VCPU_GUEST_CODE inline std::uint32_t inl(std::uint16_t port) noexcept {
     std::uint32_t v;
     asm volatile("inl %1, %0" : "=a"(v) : "Nd"(port) : "memory");
@@ -245,27 +251,33 @@ VCPU_GUEST_CODE inline void mmio_write(std::uint64_t addr, T v) noexcept {
     *reinterpret_cast<volatile T*>(static_cast<std::uintptr_t>(addr)) = v;
 }
 
+/// CLI: mask interrupts.
 VCPU_GUEST_CODE inline void cli() noexcept { asm volatile("cli" ::: "memory"); }
+/// STI: unmask interrupts (after the next instruction).
 VCPU_GUEST_CODE inline void sti() noexcept { asm volatile("sti" ::: "memory"); }
 /// HLT. With KVM's in-kernel irqchip a halt with interrupts off never returns to the host.
 VCPU_GUEST_CODE inline void hlt() noexcept { asm volatile("hlt" ::: "memory"); }
+/// PAUSE (a spin-loop hint).
 VCPU_GUEST_CODE inline void pause() noexcept { asm volatile("pause" ::: "memory"); }
 /// Busy-waits about `n` PAUSE instructions.
 VCPU_GUEST_CODE inline void spin(std::uint64_t n) noexcept {
     for (std::uint64_t i = 0; i < n; ++i) pause();
 }
 
+/// RDMSR of `msr` (\#GP in the guest when the MSR does not exist).
 VCPU_GUEST_CODE inline std::uint64_t rdmsr(std::uint32_t msr) noexcept {
     std::uint32_t lo, hi;
     asm volatile("rdmsr" : "=a"(lo), "=d"(hi) : "c"(msr) : "memory");
     return (std::uint64_t{hi} << 32) | lo;
 }
+/// WRMSR of `v` to `msr`.
 VCPU_GUEST_CODE inline void wrmsr(std::uint32_t msr, std::uint64_t v) noexcept {
     asm volatile("wrmsr"
                  :
                  : "c"(msr), "a"(static_cast<std::uint32_t>(v)), "d"(static_cast<std::uint32_t>(v >> 32))
                  : "memory");
 }
+/// CR2: the linear address of the last page fault.
 VCPU_GUEST_CODE inline std::uint64_t read_cr2() noexcept {
     std::uint64_t v;
     asm volatile("mov %%cr2, %0" : "=r"(v));
@@ -275,11 +287,17 @@ VCPU_GUEST_CODE inline std::uint64_t read_cr2() noexcept {
 /// The registers an exception stub saved, in stack order (lowest address first). A handler may
 /// change any of them, e.g. `rip` to skip the faulting instruction; IRETQ restores them.
 struct exception_frame {
+    /// @{
+    /// The general-purpose registers at the time of the exception.
     std::uint64_t r15, r14, r13, r12, r11, r10, r9, r8;
     std::uint64_t rbp, rdi, rsi, rdx, rcx, rbx, rax;
-    std::uint64_t vector;
+    /// @}
+    std::uint64_t vector;  ///< the exception vector
     std::uint64_t error_code; ///< 0 for vectors without one (SDM Vol. 3A Table 6-1)
+    /// @{
+    /// The interrupt frame the CPU pushed (IRETQ pops it).
     std::uint64_t rip, cs, rflags, rsp, ss;
+    /// @}
 };
 static_assert(sizeof(exception_frame) == 22 * 8 && std::is_standard_layout_v<exception_frame>);
 static_assert(offsetof(exception_frame, vector) == 15 * 8 && offsetof(exception_frame, rip) == 17 * 8);
