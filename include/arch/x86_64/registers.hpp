@@ -14,12 +14,16 @@
 
 namespace vcpu::x86_64 {
 
+/// A register of `kvm_regs` (the general-purpose block, `regs_block`).
 template <class T = std::uint64_t, access A = access::rw>
 using gp = block_reg<regs_block, T, A>;
+/// A register of `kvm_sregs` (segments, descriptor tables, control registers: `sregs_block`).
 template <class T = std::uint64_t, access A = access::rw>
 using sys = block_reg<sregs_block, T, A>;
 
 // --- General-purpose registers, RIP, RFLAGS (kvm_regs) ----------------------
+/// @{
+/// General-purpose registers, RIP and RFLAGS, as `kvm_regs` holds them (KVM_GET_REGS/KVM_SET_REGS).
 inline constexpr gp<> rax{"rax", offsetof(regs_layout, rax)};
 inline constexpr gp<> rbx{"rbx", offsetof(regs_layout, rbx)};
 inline constexpr gp<> rcx{"rcx", offsetof(regs_layout, rcx)};
@@ -38,6 +42,7 @@ inline constexpr gp<> r14{"r14", offsetof(regs_layout, r14)};
 inline constexpr gp<> r15{"r15", offsetof(regs_layout, r15)};
 inline constexpr gp<> rip{"rip", offsetof(regs_layout, rip)};
 inline constexpr gp<> rflags{"rflags", offsetof(regs_layout, rflags)};
+/// @}
 
 /// GPRs in instruction-encoding order (SDM Vol. 2A §2.1.5, Table 2-2 and
 /// REX.R/B): 0 = RAX, 1 = RCX, 2 = RDX, 3 = RBX, 4 = RSP, 5 = RBP, 6 = RSI,
@@ -46,6 +51,8 @@ inline constexpr std::array<gp<>, 16> gprs_by_encoding{
     rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15};
 
 // --- Segment and descriptor-table registers, control registers (kvm_sregs) ---
+/// @{
+/// Segment registers (selector, base, limit and attributes as `kvm_segment`).
 inline constexpr sys<segment> cs{"cs", offsetof(sregs_layout, cs)};
 inline constexpr sys<segment> ds{"ds", offsetof(sregs_layout, ds)};
 inline constexpr sys<segment> es{"es", offsetof(sregs_layout, es)};
@@ -54,8 +61,14 @@ inline constexpr sys<segment> gs{"gs", offsetof(sregs_layout, gs)};
 inline constexpr sys<segment> ss{"ss", offsetof(sregs_layout, ss)};
 inline constexpr sys<segment> tr{"tr", offsetof(sregs_layout, tr)};
 inline constexpr sys<segment> ldt{"ldt", offsetof(sregs_layout, ldt)};
+/// @}
+/// @{
+/// GDTR and IDTR (base and limit).
 inline constexpr sys<dtable> gdt{"gdt", offsetof(sregs_layout, gdt)};
 inline constexpr sys<dtable> idt{"idt", offsetof(sregs_layout, idt)};
+/// @}
+/// @{
+/// CR0, CR2, CR3, CR4, CR8 (TPR), EFER and the APIC base, as `kvm_sregs` holds them.
 inline constexpr sys<> cr0{"cr0", offsetof(sregs_layout, cr0)};
 inline constexpr sys<> cr2{"cr2", offsetof(sregs_layout, cr2)};
 inline constexpr sys<> cr3{"cr3", offsetof(sregs_layout, cr3)};
@@ -63,16 +76,22 @@ inline constexpr sys<> cr4{"cr4", offsetof(sregs_layout, cr4)};
 inline constexpr sys<> cr8{"cr8", offsetof(sregs_layout, cr8)};
 inline constexpr sys<> efer{"efer", offsetof(sregs_layout, efer)};
 inline constexpr sys<> apic_base{"apic_base", offsetof(sregs_layout, apic_base)};
+/// @}
 
 // --- Debug registers (kvm_debugregs) -----------------------------------------
+/// @{
+/// DR6 (debug status) and DR7 (debug control), from `kvm_debugregs`.
 inline constexpr block_reg<debugregs_block, std::uint64_t> dr6{"dr6", offsetof(debugregs_layout, dr6)};
 inline constexpr block_reg<debugregs_block, std::uint64_t> dr7{"dr7", offsetof(debugregs_layout, dr7)};
+/// @}
 
 // --- Model-specific registers (SDM Vol. 4, Table 2-2 "IA-32 Architectural MSRs")
 /// Any MSR by index.
 [[nodiscard]] constexpr keyed_reg<msr_bank> msr(std::uint32_t index) noexcept {
     return {"msr", index};
 }
+/// @{
+/// Architectural MSRs (SDM Vol. 4, Table 2-2), by SDM name; the key is the MSR index.
 inline constexpr keyed_reg<msr_bank> ia32_tsc{"IA32_TIME_STAMP_COUNTER", 0x10};
 inline constexpr keyed_reg<msr_bank> ia32_apic_base{"IA32_APIC_BASE", 0x1b};
 inline constexpr keyed_reg<msr_bank> ia32_sysenter_cs{"IA32_SYSENTER_CS", 0x174};
@@ -89,6 +108,7 @@ inline constexpr keyed_reg<msr_bank> ia32_fs_base{"IA32_FS_BASE", 0xc0000100};
 inline constexpr keyed_reg<msr_bank> ia32_gs_base{"IA32_GS_BASE", 0xc0000101};
 inline constexpr keyed_reg<msr_bank> ia32_kernel_gs_base{"IA32_KERNEL_GS_BASE", 0xc0000102};
 inline constexpr keyed_reg<msr_bank> ia32_tsc_aux{"IA32_TSC_AUX", 0xc0000103};
+/// @}
 
 /// Every statically named register, for dumps and uniqueness checks.
 inline constexpr auto all_registers = std::make_tuple(
@@ -102,19 +122,19 @@ inline constexpr auto all_registers = std::make_tuple(
 
 /// RFLAGS (SDM Vol. 1 §3.4.3, Figure 3-8).
 namespace rflags_bits {
-inline constexpr bitfield<0> cf{};
+inline constexpr bitfield<0> cf{};  ///< CF: carry
 inline constexpr bitfield<1, 1, access::ro> reserved1{}; ///< always 1
-inline constexpr bitfield<2> pf{};
-inline constexpr bitfield<6> zf{};
-inline constexpr bitfield<7> sf{};
-inline constexpr bitfield<8> tf{};
-inline constexpr bitfield<9> if_{};
-inline constexpr bitfield<10> df{};
-inline constexpr bitfield<11> of{};
-inline constexpr bitfield<12, 2> iopl{};
-inline constexpr bitfield<17> vm{};
-inline constexpr bitfield<18> ac{};
-inline constexpr bitfield<21> id{};
+inline constexpr bitfield<2> pf{};  ///< PF: parity
+inline constexpr bitfield<6> zf{};  ///< ZF: zero
+inline constexpr bitfield<7> sf{};  ///< SF: sign
+inline constexpr bitfield<8> tf{};  ///< TF: trap (single step)
+inline constexpr bitfield<9> if_{};  ///< IF: interrupt enable
+inline constexpr bitfield<10> df{};  ///< DF: direction
+inline constexpr bitfield<11> of{};  ///< OF: overflow
+inline constexpr bitfield<12, 2> iopl{};  ///< IOPL: I/O privilege level
+inline constexpr bitfield<17> vm{};  ///< VM: virtual-8086 mode
+inline constexpr bitfield<18> ac{};  ///< AC: alignment check
+inline constexpr bitfield<21> id{};  ///< ID: CPUID available
 /// The value RFLAGS has after reset (SDM Vol. 3A §9.1.1, Table 9-1).
 inline constexpr std::uint64_t reset_value = 0x2;
 } // namespace rflags_bits
@@ -136,22 +156,22 @@ inline constexpr bitfield<31> pg{}; ///< paging
 
 /// CR4 (SDM Vol. 3A §2.5, Figure 2-7).
 namespace cr4_bits {
-inline constexpr bitfield<0> vme{};
-inline constexpr bitfield<1> pvi{};
-inline constexpr bitfield<2> tsd{};
-inline constexpr bitfield<3> de{};
-inline constexpr bitfield<4> pse{};
-inline constexpr bitfield<5> pae{};
-inline constexpr bitfield<6> mce{};
-inline constexpr bitfield<7> pge{};
-inline constexpr bitfield<9> osfxsr{};
-inline constexpr bitfield<10> osxmmexcpt{};
-inline constexpr bitfield<12> la57{};
-inline constexpr bitfield<13> vmxe{};
-inline constexpr bitfield<16> fsgsbase{};
-inline constexpr bitfield<18> osxsave{};
-inline constexpr bitfield<20> smep{};
-inline constexpr bitfield<21> smap{};
+inline constexpr bitfield<0> vme{};  ///< VME: virtual-8086 mode extensions
+inline constexpr bitfield<1> pvi{};  ///< PVI: protected-mode virtual interrupts
+inline constexpr bitfield<2> tsd{};  ///< TSD: time stamp disable (RDTSC at CPL 0 only)
+inline constexpr bitfield<3> de{};  ///< DE: debugging extensions
+inline constexpr bitfield<4> pse{};  ///< PSE: 4-MiB pages in 32-bit paging
+inline constexpr bitfield<5> pae{};  ///< PAE: physical address extension (required for long mode)
+inline constexpr bitfield<6> mce{};  ///< MCE: machine-check enable
+inline constexpr bitfield<7> pge{};  ///< PGE: global pages
+inline constexpr bitfield<9> osfxsr{};  ///< OSFXSR: FXSAVE/FXRSTOR and SSE enabled
+inline constexpr bitfield<10> osxmmexcpt{};  ///< OSXMMEXCPT: unmasked SIMD floating-point exceptions
+inline constexpr bitfield<12> la57{};  ///< LA57: 5-level paging
+inline constexpr bitfield<13> vmxe{};  ///< VMXE: VMX enable
+inline constexpr bitfield<16> fsgsbase{};  ///< FSGSBASE: RDFSBASE & co. enabled
+inline constexpr bitfield<18> osxsave{};  ///< OSXSAVE: XSAVE and XCR0 enabled
+inline constexpr bitfield<20> smep{};  ///< SMEP: supervisor-mode execution prevention
+inline constexpr bitfield<21> smap{};  ///< SMAP: supervisor-mode access prevention
 } // namespace cr4_bits
 
 /// IA32_EFER (SDM Vol. 3A §2.2.1, Table 2-1 / Vol. 4 Table 2-2).
@@ -197,9 +217,12 @@ inline constexpr std::uint8_t tss_busy_64 = 0xb;       ///< system: 32/64-bit bu
 
 /// x86 exception vectors (SDM Vol. 3A §6.15, Table 6-1).
 namespace vector {
+/// @{
+/// Vector numbers by mnemonic: \#DE 0, \#DB 1, NMI 2, \#BP 3, \#OF 4, \#BR 5, \#UD 6, \#NM 7, \#DF 8, \#TS 10, \#NP 11, \#SS 12, \#GP 13, \#PF 14, \#MF 16, \#AC 17, \#MC 18, \#XM 19, \#VE 20.
 inline constexpr std::uint8_t de = 0, db = 1, nmi = 2, bp = 3, of = 4, br = 5, ud = 6, nm = 7,
                               df = 8, ts = 10, np = 11, ss = 12, gp = 13, pf = 14, mf = 16,
                               ac = 17, mc = 18, xm = 19, ve = 20;
+/// @}
 } // namespace vector
 
 } // namespace vcpu::x86_64
