@@ -22,15 +22,20 @@ namespace vcpu::arch {
 /// `ExitDecoder<riscv64, kvm::run_view>` (with kvm/exits.hpp) and `ExitDecoder<riscv64,
 /// riscv64::hs_trap>`.
 struct riscv64 {
+    /// The architecture's name (for messages and traces).
     static constexpr std::string_view name = "riscv64";
 
     /// KVM/riscv has no register blocks (`KVM_GET_REGS` is empty on RISC-V)
     /// and no keyed banks: every register is reached by ONE_REG id.
     using register_blocks = type_list<>;
+    /// No keyed banks.
     using keyed_banks = type_list<>;
+    /// Every register is reached by its ONE_REG id.
     static constexpr bool uses_one_reg = true;
 
+    /// Every named register descriptor (a tuple), for dumps.
     static constexpr const auto& registers = ::vcpu::riscv64::all_registers;
+    /// x0-x31, reachable through `gpr(i)` (x0 only as the reserved `zero` descriptor).
     static constexpr unsigned gpr_count = 32;
     /// GPR by register number (`rd`/`rs1`/`rs2`): 1 = ra ... 31 = t6. `gpr(0)`
     /// is `riscv64::zero`, a descriptor with the reserved id 0 that no HAL
@@ -40,8 +45,10 @@ struct riscv64 {
     [[nodiscard]] static constexpr auto gpr(unsigned i) noexcept {
         return ::vcpu::riscv64::gprs_by_number[i & 31u];
     }
+    /// The program counter: pc.
     static constexpr auto pc = ::vcpu::riscv64::pc;
 
+    /// Every exit type the RISC-V decoders produce (`vcpu::riscv64::exit_types`; docs/exits.md).
     using exit_types = ::vcpu::riscv64::exit_types;
 };
 
@@ -51,6 +58,7 @@ struct riscv64 {
 template <>
 struct vcpu::exit_decoder<vcpu::arch::riscv64, vcpu::riscv64::hs_trap> {
     template <class Visitor>
+    /// Decodes `r` with `riscv64::decode`, handing one typed exit to `visit`.
     [[gnu::always_inline]] static constexpr void decode(const riscv64::hs_trap& r, Visitor&& visit) noexcept {
         riscv64::decode(r, std::forward<Visitor>(visit));
     }

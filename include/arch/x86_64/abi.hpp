@@ -20,17 +20,20 @@ namespace vcpu::x86_64 {
 
 /// `struct kvm_regs`: GPRs in the kernel's order, then RIP and RFLAGS.
 struct regs_layout {
+    /// @{
+    /// The registers, in `kvm_regs` order.
     std::uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp;
     std::uint64_t r8, r9, r10, r11, r12, r13, r14, r15;
     std::uint64_t rip, rflags;
+    /// @}
 };
 
 /// `struct kvm_segment`: a segment register with its hidden descriptor part
 /// (SDM Vol. 3A §3.4.5 "Segment Descriptors").
 struct segment {
-    std::uint64_t base = 0;
-    std::uint32_t limit = 0;
-    std::uint16_t selector = 0;
+    std::uint64_t base = 0;  ///< linear base address
+    std::uint32_t limit = 0;  ///< limit in bytes (KVM expands it by the granularity)
+    std::uint16_t selector = 0;  ///< the visible selector
     std::uint8_t type = 0;    ///< descriptor type field (SDM Table 3-1 / 3-2)
     std::uint8_t present = 0; ///< P
     std::uint8_t dpl = 0;     ///< descriptor privilege level
@@ -38,17 +41,17 @@ struct segment {
     std::uint8_t s = 0;       ///< 1 = code/data, 0 = system
     std::uint8_t l = 0;       ///< 64-bit code segment
     std::uint8_t g = 0;       ///< granularity: limit in 4 KiB units
-    std::uint8_t avl = 0;
-    std::uint8_t unusable = 0;
-    std::uint8_t padding = 0;
+    std::uint8_t avl = 0;  ///< AVL: available to software
+    std::uint8_t unusable = 0;  ///< 1: the segment is not usable (a null selector loaded)
+    std::uint8_t padding = 0;  ///< ABI padding
     friend constexpr bool operator==(const segment&, const segment&) = default;
 };
 
 /// `struct kvm_dtable`: GDTR/IDTR.
 struct dtable {
-    std::uint64_t base = 0;
-    std::uint16_t limit = 0;
-    std::uint16_t padding[3] = {};
+    std::uint64_t base = 0;  ///< linear base address of the table
+    std::uint16_t limit = 0;  ///< limit: size in bytes minus 1
+    std::uint16_t padding[3] = {};  ///< ABI padding
     friend constexpr bool operator==(const dtable& a, const dtable& b) noexcept {
         return a.base == b.base && a.limit == b.limit;
     }
@@ -59,13 +62,19 @@ inline constexpr std::size_t nr_interrupts = 256;
 
 /// `struct kvm_sregs`.
 struct sregs_layout {
+    /// @{
+    /// Segment registers, TR, LDTR, GDTR and IDTR.
     segment cs, ds, es, fs, gs, ss;
     segment tr, ldt;
     dtable gdt, idt;
+    /// @}
+    /// @{
+    /// CR0, CR2 (page-fault address), CR3, CR4 and CR8 (TPR).
     std::uint64_t cr0, cr2, cr3, cr4, cr8;
-    std::uint64_t efer;
-    std::uint64_t apic_base;
-    std::uint64_t interrupt_bitmap[(nr_interrupts + 63) / 64];
+    /// @}
+    std::uint64_t efer;  ///< IA32_EFER
+    std::uint64_t apic_base;  ///< IA32_APIC_BASE
+    std::uint64_t interrupt_bitmap[(nr_interrupts + 63) / 64];  ///< pending external interrupts, one bit per vector (at most one set)
 };
 
 /// `struct kvm_vcpu_events`: pending/injected exception, interrupt, NMI, SMI.
@@ -73,39 +82,42 @@ struct events_layout {
     struct {
         std::uint8_t injected, nr, has_error_code, pending;
         std::uint32_t error_code;
-    } exception;
+    } exception;  ///< exception being injected or pending: `nr`, error code
     struct {
         std::uint8_t injected, nr, soft, shadow;
-    } interrupt;
+    } interrupt;  ///< interrupt being injected: `nr`, software interrupt, STI/MOV SS shadow
     struct {
         std::uint8_t injected, pending, masked, pad;
-    } nmi;
-    std::uint32_t sipi_vector;
-    std::uint32_t flags;
+    } nmi;  ///< NMI injected, pending, masked
+    std::uint32_t sipi_vector;  ///< SIPI vector (deprecated, unused by KVM)
+    std::uint32_t flags;  ///< `KVM_VCPUEVENT_VALID_*`: which parts are valid or to be set
     struct {
         std::uint8_t smm, pending, smm_inside_nmi, latched_init;
-    } smi;
+    } smi;  ///< SMM state: in SMM, SMI pending, inside NMI, INIT latched
     struct {
         std::uint8_t pending;
-    } triple_fault;
-    std::uint8_t reserved[26];
-    std::uint8_t exception_has_payload;
-    std::uint64_t exception_payload;
+    } triple_fault;  ///< a triple fault pending (`KVM_CAP_X86_TRIPLE_FAULT_EVENT`)
+    std::uint8_t reserved[26];  ///< ABI padding
+    std::uint8_t exception_has_payload;  ///< `exception_payload` is valid (`KVM_CAP_EXCEPTION_PAYLOAD`)
+    std::uint64_t exception_payload;  ///< the exception's payload: CR2 for \#PF, DR6 bits for \#DB
 };
 
 /// `struct kvm_debugregs`: DR0-3, DR6, DR7.
 struct debugregs_layout {
-    std::uint64_t db[4];
+    std::uint64_t db[4];  ///< DR0-DR3: breakpoint addresses
+    /// @{
+    /// DR6 (debug status) and DR7 (debug control).
     std::uint64_t dr6, dr7;
-    std::uint64_t flags;
-    std::uint64_t reserved[9];
+    /// @}
+    std::uint64_t flags;  ///< reserved by KVM, 0
+    std::uint64_t reserved[9];  ///< ABI padding
 };
 
 /// `struct kvm_sync_regs` for x86 (`kvm_run->s.regs` with `KVM_CAP_SYNC_REGS`).
 struct sync_regs_layout {
-    regs_layout regs;
-    sregs_layout sregs;
-    events_layout events;
+    regs_layout regs;  ///< `kvm_regs`
+    sregs_layout sregs;  ///< `kvm_sregs`
+    events_layout events;  ///< `kvm_vcpu_events`
 };
 
 /// `KVM_SYNC_X86_*` bits of `kvm_run->kvm_valid_regs` / `kvm_dirty_regs`.
@@ -113,11 +125,14 @@ enum class sync_bit : std::uint64_t { regs = 1u << 0, sregs = 1u << 1, events = 
 
 /// `struct kvm_cpuid_entry2`.
 struct cpuid_entry {
-    std::uint32_t function = 0;
-    std::uint32_t index = 0;
+    std::uint32_t function = 0;  ///< CPUID leaf (EAX input)
+    std::uint32_t index = 0;  ///< CPUID subleaf (ECX input), when `flags` says it matters
     std::uint32_t flags = 0; ///< `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (bit 0) etc.
+    /// @{
+    /// The register values CPUID returns for this leaf.
     std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
-    std::uint32_t padding[3] = {};
+    /// @}
+    std::uint32_t padding[3] = {};  ///< ABI padding
 };
 
 /// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX`: the entry applies only to `index`.
@@ -125,9 +140,9 @@ inline constexpr std::uint32_t cpuid_flag_significant_index = 1u << 0;
 
 /// `struct kvm_msr_entry`.
 struct msr_entry {
-    std::uint32_t index = 0;
-    std::uint32_t reserved = 0;
-    std::uint64_t data = 0;
+    std::uint32_t index = 0;  ///< MSR index
+    std::uint32_t reserved = 0;  ///< ABI padding
+    std::uint64_t data = 0;  ///< MSR value
 };
 
 // Register blocks (see vcpu/registers.hpp): tags naming a layout. The KVM
@@ -135,26 +150,35 @@ struct msr_entry {
 
 /// GPRs, RIP, RFLAGS (`KVM_GET_REGS`, synced with `KVM_SYNC_X86_REGS`).
 struct regs_block {
+    /// The struct the HAL loads and stores.
     using layout = regs_layout;
+    /// The kernel's struct name (for messages).
     static constexpr std::string_view name = "kvm_regs";
 };
 /// Segments, control registers, EFER, APIC base (`KVM_GET_SREGS`).
 struct sregs_block {
+    /// The struct the HAL loads and stores.
     using layout = sregs_layout;
+    /// The kernel's struct name (for messages).
     static constexpr std::string_view name = "kvm_sregs";
 };
 /// Exception/interrupt/NMI/SMI state (`KVM_GET_VCPU_EVENTS`).
 struct events_block {
+    /// The struct the HAL loads and stores.
     using layout = events_layout;
+    /// The kernel's struct name (for messages).
     static constexpr std::string_view name = "kvm_vcpu_events";
 };
 /// Debug registers (`KVM_GET_DEBUGREGS`; not synced through `kvm_run`).
 struct debugregs_block {
+    /// The struct the HAL loads and stores.
     using layout = debugregs_layout;
+    /// The kernel's struct name (for messages).
     static constexpr std::string_view name = "kvm_debugregs";
 };
 /// Model-specific registers by index (`KVM_GET_MSRS` / `KVM_SET_MSRS`).
 struct msr_bank {
+    /// The bank's name (for messages).
     static constexpr std::string_view name = "msr";
 };
 
@@ -170,9 +194,12 @@ static_assert(sizeof(msr_entry) == 16);
 
 /// `struct kvm_debug_exit_arch` for x86.
 struct debug_exit_layout {
-    std::uint32_t exception;
-    std::uint32_t pad;
+    std::uint32_t exception;  ///< exception vector (1 \#DB, 3 \#BP)
+    std::uint32_t pad;  ///< ABI padding
+    /// @{
+    /// RIP of the event, DR6 and DR7 at the exit.
     std::uint64_t pc, dr6, dr7;
+    /// @}
 };
 static_assert(sizeof(debug_exit_layout) == 32);
 

@@ -18,6 +18,7 @@ namespace vcpu::arch {
 /// The x86-64 architecture (Intel 64 / AMD64) as a stateless policy.
 /// Models `RegisterFile` and `ExitDecoder<x86_64, kvm::run_view>` (with kvm/exits.hpp).
 struct x86_64 {
+    /// The architecture's name (for messages and traces).
     static constexpr std::string_view name = "x86_64";
 
     /// Register blocks a HAL must move (KVM: sync regs or GET/SET ioctls).
@@ -29,14 +30,18 @@ struct x86_64 {
     /// x86 KVM needs no ONE_REG access.
     static constexpr bool uses_one_reg = false;
 
+    /// Every named register descriptor (a tuple), for dumps.
     static constexpr const auto& registers = ::vcpu::x86_64::all_registers;
+    /// General-purpose registers reachable through `gpr(i)`.
     static constexpr unsigned gpr_count = 16;
     /// GPR by instruction encoding (0 = RAX ... 15 = R15). Precondition: i < 16.
     [[nodiscard]] static constexpr auto gpr(unsigned i) noexcept {
         return ::vcpu::x86_64::gprs_by_encoding[i & 15u];
     }
+    /// The program counter: RIP.
     static constexpr auto pc = ::vcpu::x86_64::rip;
 
+    /// Every exit type the x86-64 decoders produce (`vcpu::x86_64::exit_types`; docs/exits.md).
     using exit_types = ::vcpu::x86_64::exit_types;
 };
 
