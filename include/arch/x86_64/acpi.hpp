@@ -38,13 +38,13 @@ static_assert(std::endian::native == std::endian::little,
 struct [[gnu::packed]] rsdp {
     std::array<char, 8> signature;       ///< "RSD PTR "
     std::uint8_t checksum;               ///< over the first 20 bytes
-    std::array<char, 6> oem_id;
+    std::array<char, 6> oem_id;  ///< OEM id, space-padded
     std::uint8_t revision;               ///< 2 for ACPI 2.0+
-    std::uint32_t rsdt_address;
+    std::uint32_t rsdt_address;  ///< physical address of the RSDT
     std::uint32_t length;                ///< 36
-    std::uint64_t xsdt_address;
+    std::uint64_t xsdt_address;  ///< physical address of the XSDT
     std::uint8_t extended_checksum;      ///< over all 36 bytes
-    std::array<std::uint8_t, 3> reserved;
+    std::array<std::uint8_t, 3> reserved;  ///< 0
 };
 static_assert(sizeof(rsdp) == 36 && offsetof(rsdp, checksum) == 8 && offsetof(rsdp, revision) == 15 &&
               offsetof(rsdp, rsdt_address) == 16 && offsetof(rsdp, length) == 20 &&
@@ -52,15 +52,18 @@ static_assert(sizeof(rsdp) == 36 && offsetof(rsdp, checksum) == 8 && offsetof(rs
 
 /// System Description Table header (ACPI 6.5 §5.2.6, Table 5.4).
 struct sdt_header {
-    std::array<char, 4> signature;
+    std::array<char, 4> signature;  ///< table signature ("FACP", "APIC", "DSDT", ...)
     std::uint32_t length;          ///< whole table, header included
-    std::uint8_t revision;
+    std::uint8_t revision;  ///< table revision
     std::uint8_t checksum;         ///< whole table sums to 0
+    /// @{
+    /// OEM id, OEM table id and revision, ASL compiler (creator) id and revision.
     std::array<char, 6> oem_id;
     std::array<char, 8> oem_table_id;
     std::uint32_t oem_revision;
     std::array<char, 4> creator_id;
     std::uint32_t creator_revision;
+    /// @}
 };
 static_assert(std::is_standard_layout_v<sdt_header> && sizeof(sdt_header) == 36 &&
               offsetof(sdt_header, length) == 4 && offsetof(sdt_header, checksum) == 9 &&
@@ -68,11 +71,11 @@ static_assert(std::is_standard_layout_v<sdt_header> && sizeof(sdt_header) == 36 
 
 /// Generic Address Structure (ACPI 6.5 §5.2.3.2, Table 5.1).
 struct [[gnu::packed]] generic_address {
-    std::uint8_t address_space_id;
-    std::uint8_t register_bit_width;
-    std::uint8_t register_bit_offset;
-    std::uint8_t access_size;
-    std::uint64_t address;
+    std::uint8_t address_space_id;  ///< 0 system memory, 1 system I/O, ...
+    std::uint8_t register_bit_width;  ///< width of the register in bits
+    std::uint8_t register_bit_offset;  ///< bit offset of the register
+    std::uint8_t access_size;  ///< 1 byte, 2 word, 3 dword, 4 qword access
+    std::uint64_t address;  ///< address in that space
 };
 static_assert(sizeof(generic_address) == 12);
 
@@ -82,6 +85,8 @@ static_assert(sizeof(generic_address) == 12);
 struct [[gnu::packed]] fadt {
     sdt_header header;                   ///< "FACP"
     std::uint32_t firmware_ctrl;         ///< FACS (0: none)
+    /// @{
+    /// Fields named as Table 5.9 names them (lower case): PM1/PM2/GPE blocks and lengths, SCI, SMI command, latencies, century register, boot flags, reset register, 64-bit X_ forms.
     std::uint32_t dsdt;
     std::uint8_t reserved0;
     std::uint8_t preferred_pm_profile;
@@ -136,6 +141,7 @@ struct [[gnu::packed]] fadt {
     generic_address sleep_control_reg;
     generic_address sleep_status_reg;
     std::uint64_t hypervisor_vendor_identity;
+    /// @}
 };
 static_assert(sizeof(fadt) == 276);
 static_assert(offsetof(fadt, dsdt) == 40 && offsetof(fadt, sci_int) == 46 && offsetof(fadt, pm_tmr_blk) == 76 &&
@@ -147,7 +153,7 @@ static_assert(offsetof(fadt, dsdt) == 40 && offsetof(fadt, sci_int) == 46 && off
 /// MADT header fields after the SDT header (ACPI 6.5 §5.2.12, Table 5.19).
 struct madt_header {
     sdt_header header;                   ///< "APIC"
-    std::uint32_t local_apic_address;
+    std::uint32_t local_apic_address;  ///< physical address of every CPU's local APIC
     std::uint32_t flags;                 ///< bit 0 PCAT_COMPAT: 8259s present
 };
 static_assert(std::is_standard_layout_v<madt_header> && sizeof(madt_header) == 44);
@@ -156,8 +162,8 @@ static_assert(std::is_standard_layout_v<madt_header> && sizeof(madt_header) == 4
 struct madt_local_apic {
     std::uint8_t type;                   ///< 0
     std::uint8_t length;                 ///< 8
-    std::uint8_t processor_uid;
-    std::uint8_t apic_id;
+    std::uint8_t processor_uid;  ///< ACPI processor UID
+    std::uint8_t apic_id;  ///< the processor's local APIC id
     std::uint32_t flags;                 ///< bit 0 Enabled
 };
 static_assert(std::is_standard_layout_v<madt_local_apic> && sizeof(madt_local_apic) == 8);
@@ -166,16 +172,16 @@ static_assert(std::is_standard_layout_v<madt_local_apic> && sizeof(madt_local_ap
 struct madt_io_apic {
     std::uint8_t type;                   ///< 1
     std::uint8_t length;                 ///< 12
-    std::uint8_t io_apic_id;
-    std::uint8_t reserved;
-    std::uint32_t address;
-    std::uint32_t gsi_base;
+    std::uint8_t io_apic_id;  ///< I/O APIC id
+    std::uint8_t reserved;  ///< 0
+    std::uint32_t address;  ///< physical address of the I/O APIC registers
+    std::uint32_t gsi_base;  ///< first global system interrupt it serves
 };
 static_assert(std::is_standard_layout_v<madt_io_apic> && sizeof(madt_io_apic) == 12);
 
 /// Constants of the tables (ACPI 6.5 sections as noted).
 inline constexpr std::uint64_t bios_area = 0xe0000;      ///< §5.2.5.1: search 0xE0000..0xFFFFF
-inline constexpr std::uint64_t bios_area_end = 0x100000;
+inline constexpr std::uint64_t bios_area_end = 0x100000;  ///< one past the end of that area
 inline constexpr std::uint64_t rsdp_align = 16;          ///< §5.2.5.1: on a 16-byte boundary
 inline constexpr std::uint8_t rsdp_revision = 2;         ///< Table 5.3: 2 = ACPI 2.0+
 inline constexpr std::size_t rsdp_v1_bytes = 20;         ///< the part the first checksum covers
@@ -187,10 +193,10 @@ inline constexpr std::uint8_t dsdt_revision = 2;         ///< §5.2.11.1: 2 = 64
 inline constexpr std::uint8_t madt_revision = 5;         ///< Table 5.19 for ACPI 6.x
 inline constexpr std::uint32_t madt_pcat_compat = 1u << 0; ///< Table 5.20
 inline constexpr std::uint8_t madt_type_local_apic = 0;  ///< Table 5.21
-inline constexpr std::uint8_t madt_type_io_apic = 1;
+inline constexpr std::uint8_t madt_type_io_apic = 1;  ///< Table 5.21
 inline constexpr std::uint32_t madt_lapic_enabled = 1u << 0; ///< Table 5.23
 inline constexpr std::uint16_t boot_arch_legacy_devices = 1u << 0; ///< Table 5.11
-inline constexpr std::uint16_t boot_arch_8042 = 1u << 1;
+inline constexpr std::uint16_t boot_arch_8042 = 1u << 1;  ///< Table 5.11: an 8042 keyboard controller is present
 inline constexpr std::uint32_t fadt_wbinvd = 1u << 0;    ///< Table 5.10
 inline constexpr std::uint32_t fadt_tmr_val_ext = 1u << 8; ///< 32-bit PM timer (left clear: 24 bits)
 inline constexpr std::uint8_t pm_tmr_len = 4;            ///< Table 5.9 PM_TMR_LEN
@@ -203,14 +209,17 @@ struct acpi_options {
     std::uint16_t pm_timer_port = 0xb008;         ///< FADT PM_TMR_BLK (QEMU PIIX4: 0xb000 + 8)
     std::uint16_t sci_irq = 9;                    ///< FADT SCI_INT (QEMU PIIX4: IRQ 9)
     bool madt = true;                             ///< also write a MADT
-    std::uint32_t local_apic_address = mp::local_apic_base;
-    std::uint32_t io_apic_address = mp::io_apic_base;
+    std::uint32_t local_apic_address = mp::local_apic_base;  ///< MADT local APIC address
+    std::uint32_t io_apic_address = mp::io_apic_base;  ///< MADT I/O APIC address
     std::uint64_t rsdp_address = 0xf0000;         ///< in 0xE0000..0xFFFFF, 16-byte aligned
 };
 
 /// Where the tables went (guest physical; 0 for a table not written).
 struct acpi_layout {
+    /// @{
+    /// Address of each table (0 when not written).
     std::uint64_t rsdp = 0, rsdt = 0, xsdt = 0, fadt = 0, dsdt = 0, madt = 0;
+    /// @}
     std::uint64_t end = 0; ///< one past the last byte written
 };
 
