@@ -58,6 +58,8 @@ namespace vcpu::x86_64 {
 /// Only a layout mirror: the loader reads fields by `offsetof` with
 /// bounds-checked little-endian loads, never by casting image bytes.
 struct elf32_ehdr {
+    /// @{
+    /// The `Elf32_Ehdr` fields, named as the gABI names them.
     std::array<std::uint8_t, 16> e_ident;
     std::uint16_t e_type;
     std::uint16_t e_machine;
@@ -72,6 +74,7 @@ struct elf32_ehdr {
     std::uint16_t e_shentsize;
     std::uint16_t e_shnum;
     std::uint16_t e_shstrndx;
+    /// @}
 };
 static_assert(std::is_standard_layout_v<elf32_ehdr> && sizeof(elf32_ehdr) == 52);
 static_assert(offsetof(elf32_ehdr, e_type) == 16 && offsetof(elf32_ehdr, e_machine) == 18);
@@ -80,6 +83,8 @@ static_assert(offsetof(elf32_ehdr, e_phentsize) == 42 && offsetof(elf32_ehdr, e_
 
 /// An ELF32 program header (System V gABI, "Program Header", `Elf32_Phdr`).
 struct elf32_phdr {
+    /// @{
+    /// The `Elf32_Phdr` fields, named as the gABI names them.
     std::uint32_t p_type;
     std::uint32_t p_offset;
     std::uint32_t p_vaddr;
@@ -88,6 +93,7 @@ struct elf32_phdr {
     std::uint32_t p_memsz;
     std::uint32_t p_flags;
     std::uint32_t p_align;
+    /// @}
 };
 static_assert(std::is_standard_layout_v<elf32_phdr> && sizeof(elf32_phdr) == 32);
 static_assert(offsetof(elf32_phdr, p_offset) == 4 && offsetof(elf32_phdr, p_paddr) == 12 &&
@@ -137,8 +143,9 @@ inline constexpr std::uint32_t info_loader_name = 1u << 9; ///< boot_loader_name
 
 /// Memory map entry types (§3.3: 1 = available RAM, other = reserved).
 inline constexpr std::uint32_t mmap_available = 1;
-inline constexpr std::uint32_t mmap_reserved = 2;
+inline constexpr std::uint32_t mmap_reserved = 2;  ///< any other type: reserved
 
+/// Page size: modules and the strings after the kernel are page aligned.
 inline constexpr std::uint64_t page = 0x1000;
 } // namespace multiboot
 
@@ -146,9 +153,9 @@ inline constexpr std::uint64_t page = 0x1000;
 /// checksum; the a.out-kludge and video fields follow only when their flag
 /// is set, and this loader refuses both).
 struct multiboot_header {
-    std::uint32_t magic;
-    std::uint32_t flags;
-    std::uint32_t checksum;
+    std::uint32_t magic;  ///< `0x1BADB002`
+    std::uint32_t flags;  ///< requested features (bits 0-15 required, 16-31 optional)
+    std::uint32_t checksum;  ///< `-(magic + flags)`: the three sum to 0
 };
 static_assert(std::is_standard_layout_v<multiboot_header> && sizeof(multiboot_header) == 12);
 
@@ -156,16 +163,18 @@ static_assert(std::is_standard_layout_v<multiboot_header> && sizeof(multiboot_he
 /// bytes in 0.6.96). Written by the loader from this struct, so the host
 /// must be little-endian (every host vcpu runs on is).
 struct multiboot_info {
-    std::uint32_t flags;
+    std::uint32_t flags;  ///< `info_*` bits: which fields are valid
     std::uint32_t mem_lower;   ///< KiB of lower memory (from 0)
     std::uint32_t mem_upper;   ///< KiB of upper memory (from 1 MiB)
-    std::uint32_t boot_device;
+    std::uint32_t boot_device;  ///< BIOS boot device (not set by this loader)
     std::uint32_t cmdline;     ///< physical address of a NUL-terminated string
-    std::uint32_t mods_count;
+    std::uint32_t mods_count;  ///< modules in the list at `mods_addr`
     std::uint32_t mods_addr;   ///< physical address of `multiboot_module[mods_count]`
-    std::array<std::uint32_t, 4> syms;
+    std::array<std::uint32_t, 4> syms;  ///< a.out or ELF symbol table information (not set)
     std::uint32_t mmap_length; ///< bytes of memory map
     std::uint32_t mmap_addr;   ///< physical address of the first entry's `size`
+    /// @{
+    /// BIOS drives, ROM configuration table, boot loader name (address of a string), APM table and VBE information; only `boot_loader_name` is set by this loader.
     std::uint32_t drives_length;
     std::uint32_t drives_addr;
     std::uint32_t config_table;
@@ -177,6 +186,7 @@ struct multiboot_info {
     std::uint16_t vbe_interface_seg;
     std::uint16_t vbe_interface_off;
     std::uint16_t vbe_interface_len;
+    /// @}
 };
 static_assert(std::is_standard_layout_v<multiboot_info> && sizeof(multiboot_info) == 88);
 static_assert(offsetof(multiboot_info, cmdline) == 16 && offsetof(multiboot_info, mods_count) == 20 &&
@@ -198,8 +208,8 @@ static_assert(std::is_standard_layout_v<multiboot_module> && sizeof(multiboot_mo
 /// offset 4, so they are kept as 32-bit halves to avoid a packed struct.
 struct multiboot_mmap_entry {
     std::uint32_t size;      ///< bytes after this field: 20
-    std::uint32_t base_lo, base_hi;
-    std::uint32_t length_lo, length_hi;
+    std::uint32_t base_lo, base_hi;  ///< base address, low and high halves
+    std::uint32_t length_lo, length_hi;  ///< length in bytes, low and high halves
     std::uint32_t type;      ///< `multiboot::mmap_available` or reserved
 };
 static_assert(std::is_standard_layout_v<multiboot_mmap_entry> && sizeof(multiboot_mmap_entry) == 24);
@@ -210,8 +220,8 @@ static_assert(offsetof(multiboot_mmap_entry, base_lo) == 4 && offsetof(multiboot
 namespace multiboot_layout {
 inline constexpr std::uint64_t mmap = 0x9000;         ///< memory map entries
 inline constexpr std::uint64_t info = 0x9500;         ///< `multiboot_info` (EBX at entry)
-inline constexpr std::uint64_t info_end = info + sizeof(multiboot_info);
-inline constexpr std::size_t mmap_max_entries = (info - mmap) / sizeof(multiboot_mmap_entry);
+inline constexpr std::uint64_t info_end = info + sizeof(multiboot_info);  ///< one past the information structure
+inline constexpr std::size_t mmap_max_entries = (info - mmap) / sizeof(multiboot_mmap_entry);  ///< entries that fit between the map and the information structure
 inline constexpr std::uint64_t min_ram = 2u << 20;    ///< RAM must reach past 1 MiB
 } // namespace multiboot_layout
 
@@ -232,10 +242,10 @@ struct multiboot_image {
     static constexpr std::size_t max_segments = 16; ///< PT_LOAD segments accepted
 
     std::size_t header_offset = 0;     ///< file offset of the Multiboot header
-    std::uint32_t header_flags = 0;
+    std::uint32_t header_flags = 0;  ///< the header's `flags`
     std::uint32_t entry = 0;           ///< physical entry point (EIP)
-    std::array<multiboot_segment, max_segments> segments{};
-    std::size_t segment_count = 0;
+    std::array<multiboot_segment, max_segments> segments{};  ///< the PT_LOAD segments, `segment_count` of them
+    std::size_t segment_count = 0;  ///< segments used in `segments`
     std::uint64_t load_start = 0;      ///< lowest paddr of any segment
     std::uint64_t load_end = 0;        ///< one past the highest paddr + memsz
 };
@@ -395,8 +405,8 @@ inline constexpr const char* multiboot_op = "load multiboot";
 /// string (QEMU passes the `-initrd` argument; kvm-unit-tests reads module
 /// 0 as its environment, lines of KEY=VALUE).
 struct multiboot_module_source {
-    std::span<const std::byte> bytes;
-    std::string_view string;
+    std::span<const std::byte> bytes;  ///< the module's contents
+    std::string_view string;  ///< its string (the Multiboot module command line)
 };
 
 /// Inputs of `load_multiboot`.
@@ -406,19 +416,19 @@ struct multiboot_options {
 
     std::uint64_t ram_size = 0;        ///< bytes of RAM at guest physical 0 (2 MiB .. 3 GiB)
     std::string_view cmdline;          ///< the whole command line: QEMU passes "IMAGE args..."
-    std::span<const multiboot_module_source> modules;
+    std::span<const multiboot_module_source> modules;  ///< modules, loaded in order after the command line
     std::string_view loader_name = "vcpu"; ///< `boot_loader_name`; empty: not given
 };
 
 /// Where `load_multiboot` put things.
 struct multiboot_loaded {
-    multiboot_image image{};
+    multiboot_image image{};  ///< what `parse_multiboot` found
     std::uint64_t entry = 0;                           ///< EIP
     std::uint64_t info = multiboot_layout::info;       ///< EBX
-    std::uint64_t mmap = multiboot_layout::mmap;
+    std::uint64_t mmap = multiboot_layout::mmap;  ///< address of the memory map
     std::uint64_t cmdline = 0;                         ///< address of the command line
     std::uint64_t mods = 0;                            ///< address of the module list (0: none)
-    std::array<std::uint64_t, multiboot_options::max_modules> module_addr{};
+    std::array<std::uint64_t, multiboot_options::max_modules> module_addr{};  ///< load address of each module
     std::uint64_t end = 0;                             ///< one past the last byte written
 };
 
@@ -430,7 +440,7 @@ struct multiboot_loaded {
     return pc_e820_map(ram);
 }
 
-/// Loads a Multiboot ELF `image` into `mem` (RAM at guest physical 0 ..
+/// Loads a Multiboot ELF `image` into `mem` (RAM at guest physical 0 up to
 /// `o.ram_size`). Checks everything first — `parse_multiboot`, RAM size,
 /// every segment inside RAM (the RAM ranges of the memory map, so never in
 /// 639 KiB .. 1 MiB) and clear of the info structures at 0x9000..0x9558,
@@ -591,13 +601,14 @@ template <std::size_t N>
 /// GDTR is left as it is: §3.2 says the OS must load its own before
 /// reloading a segment register.
 struct multiboot_state {
-    std::uint64_t entry = 0;
-    std::uint64_t info = multiboot_layout::info;
+    std::uint64_t entry = 0;  ///< EIP at entry
+    std::uint64_t info = multiboot_layout::info;  ///< EBX at entry: the information structure
 
     static constexpr std::uint16_t code_selector = 0x08; ///< QEMU's multiboot option ROM GDT
-    static constexpr std::uint16_t data_selector = 0x10;
+    static constexpr std::uint16_t data_selector = 0x10;  ///< flat data segment for DS, ES, FS, GS, SS
 
     template <class Cpu>
+    /// Sets the vCPU to the Multiboot entry state (segments, CR0, RFLAGS, EAX, EBX, RIP).
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
