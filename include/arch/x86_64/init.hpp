@@ -50,11 +50,12 @@ template <class Cpu>
 /// Real mode at `cs:ip` (base = cs * 16), data segments at 0, RFLAGS reset
 /// value (SDM Vol. 3A §9.1.1). For 16-bit boot code and tiny test guests.
 struct real_mode {
-    std::uint16_t cs_selector = 0;
-    std::uint16_t ip = 0x1000;
-    std::uint16_t sp = 0;
+    std::uint16_t cs_selector = 0;  ///< CS selector; CS base = selector * 16
+    std::uint16_t ip = 0x1000;  ///< IP: first instruction at CS base + IP
+    std::uint16_t sp = 0;  ///< SP (SS = 0)
 
     template <class Cpu>
+    /// Loads this state into `cpu`'s segment and general registers.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
@@ -91,10 +92,11 @@ struct real_mode {
 /// off, interrupts off, RIP = the protected-mode kernel (0x100000) and RSI =
 /// `boot_params` (0x10000); EBP, EDI and EBX are zero.
 struct flat_protected_mode {
-    std::uint64_t entry = 0x100000;
-    std::uint64_t boot_params = 0x10000;
+    std::uint64_t entry = 0x100000;  ///< RIP: the protected-mode entry point
+    std::uint64_t boot_params = 0x10000;  ///< RSI: address of `boot_params` (the zero page)
 
     template <class Cpu>
+    /// Loads this state into `cpu`'s segment, control and general registers.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
@@ -117,9 +119,9 @@ struct flat_protected_mode {
 
 /// Page-table entry bits (SDM Vol. 3A §4.5, Tables 4-14 to 4-19).
 namespace pte {
-inline constexpr std::uint64_t present = 1u << 0;
-inline constexpr std::uint64_t writable = 1u << 1;
-inline constexpr std::uint64_t user = 1u << 2;
+inline constexpr std::uint64_t present = 1u << 0;  ///< P: the entry maps something
+inline constexpr std::uint64_t writable = 1u << 1;  ///< R/W: writes allowed
+inline constexpr std::uint64_t user = 1u << 2;  ///< U/S: CPL3 may access
 inline constexpr std::uint64_t large = 1u << 7; ///< PS: 2 MiB page in a PDE
 } // namespace pte
 
@@ -158,13 +160,14 @@ template <std::size_t N>
 template <std::size_t N = 8>
 struct long_mode {
     basic_guest_memory<N>* memory = nullptr; ///< where the page tables go
-    std::uint64_t entry = 0x100000;
-    std::uint64_t stack = 0;
+    std::uint64_t entry = 0x100000;  ///< RIP at entry
+    std::uint64_t stack = 0;  ///< RSP at entry
     std::uint64_t tables = 0x9000; ///< PML4; PDPT and PDs follow
-    unsigned map_gib = 1;
-    bool user = false;
+    unsigned map_gib = 1;  ///< GiB identity-mapped from 0 (at most 512)
+    bool user = false;  ///< start at CPL3 with user-accessible pages
 
     template <class Cpu>
+    /// Builds the identity map in `memory` at `tables`, then loads long-mode segment, control and general registers.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         if (memory == nullptr) return error{"long mode init", EINVAL, "no guest memory given"};
         if (auto e = build_identity_map(*memory, tables, map_gib, user); !e) return e;
@@ -194,16 +197,18 @@ struct long_mode {
 
 /// KVM's paravirtual CPUID signature leaf (Documentation/virt/kvm/x86/cpuid.rst).
 inline constexpr std::uint32_t kvm_cpuid_signature = 0x40000000;
-inline constexpr std::uint32_t kvm_cpuid_features = 0x40000001;
+inline constexpr std::uint32_t kvm_cpuid_features = 0x40000001;  ///< the KVM features leaf (KVM_CPUID_FEATURES)
 
 /// A CPUID hook that changes nothing.
 struct keep_cpuid {
+    /// Leaves the entries as they are.
     constexpr void operator()(std::span<cpuid_entry>, std::size_t&) const noexcept {}
 };
 
 /// Hides `function`/`index` pairs from the guest (a ready-made hook).
 struct hide_leaf {
-    std::uint32_t function = 0;
+    std::uint32_t function = 0;  ///< the leaf to remove (all of its subleaves)
+    /// Removes every entry of leaf `function` from `e[0..n)` and updates `n`.
     constexpr void operator()(std::span<cpuid_entry> e, std::size_t& n) const noexcept {
         std::size_t w = 0;
         for (std::size_t i = 0; i < n; ++i)
@@ -226,13 +231,15 @@ struct hide_leaf {
 /// machine), no paravirtual EOI, spinlocks or TLB flush, and writes port 0x80 for I/O delays.
 template <class Hook = keep_cpuid>
 struct cpuid_setup {
-    std::uint32_t apic_id = 0;
+    std::uint32_t apic_id = 0;  ///< initial APIC id, put in leaf 1 EBX[31:24]
+    /// Called as `hook(entries, count)` before KVM_SET_CPUID2; may change, remove or add entries.
     [[no_unique_address]] Hook hook{}; // an empty hook (the default) takes no space
     bool hypervisor = true;            ///< set CPUID.01H:ECX[31]
 
-    static constexpr std::size_t max_entries = 256;
+    static constexpr std::size_t max_entries = 256;  ///< entries read from KVM_GET_SUPPORTED_CPUID, plus the two KVM leaves
 
     template <class Cpu>
+    /// Reads the supported CPUID, adjusts it as described, applies `hook`, and sets it with KVM_SET_CPUID2.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         std::array<cpuid_entry, max_entries> buf{};
         auto got = cpu.hal().supported_cpuid(std::span<cpuid_entry>(buf.data(), max_entries - 2));
@@ -263,6 +270,7 @@ struct cpuid_setup {
 /// IA32_MISC_ENABLE with fast-string operation enabled, as that VMM writes it.
 struct misc_enable_fast_strings {
     template <class Cpu>
+    /// Writes IA32_MISC_ENABLE with only fast strings enabled.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         return cpu.set(ia32_misc_enable, misc_enable_bits::fast_strings.bits());
     }

@@ -82,14 +82,14 @@ inline constexpr std::size_t min_header_end = cmdline_size + 4;
 /// The part of the header this loader reads when the kernel reports 2.10+.
 inline constexpr std::size_t header_end_2_10 = init_size + 4;
 
-inline constexpr std::uint16_t boot_flag_magic = 0xaa55;
+inline constexpr std::uint16_t boot_flag_magic = 0xaa55;  ///< boot_flag at 0x1fe: 0xAA55
 inline constexpr std::uint32_t header_magic = 0x53726448; ///< "HdrS"
 inline constexpr std::uint16_t min_version = 0x0206;      ///< cmdline_size appears in 2.06
 inline constexpr std::uint8_t loaded_high = 0x01;         ///< loadflags bit 0: kernel at 1 MiB
 inline constexpr std::uint8_t can_use_heap = 0x80;        ///< loadflags bit 7
 inline constexpr std::uint8_t loader_undefined = 0xff;    ///< type_of_loader: "undefined"
 inline constexpr std::uint16_t vga_normal = 0xffff;       ///< vid_mode "normal"
-inline constexpr std::size_t sector = 512;
+inline constexpr std::size_t sector = 512;  ///< bytes per setup sector
 inline constexpr std::uint8_t default_setup_sects = 4;    ///< setup_sects == 0 means 4
 /// The real-mode setup code must fit below the 32 KiB the protocol gives it
 /// (boot.rst: setup + heap + stack in one 64 KiB segment; 0x7fff is the
@@ -97,14 +97,14 @@ inline constexpr std::uint8_t default_setup_sects = 4;    ///< setup_sects == 0 
 inline constexpr std::size_t max_setup_bytes = 0x8000;
 
 // boot_params (zero page) fields the loader fills.
-inline constexpr std::size_t zero_page_size = 4096;
-inline constexpr std::size_t ext_ramdisk_image = 0x0c0;
-inline constexpr std::size_t ext_ramdisk_size = 0x0c4;
-inline constexpr std::size_t ext_cmd_line_ptr = 0x0c8;
-inline constexpr std::size_t e820_entries = 0x1e8;
-inline constexpr std::size_t e820_table = 0x2d0;
+inline constexpr std::size_t zero_page_size = 4096;  ///< size of `struct boot_params`
+inline constexpr std::size_t ext_ramdisk_image = 0x0c0;  ///< `ext_ramdisk_image`: initrd address bits 32-63
+inline constexpr std::size_t ext_ramdisk_size = 0x0c4;  ///< `ext_ramdisk_size`: initrd size bits 32-63
+inline constexpr std::size_t ext_cmd_line_ptr = 0x0c8;  ///< `ext_cmd_line_ptr`: command-line address bits 32-63
+inline constexpr std::size_t e820_entries = 0x1e8;  ///< `e820_entries`: u8 count
+inline constexpr std::size_t e820_table = 0x2d0;  ///< `e820_table`: the map, `e820_max` entries
 inline constexpr std::size_t e820_max = 128; ///< E820_MAX_ENTRIES_ZEROPAGE
-inline constexpr std::size_t e820_entry_size = 20;
+inline constexpr std::size_t e820_entry_size = 20;  ///< `struct boot_e820_entry`: u64 addr, u64 size, u32 type (packed)
 } // namespace bzimage
 
 /// e820 memory types (ACPI 6.4 §15 "System Address Map Interfaces", Table 15.312).
@@ -112,9 +112,9 @@ enum class e820_type : std::uint32_t { ram = 1, reserved = 2, acpi = 3, nvs = 4,
 
 /// One e820 entry.
 struct e820_entry {
-    std::uint64_t addr = 0;
-    std::uint64_t size = 0;
-    e820_type type = e820_type::ram;
+    std::uint64_t addr = 0;  ///< start (guest physical)
+    std::uint64_t size = 0;  ///< bytes
+    e820_type type = e820_type::ram;  ///< what the range is
 };
 
 /// The e820 map for `ram` bytes of RAM at guest physical 0: base memory
@@ -133,13 +133,13 @@ struct e820_entry {
 struct bzimage_info {
     std::uint16_t version = 0;          ///< protocol version, e.g. 0x020f
     std::uint8_t setup_sects = 0;       ///< as used (0 replaced by 4)
-    std::uint8_t loadflags = 0;
-    bool relocatable = false;
-    std::uint16_t xloadflags = 0;
-    std::uint32_t initrd_addr_max = 0;
-    std::uint32_t cmdline_size = 0;
-    std::uint32_t kernel_alignment = 0;
-    std::uint64_t pref_address = 0;
+    std::uint8_t loadflags = 0;  ///< `loadflags` (`loaded_high`, `can_use_heap`, ...)
+    bool relocatable = false;  ///< `relocatable_kernel`
+    std::uint16_t xloadflags = 0;  ///< `xloadflags` (2.12+; 0 before)
+    std::uint32_t initrd_addr_max = 0;  ///< `initrd_addr_max`: highest address the initrd may end at
+    std::uint32_t cmdline_size = 0;  ///< `cmdline_size`: longest command line, NUL excluded
+    std::uint32_t kernel_alignment = 0;  ///< `kernel_alignment` (relocatable kernels)
+    std::uint64_t pref_address = 0;  ///< `pref_address`: preferred load address (2.10+)
     std::uint32_t init_size = 0;        ///< bytes the kernel needs from its load address (2.10+)
     std::size_t header_end = 0;         ///< end of the setup header in the image (0x202 + byte 0x201)
     std::size_t kernel_offset = 0;      ///< file offset of the protected-mode kernel
@@ -222,12 +222,12 @@ struct linux_load_options {
 
 /// Where things went.
 struct linux_loaded {
-    bzimage_info header{};
+    bzimage_info header{};  ///< what `parse_bzimage` found
     std::uint64_t entry = boot_layout::kernel;             ///< RIP for `flat_protected_mode`
     std::uint64_t boot_params = boot_layout::boot_params;  ///< RSI
     std::uint64_t kernel_end = 0;   ///< end of kernel + init_size
     std::uint64_t initrd_addr = 0;  ///< 0 without an initrd
-    std::uint64_t initrd_size = 0;
+    std::uint64_t initrd_size = 0;  ///< initrd bytes
 };
 
 /// Loads a bzImage into `mem` (RAM at guest physical 0..`ram_size`):
@@ -310,8 +310,8 @@ template <std::size_t N>
 namespace pvh {
 inline constexpr std::uint32_t xen_elfnote_phys32_entry = 18;  ///< XEN_ELFNOTE_PHYS32_ENTRY
 inline constexpr std::uint32_t start_info_magic = 0x336ec578;  ///< XEN_HVM_START_MAGIC_VALUE
-inline constexpr std::uint32_t pt_load = 1;
-inline constexpr std::uint32_t pt_note = 4;
+inline constexpr std::uint32_t pt_load = 1;  ///< PT_LOAD
+inline constexpr std::uint32_t pt_note = 4;  ///< PT_NOTE
 inline constexpr std::size_t start_info_size = 56;   ///< struct hvm_start_info (version 1)
 inline constexpr std::size_t memmap_entry_size = 24; ///< struct hvm_memmap_table_entry
 inline constexpr std::size_t modlist_entry_size = 32; ///< struct hvm_modlist_entry
@@ -325,7 +325,7 @@ struct pvh_loaded {
     std::uint64_t entry = 0;      ///< from XEN_ELFNOTE_PHYS32_ENTRY
     std::uint64_t start_info = boot_layout::pvh_start_info; ///< EBX at entry
     std::uint64_t kernel_end = 0; ///< highest p_paddr + p_memsz
-    std::uint64_t initrd_addr = 0;
+    std::uint64_t initrd_addr = 0;  ///< initrd address in guest memory (0 without one)
 };
 
 /// Finds the PVH entry point in an ELF64 little-endian x86-64 image.
@@ -485,10 +485,11 @@ template <std::size_t N>
 /// The PVH boot state (xen/include/public/arch-x86/hvm/start_info.h, "x86
 /// PVH boot ABI"): 32-bit flat protected mode, paging off, EBX = start info.
 struct pvh_entry {
-    std::uint64_t entry = 0;
-    std::uint64_t start_info = boot_layout::pvh_start_info;
+    std::uint64_t entry = 0;  ///< EIP: the PVH entry point
+    std::uint64_t start_info = boot_layout::pvh_start_info;  ///< EBX: address of `hvm_start_info`
 
     template <class Cpu>
+    /// Sets 32-bit flat protected mode with EIP = `entry`, EBX = `start_info`.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         VCPU_TRY_VOID((flat_protected_mode{entry, 0}.apply(cpu)));
         auto gr = cpu.hal().template modify<regs_block>();

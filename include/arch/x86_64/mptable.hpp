@@ -25,19 +25,21 @@ namespace mp {
 inline constexpr std::uint32_t floating_signature = 0x5f504d5f; ///< "_MP_"
 inline constexpr std::uint32_t config_signature = 0x504d4350;   ///< "PCMP"
 inline constexpr std::uint8_t spec_rev = 4;                    ///< version 1.4
-inline constexpr std::uint32_t local_apic_base = 0xfee00000;
-inline constexpr std::uint32_t io_apic_base = 0xfec00000;
-inline constexpr std::uint8_t local_apic_version = 0x14;
-inline constexpr std::uint8_t io_apic_version = 0x11;
-inline constexpr unsigned isa_irqs = 16;
+inline constexpr std::uint32_t local_apic_base = 0xfee00000;  ///< default local APIC address
+inline constexpr std::uint32_t io_apic_base = 0xfec00000;  ///< default I/O APIC address
+inline constexpr std::uint8_t local_apic_version = 0x14;  ///< local APIC version reported in processor entries
+inline constexpr std::uint8_t io_apic_version = 0x11;  ///< I/O APIC version reported in its entry
+inline constexpr unsigned isa_irqs = 16;  ///< ISA interrupts routed through the I/O APIC (one entry each)
+/// Configuration table entry types (MP spec Table 4-3).
 enum class entry_type : std::uint8_t { processor = 0, bus = 1, io_apic = 2, io_interrupt = 3, local_interrupt = 4 };
+/// Interrupt types of interrupt assignment entries (MP spec Table 4-10).
 enum class interrupt_type : std::uint8_t { intr = 0, nmi = 1, smi = 2, extint = 3 };
-inline constexpr std::uint8_t cpu_enabled = 0x01;
-inline constexpr std::uint8_t cpu_bsp = 0x02;
-inline constexpr std::size_t floating_size = 16;
-inline constexpr std::size_t header_size = 44;
-inline constexpr std::size_t processor_size = 20;
-inline constexpr std::size_t small_entry_size = 8;
+inline constexpr std::uint8_t cpu_enabled = 0x01;  ///< processor entry flag EN: usable
+inline constexpr std::uint8_t cpu_bsp = 0x02;  ///< processor entry flag BP: the bootstrap processor
+inline constexpr std::size_t floating_size = 16;  ///< bytes of the MP floating pointer structure
+inline constexpr std::size_t header_size = 44;  ///< bytes of the configuration table header
+inline constexpr std::size_t processor_size = 20;  ///< bytes of a processor entry
+inline constexpr std::size_t small_entry_size = 8;  ///< bytes of a bus, I/O APIC or interrupt entry
 /// Bytes `write_mptable` needs for `cpus` processors.
 [[nodiscard]] constexpr std::size_t table_bytes(unsigned cpus) noexcept {
     return floating_size + header_size + cpus * processor_size + small_entry_size * (2 + isa_irqs + 2);

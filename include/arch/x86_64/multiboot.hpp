@@ -208,8 +208,11 @@ static_assert(std::is_standard_layout_v<multiboot_module> && sizeof(multiboot_mo
 /// offset 4, so they are kept as 32-bit halves to avoid a packed struct.
 struct multiboot_mmap_entry {
     std::uint32_t size;      ///< bytes after this field: 20
-    std::uint32_t base_lo, base_hi;  ///< base address, low and high halves
-    std::uint32_t length_lo, length_hi;  ///< length in bytes, low and high halves
+    /// @{
+    /// Base address and length in bytes, each as low and high 32-bit halves.
+    std::uint32_t base_lo, base_hi;
+    std::uint32_t length_lo, length_hi;
+    /// @}
     std::uint32_t type;      ///< `multiboot::mmap_available` or reserved
 };
 static_assert(std::is_standard_layout_v<multiboot_mmap_entry> && sizeof(multiboot_mmap_entry) == 24);
