@@ -50,6 +50,8 @@ inline constexpr std::uint64_t scause_interrupt = std::uint64_t{1} << 63;
 /// "Supervisor cause register (scause) values after trap" and the H
 /// extension's additions (as seen by HS-mode).
 namespace exception_code {
+/// @{
+/// Exception codes, named as the privileged spec's scause table names them (ecall_u/hs/vs/m: environment call from U-, HS-, VS-, M-mode; the *_guest_page_fault codes and virtual_insn come from the H extension).
 inline constexpr std::uint64_t insn_misaligned = 0, insn_access_fault = 1, illegal_insn = 2,
                                breakpoint = 3, load_misaligned = 4, load_access_fault = 5,
                                store_misaligned = 6, store_access_fault = 7, ecall_u = 8,
@@ -58,13 +60,17 @@ inline constexpr std::uint64_t insn_misaligned = 0, insn_access_fault = 1, illeg
                                hardware_error = 19, insn_guest_page_fault = 20,
                                load_guest_page_fault = 21, virtual_insn = 22,
                                store_guest_page_fault = 23;
+/// @}
 } // namespace exception_code
 
 /// Interrupt codes (scause with bit 63 set).
 namespace interrupt_code {
+/// @{
+/// Interrupt codes: supervisor and virtual-supervisor software, timer and external interrupts, supervisor guest external interrupt, counter overflow.
 inline constexpr std::uint64_t s_software = 1, vs_software = 2, s_timer = 5, vs_timer = 6,
                                s_external = 9, vs_external = 10, s_guest_external = 12,
                                counter_overflow = 13;
+/// @}
 } // namespace interrupt_code
 
 // ---------------------------------------------------------------------------
@@ -78,14 +84,19 @@ inline constexpr std::uint64_t s_software = 1, vs_software = 2, s_timer = 5, vs_
 /// the slot held (KVM presets `SBI_ERR_NOT_SUPPORTED`).
 struct sbi_call : hypercall {
     std::uint64_t function = 0; ///< FID (a6)
+    /// The extension id (a7), which is `nr`.
     [[nodiscard]] constexpr std::uint64_t extension() const noexcept { return nr; }
 };
 
 /// Base extension `probe_extension(extension)`: answer whether the VMM
 /// implements `extension` (value 0 = not available).
 struct sbi_probe {
-    std::uint64_t extension = 0;
+    std::uint64_t extension = 0;  ///< the extension id asked about (a0)
+    /// @{
+    /// Where the answer goes: `sbiret.error` (a0) and `sbiret.value` (a1).
     answer_slot error, value;
+    /// @}
+    /// Answers `SBI_SUCCESS` with `value` = `v` (0: not available).
     constexpr void answer(std::uint64_t v) const noexcept {
         error.store(sbi::as_reg(sbi::error::success));
         value.store(v);
@@ -103,7 +114,10 @@ struct console_write {
     std::uint8_t byte = 0;      ///< the byte, when `!in_memory`
     std::uint64_t address = 0;  ///< guest physical address, when `in_memory`
     std::uint64_t length = 0;   ///< bytes: 1 when `!in_memory`
+    /// @{
+    /// Where the answer goes: `sbiret.error` (a0) and `sbiret.value` (a1; not for legacy calls).
     answer_slot error, value;
+    /// @}
     /// Reports success: `n` bytes written (legacy: a0 = 0).
     constexpr void done(std::uint64_t n = 1) const noexcept {
         error.store(0);
@@ -117,10 +131,14 @@ struct console_write {
 /// with `legacy_char`) or DBCN `console_read` (`length` bytes to guest
 /// physical `address`; answer the count with `done`).
 struct console_read {
-    bool legacy = false;
-    std::uint64_t address = 0;
-    std::uint64_t length = 0;
+    bool legacy = false;  ///< legacy `console_getchar` (answer with `legacy_char`)
+    std::uint64_t address = 0;  ///< DBCN: guest physical address of the buffer to fill
+    std::uint64_t length = 0;  ///< DBCN: bytes asked for
+    /// @{
+    /// Where the answer goes: a0 (`sbiret.error`, or the legacy character) and a1 (`sbiret.value`).
     answer_slot error, value;
+    /// @}
+    /// Reports success: `n` bytes were written to guest memory.
     constexpr void done(std::uint64_t n) const noexcept {
         error.store(0);
         value.store(n);
@@ -133,12 +151,17 @@ struct console_read {
 
 /// HSM `hart_get_status(hart)`: answer one of `sbi::hart_state`.
 struct hart_status_query {
-    std::uint64_t hart = 0;
+    std::uint64_t hart = 0;  ///< the hart id asked about (a0)
+    /// @{
+    /// Where the answer goes: `sbiret.error` (a0) and `sbiret.value` (a1).
     answer_slot error, value;
+    /// @}
+    /// Answers `SBI_SUCCESS` with `value` = `state` (one of `sbi::hart_state`).
     constexpr void answer(std::uint64_t state) const noexcept {
         error.store(0);
         value.store(state);
     }
+    /// Answers the SBI error `e` (e.g. `sbi::error::invalid_param` for a hart that does not exist).
     constexpr void fail(std::int64_t e) const noexcept { error.store(sbi::as_reg(e)); }
 };
 
@@ -148,8 +171,8 @@ struct hart_status_query {
 /// it goes to rd) and, when `write_mask != 0`, writes `updated(old)`.
 /// `dir` is `out` when some bits are written, else `in`.
 struct csr_access : sysreg {
-    std::uint64_t new_value = 0;
-    std::uint64_t write_mask = 0;
+    std::uint64_t new_value = 0;  ///< bits to write (when `write_mask` has them)
+    std::uint64_t write_mask = 0;  ///< which bits the instruction writes (0: a read only)
     /// The CSR's value after the access: `(old & ~write_mask) | (new_value & write_mask)`.
     [[nodiscard]] constexpr std::uint64_t updated(std::uint64_t old) const noexcept {
         return (old & ~write_mask) | (new_value & write_mask);
@@ -160,7 +183,7 @@ struct csr_access : sysreg {
 /// axvisor's riscv_vcpu keeps as guest GPRs), and a scratch buffer for MMIO
 /// data. `x[0]` is never read (x0 reads as zero) and never written.
 struct hs_guest_frame {
-    std::array<std::uint64_t, 32> x{};
+    std::array<std::uint64_t, 32> x{};  ///< x0-x31 of the guest (x0 unused)
     std::array<std::byte, 8> mmio{}; ///< data of the MMIO access being emulated
 };
 
@@ -186,7 +209,7 @@ struct mmio_trap : mmio {
 /// illegal-instruction exception into the guest.
 struct virtual_instruction {
     std::uint32_t insn = 0;     ///< faulting instruction bits (0 when neither stval nor the HAL had them)
-    std::uint8_t length = 4;
+    std::uint8_t length = 4;  ///< bytes of the instruction: 2 (compressed) or 4
     std::uint64_t pc = 0;       ///< sepc
 };
 
@@ -201,11 +224,11 @@ struct guest_exception {
 /// A trap taken in HS-mode from the guest: the CSRs the trap entry read, and
 /// the saved guest GPRs (for SBI arguments, store data and load results).
 struct hs_trap {
-    std::uint64_t scause = 0;
-    std::uint64_t stval = 0;
+    std::uint64_t scause = 0;  ///< scause: the trap's cause (bit 63: interrupt)
+    std::uint64_t stval = 0;  ///< stval: fault address or instruction bits
     std::uint64_t htval = 0;   ///< guest physical address >> 2 (guest page faults), or 0
     std::uint64_t htinst = 0;  ///< transformed instruction / pseudoinstruction, or 0 = not provided
-    std::uint64_t sepc = 0;
+    std::uint64_t sepc = 0;  ///< sepc: the guest PC of the trap
     /// The trapping instruction read from guest memory by the HAL when
     /// `htinst` is 0 (e.g. with HLVX.HU at sepc), or 0 when it did not.
     std::uint32_t fetched_insn = 0;
