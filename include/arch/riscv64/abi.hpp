@@ -20,13 +20,17 @@ namespace vcpu::riscv64::abi {
 
 /// `KVM_REG_RISCV` (linux/kvm.h): the architecture bits of a ONE_REG id.
 inline constexpr std::uint64_t reg_riscv = 0x8000000000000000ULL;
+/// @{
 /// `KVM_REG_SIZE_U32` / `KVM_REG_SIZE_U64` (linux/kvm.h).
 inline constexpr std::uint64_t reg_size_u32 = 0x0020000000000000ULL;
 inline constexpr std::uint64_t reg_size_u64 = 0x0030000000000000ULL;
+/// @}
 
+/// @{
 /// `KVM_REG_RISCV_TYPE_SHIFT` / `KVM_REG_RISCV_SUBTYPE_SHIFT`.
 inline constexpr unsigned type_shift = 24;
 inline constexpr unsigned subtype_shift = 16;
+/// @}
 
 /// Register classes (`KVM_REG_RISCV_<TYPE>`): the `type` field of an id.
 enum class reg_type : std::uint64_t {
@@ -58,37 +62,50 @@ enum class reg_type : std::uint64_t {
 /// (pc, ra, sp, gp, tp, t0-t2, s0, s1, a0-a7, s2-s11, t3-t6) then `mode`.
 /// `pc` takes slot 0, so x1..x31 have core index 1..31 — the register number.
 namespace core_index {
-inline constexpr std::uint64_t pc = 0;
-inline constexpr std::uint64_t mode = 32;
+inline constexpr std::uint64_t pc = 0;  ///< `kvm_riscv_core.regs.pc`
+inline constexpr std::uint64_t mode = 32;  ///< `kvm_riscv_core.mode`
 /// Core index of `x<n>` for 1 <= n <= 31.
 [[nodiscard]] constexpr std::uint64_t x(unsigned n) noexcept { return n; }
 } // namespace core_index
 
+/// @{
 /// `KVM_RISCV_MODE_S` / `KVM_RISCV_MODE_U`: values of core register `mode`.
 inline constexpr std::uint64_t mode_s = 1;
 inline constexpr std::uint64_t mode_u = 0;
+/// @}
 
 /// Field indices of `struct kvm_riscv_csr` (subtype `KVM_REG_RISCV_CSR_GENERAL`).
 namespace csr_index {
+/// @{
+/// Indices named after the `struct kvm_riscv_csr` fields.
 inline constexpr std::uint64_t sstatus = 0, sie = 1, stvec = 2, sscratch = 3, sepc = 4,
                                scause = 5, stval = 6, sip = 7, satp = 8, scounteren = 9;
+/// @}
 } // namespace csr_index
 
 /// Field indices of `struct kvm_riscv_config`. `isa` and `zicbom_block_size`
 /// since Linux 6.1; `mvendorid`, `marchid`, `mimpid` since 6.3; `zicboz_block_size`
 /// 6.5; `satp_mode` 6.6.
 namespace config_index {
+/// @{
+/// Indices named after the `struct kvm_riscv_config` fields.
 inline constexpr std::uint64_t isa = 0, zicbom_block_size = 1, mvendorid = 2, marchid = 3,
                                mimpid = 4, zicboz_block_size = 5, satp_mode = 6;
+/// @}
 } // namespace config_index
 
 /// Field indices of `struct kvm_riscv_timer` (all `__u64`).
 namespace timer_index {
+/// @{
+/// Indices named after the `struct kvm_riscv_timer` fields.
 inline constexpr std::uint64_t frequency = 0, time = 1, compare = 2, state = 3;
+/// @}
 } // namespace timer_index
 
+/// @{
 /// `KVM_RISCV_TIMER_STATE_OFF` / `_ON`.
 inline constexpr std::uint64_t timer_state_off = 0, timer_state_on = 1;
+/// @}
 
 /// `enum KVM_RISCV_SBI_EXT_ID`: KVM's own numbering of the SBI extensions it
 /// implements, used as the index of `KVM_REG_RISCV_SBI_EXT` registers (1 =
@@ -110,8 +127,10 @@ inline constexpr std::uint64_t sbi_single = 0;
 }
 
 /// `KVM_INTERRUPT_SET` / `KVM_INTERRUPT_UNSET`: the `irq` of a RISC-V `KVM_INTERRUPT`
+/// @{
 /// (raise / lower the VS-level external interrupt).
 inline constexpr std::uint32_t interrupt_set = 0xffffffffu, interrupt_unset = 0xfffffffeu;
+/// @}
 
 /// `enum KVM_RISCV_ISA_EXT_ID`: KVM's numbering of the ISA extensions a vCPU may have, the
 /// index of `KVM_REG_RISCV_ISA_EXT` registers (1 = the vCPU has it). Single letters first.

@@ -33,7 +33,9 @@ namespace detail {
 } // namespace detail
 
 // --- Core registers (struct kvm_riscv_core) ---------------------------------
-inline constexpr reg64<> pc = detail::core("pc", abi::core_index::pc);
+inline constexpr reg64<> pc = detail::core("pc", abi::core_index::pc);  ///< the guest PC (`kvm_riscv_core.regs.pc`)
+/// @{
+/// x1-x31 by their ABI names (unprivileged spec, "RISC-V Calling Convention"), as KVM's core registers.
 inline constexpr reg64<> ra = detail::core("ra", 1);
 inline constexpr reg64<> sp = detail::core("sp", 2);
 inline constexpr reg64<> gp = detail::core("gp", 3);
@@ -65,6 +67,7 @@ inline constexpr reg64<> t3 = detail::core("t3", 28);
 inline constexpr reg64<> t4 = detail::core("t4", 29);
 inline constexpr reg64<> t5 = detail::core("t5", 30);
 inline constexpr reg64<> t6 = detail::core("t6", 31);
+/// @}
 /// Privilege mode the vCPU runs in: `abi::mode_s` or `abi::mode_u`.
 inline constexpr reg64<> mode = detail::core("mode", abi::core_index::mode);
 
@@ -84,6 +87,8 @@ inline constexpr std::array<reg64<>, 32> gprs_by_number{
 // --- Guest S-mode CSRs (struct kvm_riscv_csr, subtype GENERAL) ---------------
 // KVM maps these onto the hardware's VS-mode CSRs (privileged spec, H
 // extension: "Virtual Supervisor" CSRs vsstatus, vsie, ...).
+/// @{
+/// The guest's S-mode CSRs, by their privileged-spec names.
 inline constexpr reg64<> sstatus = detail::csr("sstatus", abi::csr_index::sstatus);
 inline constexpr reg64<> sie = detail::csr("sie", abi::csr_index::sie);
 inline constexpr reg64<> stvec = detail::csr("stvec", abi::csr_index::stvec);
@@ -94,11 +99,14 @@ inline constexpr reg64<> stval = detail::csr("stval", abi::csr_index::stval);
 inline constexpr reg64<> sip = detail::csr("sip", abi::csr_index::sip);
 inline constexpr reg64<> satp = detail::csr("satp", abi::csr_index::satp);
 inline constexpr reg64<> scounteren = detail::csr("scounteren", abi::csr_index::scounteren);
+/// @}
 
 // --- Config registers (struct kvm_riscv_config) ------------------------------
 /// Single-letter ISA extensions as a bit mask (bit 0 = 'a' ... bit 25 = 'z');
 /// writable only before the first run, and only to clear bits.
 inline constexpr reg64<> isa{"isa", abi::reg_id(abi::reg_type::config, abi::config_index::isa)};
+/// @{
+/// CBOM block size (read-only), and the machine vendor, architecture and implementation ids the guest sees (writable before the first run).
 inline constexpr reg64<access::ro> zicbom_block_size{
     "zicbom_block_size", abi::reg_id(abi::reg_type::config, abi::config_index::zicbom_block_size)};
 inline constexpr reg64<> mvendorid{
@@ -107,14 +115,15 @@ inline constexpr reg64<> marchid{"marchid",
                                  abi::reg_id(abi::reg_type::config, abi::config_index::marchid)};
 inline constexpr reg64<> mimpid{"mimpid",
                                 abi::reg_id(abi::reg_type::config, abi::config_index::mimpid)};
+/// @}
 
 // --- Timer registers (struct kvm_riscv_timer) --------------------------------
 /// Timebase frequency in Hz (read-only).
 inline constexpr reg64<access::ro> timer_frequency{
     "timer.frequency", abi::reg_id(abi::reg_type::timer, abi::timer_index::frequency)};
-inline constexpr reg64<> timer_time{"timer.time",
+inline constexpr reg64<> timer_time{"timer.time",  ///< the timer's current time (`time` CSR value)
                                     abi::reg_id(abi::reg_type::timer, abi::timer_index::time)};
-inline constexpr reg64<> timer_compare{
+inline constexpr reg64<> timer_compare{  ///< the next timer interrupt (`stimecmp`)
     "timer.compare", abi::reg_id(abi::reg_type::timer, abi::timer_index::compare)};
 /// `abi::timer_state_off` / `abi::timer_state_on`.
 inline constexpr reg64<> timer_state{"timer.state",
@@ -154,15 +163,15 @@ inline constexpr bitfield<32, 2, access::ro> uxl{}; ///< U-mode XLEN (2 = 64)
 
 /// `hstatus` (privileged spec, H extension, "Hypervisor Status Register (hstatus)").
 namespace hstatus_bits {
-inline constexpr bitfield<5> vsbe{};
+inline constexpr bitfield<5> vsbe{};  ///< VSBE: VS-mode accesses are big-endian
 inline constexpr bitfield<6> gva{};   ///< stval holds a guest virtual address
 inline constexpr bitfield<7> spv{};   ///< the trap came from a virtualised mode (V=1)
 inline constexpr bitfield<8> spvp{};  ///< privilege of the guest before the trap: 1 = VS
-inline constexpr bitfield<9> hu{};
-inline constexpr bitfield<20> vtvm{};
+inline constexpr bitfield<9> hu{};  ///< HU: U-mode may use the hypervisor load/store instructions
+inline constexpr bitfield<20> vtvm{};  ///< VTVM: SFENCE.VMA and satp accesses in VS-mode raise virtual instruction
 inline constexpr bitfield<21> vtw{};  ///< WFI in VS-mode raises virtual instruction
-inline constexpr bitfield<22> vtsr{};
-inline constexpr bitfield<32, 2> vsxl{};
+inline constexpr bitfield<22> vtsr{};  ///< VTSR: SRET in VS-mode raises virtual instruction
+inline constexpr bitfield<32, 2> vsxl{};  ///< VSXL: VS-mode XLEN (2 = 64)
 } // namespace hstatus_bits
 
 } // namespace vcpu::riscv64
