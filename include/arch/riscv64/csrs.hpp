@@ -23,8 +23,8 @@ namespace vcpu::riscv64 {
 
 /// One CSR: name and 12-bit number.
 struct csr_desc {
-    std::string_view name;
-    std::uint16_t number = 0;
+    std::string_view name;  ///< the spec's name, e.g. "sstatus"
+    std::uint16_t number = 0;  ///< the 12-bit CSR address
 
     /// Read-only by the address convention (bits [11:10] == 0b11).
     [[nodiscard]] constexpr bool read_only() const noexcept { return ((number >> 10) & 3u) == 3u; }
@@ -54,6 +54,7 @@ struct csr_index {
                   "vcpu riscv64: CSR table must be sorted by CSR number with no duplicates "
                   "(and numbers < 0x1000)");
 
+    /// Number of CSRs in the table.
     static constexpr std::size_t size = Table.size();
 
     /// The descriptor of CSR `number`, or null (binary search). Same shape as
@@ -77,20 +78,32 @@ struct csr_index {
 
 namespace csr {
 // Supervisor (privileged spec, Table "supervisor-level CSR addresses").
+/// @{
+/// Supervisor CSR numbers, by their spec names.
 inline constexpr std::uint16_t sstatus = 0x100, sie = 0x104, stvec = 0x105, scounteren = 0x106,
                                senvcfg = 0x10a, sscratch = 0x140, sepc = 0x141, scause = 0x142,
                                stval = 0x143, sip = 0x144, stimecmp = 0x14d, satp = 0x180;
+/// @}
 // Virtual supervisor (H extension).
+/// @{
+/// Virtual-supervisor CSR numbers (H extension), by their spec names.
 inline constexpr std::uint16_t vsstatus = 0x200, vsie = 0x204, vstvec = 0x205, vsscratch = 0x240,
                                vsepc = 0x241, vscause = 0x242, vstval = 0x243, vsip = 0x244,
                                vstimecmp = 0x24d, vsatp = 0x280;
+/// @}
 // Hypervisor (H extension).
+/// @{
+/// Hypervisor CSR numbers (H extension), by their spec names.
 inline constexpr std::uint16_t hstatus = 0x600, hedeleg = 0x602, hideleg = 0x603, hie = 0x604,
                                htimedelta = 0x605, hcounteren = 0x606, hgeie = 0x607,
                                henvcfg = 0x60a, htval = 0x643, hip = 0x644, hvip = 0x645,
                                htinst = 0x64a, hgatp = 0x680, hgeip = 0xe12;
+/// @}
 // Unprivileged counters and entropy.
+/// @{
+/// The entropy source and the unprivileged counters.
 inline constexpr std::uint16_t seed = 0x015, cycle = 0xc00, time = 0xc01, instret = 0xc02;
+/// @}
 } // namespace csr
 
 /// The CSRs a RISC-V hypervisor meets when the guest traps, sorted by number.

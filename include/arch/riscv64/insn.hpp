@@ -30,8 +30,11 @@ namespace vcpu::riscv64::insn {
 
 /// Major opcodes (unprivileged spec, Table "RISC-V base opcode map").
 namespace opcode {
+/// @{
+/// Opcode values (bits 6:0), named as the opcode map names them.
 inline constexpr std::uint32_t load = 0x03, load_fp = 0x07, store = 0x23, store_fp = 0x27,
                                amo = 0x2f, system = 0x73;
+/// @}
 } // namespace opcode
 
 /// `wfi` (privileged spec, "Wait for Interrupt").
@@ -42,7 +45,7 @@ enum class mem_op : std::uint8_t { load, store };
 
 /// A plain integer load or store.
 struct mem_access {
-    mem_op op = mem_op::load;
+    mem_op op = mem_op::load;  ///< load or store
     std::uint8_t width = 0;     ///< bytes: 1, 2, 4 or 8
     bool sign_extend = false;   ///< loads: LB/LH/LW (and C.LW, C.LH); LD needs none
     std::uint8_t reg = 0;       ///< loads: rd; stores: rs2 (0..31)
@@ -166,6 +169,7 @@ struct csr_op {
     [[nodiscard]] constexpr std::uint64_t write_mask(std::uint64_t src) const noexcept {
         return (funct3 & 3u) == 1 ? ~std::uint64_t{0} : src;
     }
+    /// The bits the instruction writes under `write_mask(src)`: `src` for CSRRW(I), all ones for CSRRS(I), zero for CSRRC(I).
     [[nodiscard]] constexpr std::uint64_t new_value(std::uint64_t src) const noexcept {
         switch (funct3 & 3u) {
         case 1: return src;

@@ -31,8 +31,8 @@ namespace vcpu::riscv64 {
 
 /// boot-image-header.rst constants.
 namespace image {
-inline constexpr std::size_t version_offset = 32;
-inline constexpr std::size_t magic2_offset = 56;
+inline constexpr std::size_t version_offset = 32;  ///< `version` (u32): header version
+inline constexpr std::size_t magic2_offset = 56;  ///< `magic2` (u32)
 inline constexpr std::uint32_t magic2 = 0x05435352; ///< "RSC\x05", little-endian
 /// flags bit 0: kernel endianness, 1 = big-endian.
 inline constexpr std::uint64_t flag_be = 1u << 0;
@@ -42,9 +42,10 @@ inline constexpr std::uint32_t version_0_2 = 2;
 
 /// The RISC-V Image format policy (see the file comment).
 struct image_format {
+    /// The format's name (for messages).
     static constexpr const char* name = "RISC-V Image";
     static constexpr std::uint64_t alignment = 2u << 20; ///< PMD_SIZE on rv64
-    static constexpr std::uint64_t dtb_max = 2u << 20;
+    static constexpr std::uint64_t dtb_max = 2u << 20;  ///< room reserved for the device tree
     static constexpr std::size_t cmdline_max = 1024; ///< COMMAND_LINE_SIZE incl. NUL
 
     /// Checks the header. Errors (`op` "load RISC-V Image", ENOEXEC): image
