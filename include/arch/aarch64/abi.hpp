@@ -24,10 +24,12 @@ namespace vcpu::aarch64 {
 inline constexpr std::uint64_t reg_arm64 = 0x6000000000000000ULL;
 /// `KVM_REG_SIZE_SHIFT`: log2(bytes) lives in bits [55:52].
 inline constexpr unsigned reg_size_shift = 52;
+/// @{
 /// `KVM_REG_SIZE_U32`, `_U64`, `_U128`.
 inline constexpr std::uint64_t reg_size_u32 = 0x0020000000000000ULL;
 inline constexpr std::uint64_t reg_size_u64 = 0x0030000000000000ULL;
 inline constexpr std::uint64_t reg_size_u128 = 0x0040000000000000ULL;
+/// @}
 
 // --- arm64 coprocessor groups (<asm/kvm.h>) ---------------------------------------
 
@@ -40,14 +42,19 @@ inline constexpr std::uint64_t reg_sysreg = std::uint64_t{0x0013} << reg_coproc_
 /// `KVM_REG_ARM_FW`: firmware pseudo-registers (PSCI version, SMCCC workarounds).
 inline constexpr std::uint64_t reg_fw = std::uint64_t{0x0014} << reg_coproc_shift;
 
+/// @{
 /// `KVM_REG_ARM64_SYSREG_{OP0,OP1,CRN,CRM,OP2}_SHIFT` (masks are 2, 3, 4, 4, 3 bits).
 inline constexpr unsigned sysreg_op0_shift = 14, sysreg_op1_shift = 11, sysreg_crn_shift = 7,
                           sysreg_crm_shift = 3, sysreg_op2_shift = 0;
+/// @}
 
 /// A system-register encoding (ARM DDI 0487, C5.3 "A64 System instruction
 /// class encoding overview": op0, op1, CRn, CRm, op2).
 struct sys_encoding {
+    /// @{
+    /// The five encoding fields.
     std::uint8_t op0 = 0, op1 = 0, crn = 0, crm = 0, op2 = 0;
+    /// @}
 
     /// The 16-bit index KVM uses in `ARM64_SYS_REG()` ids
     /// (`op0<<14 | op1<<11 | CRn<<7 | CRm<<3 | op2`). Ordering by it is the
@@ -79,15 +86,18 @@ struct sys_encoding {
 
 /// `__uint128_t` as the kernel lays it out (16-byte aligned, little-endian).
 struct alignas(16) vreg_layout {
+    /// @{
+    /// Low and high 64 bits.
     std::uint64_t lo, hi;
+    /// @}
 };
 
 /// `struct user_fpsimd_state` (<asm/ptrace.h>).
 struct fpsimd_layout {
-    vreg_layout vregs[32];
-    std::uint32_t fpsr;
-    std::uint32_t fpcr;
-    std::uint32_t reserved[2];
+    vreg_layout vregs[32];  ///< V0-V31
+    std::uint32_t fpsr;  ///< FPSR
+    std::uint32_t fpcr;  ///< FPCR
+    std::uint32_t reserved[2];  ///< ABI padding
 };
 
 /// `KVM_NR_SPSR`: banked SPSRs (EL1, abt, und, irq, fiq).
@@ -97,14 +107,14 @@ inline constexpr std::size_t nr_spsr = 5;
 /// SP_EL1, ELR_EL1, the SPSRs and the FP/SIMD state. Only its offsets are
 /// used: KVM moves it one field at a time (`KVM_REG_ARM_CORE`).
 struct core_regs_layout {
-    std::uint64_t regs[31];
-    std::uint64_t sp;
-    std::uint64_t pc;
-    std::uint64_t pstate;
-    std::uint64_t sp_el1;
-    std::uint64_t elr_el1;
-    std::uint64_t spsr[nr_spsr];
-    fpsimd_layout fp_regs;
+    std::uint64_t regs[31];  ///< X0-X30
+    std::uint64_t sp;  ///< SP_EL0
+    std::uint64_t pc;  ///< PC
+    std::uint64_t pstate;  ///< PSTATE (SPSR format)
+    std::uint64_t sp_el1;  ///< SP_EL1
+    std::uint64_t elr_el1;  ///< ELR_EL1
+    std::uint64_t spsr[nr_spsr];  ///< SPSR_EL1, then the AArch32 banked SPSRs
+    fpsimd_layout fp_regs;  ///< V0-V31, FPSR, FPCR
 };
 
 static_assert(sizeof(vreg_layout) == 16 && alignof(vreg_layout) == 16);
@@ -130,14 +140,15 @@ static_assert(sizeof(core_regs_layout) == 864 && std::is_standard_layout_v<core_
 /// `struct kvm_vcpu_init` (KVM API §4.82): target from
 /// `KVM_ARM_PREFERRED_TARGET`, feature bitmap.
 struct vcpu_init {
-    std::uint32_t target = 0;
-    std::uint32_t features[7] = {};
+    std::uint32_t target = 0;  ///< `KVM_ARM_TARGET_*`, usually from `KVM_ARM_PREFERRED_TARGET`
+    std::uint32_t features[7] = {};  ///< `KVM_ARM_VCPU_*` feature bits
 
     /// Sets feature bit `f` (a `feature` value).
     constexpr vcpu_init& with(std::uint32_t f) noexcept {
         if (f < 7 * 32) features[f / 32] |= 1u << (f % 32);
         return *this;
     }
+    /// True when feature bit `f` is set.
     [[nodiscard]] constexpr bool has(std::uint32_t f) const noexcept {
         return f < 7 * 32 && (features[f / 32] & (1u << (f % 32))) != 0;
     }

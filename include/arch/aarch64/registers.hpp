@@ -49,9 +49,14 @@ inline constexpr std::array<core64, 31> xregs = detail::make_xregs(std::make_ind
 inline constexpr std::array<one_reg<u128>, 32> vregs =
     detail::make_vregs(std::make_index_sequence<32>{});
 
+/// @{
+/// X0-X3 (`xregs[0..3]`): arguments and results in the procedure call standard and in SMCCC/PSCI.
 inline constexpr core64 x0 = xregs[0], x1 = xregs[1], x2 = xregs[2], x3 = xregs[3];
+/// @}
+/// @{
 /// X29, the frame pointer, and X30, the link register (procedure call standard).
 inline constexpr core64 fp = xregs[29], lr = xregs[30];
+/// @}
 
 /// SP_EL0 (`regs.sp`).
 inline constexpr core64 sp{"sp_el0", core_reg_id(offsetof(core_regs_layout, sp), reg_size_u64)};
@@ -65,11 +70,13 @@ inline constexpr core64 sp_el1{"sp_el1", core_reg_id(offsetof(core_regs_layout, 
 inline constexpr core64 elr_el1{"elr_el1", core_reg_id(offsetof(core_regs_layout, elr_el1), reg_size_u64)};
 /// SPSR_EL1 (`spsr[KVM_SPSR_EL1]`, index 0).
 inline constexpr core64 spsr_el1{"spsr_el1", core_reg_id(offsetof(core_regs_layout, spsr), reg_size_u64)};
+/// @{
 /// FPSR and FPCR: 32-bit ids (`KVM_REG_SIZE_U32`).
 inline constexpr one_reg<std::uint32_t> fpsr{
     "fpsr", core_reg_id(offsetof(core_regs_layout, fp_regs) + offsetof(fpsimd_layout, fpsr), reg_size_u32)};
 inline constexpr one_reg<std::uint32_t> fpcr{
     "fpcr", core_reg_id(offsetof(core_regs_layout, fp_regs) + offsetof(fpsimd_layout, fpcr), reg_size_u32)};
+/// @}
 
 /// Any system register by encoding (`ARM64_SYS_REG`).
 [[nodiscard]] constexpr one_reg<std::uint64_t> sys_reg(std::string_view name, sys_encoding e) noexcept {
@@ -78,6 +85,8 @@ inline constexpr one_reg<std::uint32_t> fpcr{
 
 // System registers a VMM reads or sets (ARM DDI 0487, D17 "AArch64 System
 // Register Descriptions"; encodings from each register's "Accessing" section).
+/// @{
+/// System registers a VMM reads or sets, by their ARM ARM names (D17; encodings from each register's "Accessing" section).
 inline constexpr auto midr_el1 = sys_reg("MIDR_EL1", {3, 0, 0, 0, 0});
 inline constexpr auto mpidr_el1 = sys_reg("MPIDR_EL1", {3, 0, 0, 0, 5});
 inline constexpr auto id_aa64pfr0_el1 = sys_reg("ID_AA64PFR0_EL1", {3, 0, 0, 4, 0});
@@ -93,6 +102,8 @@ inline constexpr auto vbar_el1 = sys_reg("VBAR_EL1", {3, 0, 12, 0, 0});
 inline constexpr auto tpidr_el1 = sys_reg("TPIDR_EL1", {3, 0, 13, 0, 4});
 inline constexpr auto cntkctl_el1 = sys_reg("CNTKCTL_EL1", {3, 0, 14, 1, 0});
 inline constexpr auto tpidr_el0 = sys_reg("TPIDR_EL0", {3, 3, 13, 0, 2});
+/// @}
+/// @{
 /// KVM's virtual-timer ids (`KVM_REG_ARM_TIMER_*`). Note: KVM's historical
 /// ABI swaps two encodings — `TIMER_CNT` is (3,3,14,3,2), architecturally
 /// CNTV_CVAL_EL0, and `TIMER_CVAL` is (3,3,14,0,2), architecturally
@@ -100,6 +111,7 @@ inline constexpr auto tpidr_el0 = sys_reg("TPIDR_EL0", {3, 3, 13, 0, 2});
 inline constexpr auto timer_ctl = sys_reg("KVM_REG_ARM_TIMER_CTL", {3, 3, 14, 3, 1});
 inline constexpr auto timer_cnt = sys_reg("KVM_REG_ARM_TIMER_CNT", {3, 3, 14, 3, 2});
 inline constexpr auto timer_cval = sys_reg("KVM_REG_ARM_TIMER_CVAL", {3, 3, 14, 0, 2});
+/// @}
 /// `KVM_REG_ARM_PSCI_VERSION`: the PSCI version KVM offers the guest.
 inline constexpr one_reg<std::uint64_t> psci_version_reg{"KVM_REG_ARM_PSCI_VERSION", fw_reg_id(0)};
 
@@ -123,13 +135,15 @@ inline constexpr bitfield<6> f{};       ///< FIQ mask
 inline constexpr bitfield<7> i{};       ///< IRQ mask
 inline constexpr bitfield<8> a{};       ///< SError mask
 inline constexpr bitfield<9> d{};       ///< Debug mask
-inline constexpr bitfield<28> v{};
-inline constexpr bitfield<29> c{};
-inline constexpr bitfield<30> z{};
-inline constexpr bitfield<31> n{};
+inline constexpr bitfield<28> v{};  ///< V: overflow
+inline constexpr bitfield<29> c{};  ///< C: carry
+inline constexpr bitfield<30> z{};  ///< Z: zero
+inline constexpr bitfield<31> n{};  ///< N: negative
+/// @{
 /// M[3:0] values.
 inline constexpr std::uint64_t mode_el0t = 0x0, mode_el1t = 0x4, mode_el1h = 0x5,
                                mode_el2t = 0x8, mode_el2h = 0x9;
+/// @}
 /// EL1h with D, A, I, F masked: how a kernel is entered (Linux
 /// Documentation/arch/arm64/booting.rst) and what KVM_ARM_VCPU_INIT resets to.
 inline constexpr std::uint64_t el1h_daif_masked =
@@ -139,13 +153,13 @@ static_assert(el1h_daif_masked == 0x3c5);
 
 /// MPIDR_EL1 affinity fields (ARM DDI 0487, D17.2.101 "MPIDR_EL1").
 namespace mpidr_bits {
-inline constexpr bitfield<0, 8> aff0{};
-inline constexpr bitfield<8, 8> aff1{};
-inline constexpr bitfield<16, 8> aff2{};
-inline constexpr bitfield<24> mt{};
-inline constexpr bitfield<30> u{};
-inline constexpr bitfield<31, 1, access::ro> res1{};
-inline constexpr bitfield<32, 8> aff3{};
+inline constexpr bitfield<0, 8> aff0{};  ///< Aff0
+inline constexpr bitfield<8, 8> aff1{};  ///< Aff1
+inline constexpr bitfield<16, 8> aff2{};  ///< Aff2
+inline constexpr bitfield<24> mt{};  ///< MT: multithreading (affinity level 0 names threads)
+inline constexpr bitfield<30> u{};  ///< U: uniprocessor system
+inline constexpr bitfield<31, 1, access::ro> res1{};  ///< RES1
+inline constexpr bitfield<32, 8> aff3{};  ///< Aff3
 /// The affinity bits PSCI compares (Aff3..Aff0).
 inline constexpr std::uint64_t affinity_mask = aff0.mask | aff1.mask | aff2.mask | aff3.mask;
 } // namespace mpidr_bits
