@@ -25,12 +25,12 @@ inline constexpr bitfield<4> imo{};   ///< physical IRQ routing to EL2
 inline constexpr bitfield<5> amo{};   ///< SError routing to EL2
 inline constexpr bitfield<13> twi{};  ///< trap WFI
 inline constexpr bitfield<14> twe{};  ///< trap WFE
-inline constexpr bitfield<15> tid0{};
-inline constexpr bitfield<16> tid1{};
-inline constexpr bitfield<17> tid2{};
+inline constexpr bitfield<15> tid0{};  ///< TID0: trap ID group 0 registers
+inline constexpr bitfield<16> tid1{};  ///< TID1: trap ID group 1 registers
+inline constexpr bitfield<17> tid2{};  ///< TID2: trap ID group 2 registers (cache identification)
 inline constexpr bitfield<18> tid3{}; ///< trap ID group 3 registers
 inline constexpr bitfield<19> tsc{};  ///< trap SMC
-inline constexpr bitfield<27> tge{};
+inline constexpr bitfield<27> tge{};  ///< TGE: trap general exceptions (host EL0 under VHE)
 inline constexpr bitfield<31> rw{};   ///< EL1 is AArch64
 inline constexpr bitfield<34> e2h{};  ///< VHE
 /// What arm_vcpu programs: stage 2 on, EL1 AArch64, SMC trapped, physical
@@ -44,11 +44,11 @@ namespace vtcr {
 inline constexpr bitfield<0, 6> t0sz{};  ///< IPA size = 64 - T0SZ
 inline constexpr bitfield<6, 2> sl0{};   ///< starting level (4 KiB granule: 0 = L2, 1 = L1, 2 = L0)
 inline constexpr bitfield<8, 2> irgn0{}; ///< 1 = write-back write-allocate
-inline constexpr bitfield<10, 2> orgn0{};
+inline constexpr bitfield<10, 2> orgn0{};  ///< ORGN0: outer cacheability of stage-2 walks (1 = write-back write-allocate)
 inline constexpr bitfield<12, 2> sh0{};  ///< 3 = inner shareable
 inline constexpr bitfield<14, 2> tg0{};  ///< 0 = 4 KiB granule
 inline constexpr bitfield<16, 3> ps{};   ///< physical address size
-inline constexpr bitfield<31, 1, access::ro> res1{};
+inline constexpr bitfield<31, 1, access::ro> res1{};  ///< RES1
 
 /// ID_AA64MMFR0_EL1.PARange / VTCR_EL2.PS encoding → bits (D17.2.64).
 [[nodiscard]] constexpr std::optional<unsigned> pa_bits(std::uint64_t parange) noexcept {
@@ -108,21 +108,22 @@ inline constexpr std::uint64_t spsr_el1h_daif = pstate_bits::el1h_daif_masked;
 /// counter and timer (EL1PCTEN, EL1PCEN); CNTVOFF_EL2 = 0 gives the guest
 /// the host's virtual count.
 namespace cnthctl {
-inline constexpr bitfield<0> el1pcten{};
-inline constexpr bitfield<1> el1pcen{};
-inline constexpr std::uint64_t guest_default = el1pcten.bits() | el1pcen.bits();
+inline constexpr bitfield<0> el1pcten{};  ///< EL1PCTEN: EL1/EL0 may read the physical counter
+inline constexpr bitfield<1> el1pcen{};  ///< EL1PCEN: EL1/EL0 may use the physical timer
+inline constexpr std::uint64_t guest_default = el1pcten.bits() | el1pcen.bits();  ///< both: the guest reads the physical counter and uses the physical timer
 } // namespace cnthctl
+/// CNTVOFF_EL2 for a guest: 0, so its virtual count is the host's physical count.
 inline constexpr std::uint64_t cntvoff_default = 0;
 
 /// The whole EL2 context an arm_vcpu-style hypervisor loads for a vCPU.
 struct initial_state {
-    std::uint64_t hcr_el2 = hcr::guest_default;
-    std::uint64_t vtcr_el2 = vtcr::ipa40_4k;
-    std::uint64_t sctlr_el1 = sctlr_el1_reset;
-    std::uint64_t spsr_el1 = spsr_el1h_daif;
-    std::uint64_t vmpidr_el2 = vmpidr(0);
-    std::uint64_t cnthctl_el2 = cnthctl::guest_default;
-    std::uint64_t cntvoff_el2 = cntvoff_default;
+    std::uint64_t hcr_el2 = hcr::guest_default;  ///< HCR_EL2
+    std::uint64_t vtcr_el2 = vtcr::ipa40_4k;  ///< VTCR_EL2
+    std::uint64_t sctlr_el1 = sctlr_el1_reset;  ///< SCTLR_EL1 at entry
+    std::uint64_t spsr_el1 = spsr_el1h_daif;  ///< SPSR_EL1 at entry: EL1h with DAIF masked
+    std::uint64_t vmpidr_el2 = vmpidr(0);  ///< VMPIDR_EL2: the MPIDR the guest reads
+    std::uint64_t cnthctl_el2 = cnthctl::guest_default;  ///< CNTHCTL_EL2
+    std::uint64_t cntvoff_el2 = cntvoff_default;  ///< CNTVOFF_EL2
     std::uint64_t elr_el2 = 0; ///< guest entry point
     std::uint64_t x0 = 0;      ///< DTB address (Linux arm64 boot protocol)
 

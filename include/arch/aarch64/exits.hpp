@@ -114,7 +114,7 @@ inline constexpr bitfield<21> sse{};    ///< sign-extend the loaded value
 inline constexpr bitfield<16, 5> srt{}; ///< transfer register Xt/Wt (31 = XZR)
 inline constexpr bitfield<15> sf{};     ///< 64-bit register (Xt rather than Wt)
 inline constexpr bitfield<14> ar{};     ///< acquire/release semantics
-inline constexpr bitfield<13> vncr{};
+inline constexpr bitfield<13> vncr{};  ///< VNCR: the fault came from a VNCR_EL2-based access (FEAT_NV2)
 inline constexpr bitfield<10> fnv{};    ///< FAR not valid
 inline constexpr bitfield<9> ea{};      ///< external abort
 inline constexpr bitfield<8> cm{};      ///< cache maintenance
@@ -126,18 +126,21 @@ inline constexpr bitfield<0, 6> dfsc{}; ///< data fault status code
 /// ISS for trapped MSR/MRS/System instructions (D17.2.37, "ISS encoding for
 /// an exception from MSR, MRS, or System instruction execution in AArch64 state").
 namespace sys64 {
+/// @{
+/// The trapped instruction's Op0, Op2, Op1, CRn, Rt and CRm.
 inline constexpr bitfield<20, 2> op0{};
 inline constexpr bitfield<17, 3> op2{};
 inline constexpr bitfield<14, 3> op1{};
 inline constexpr bitfield<10, 4> crn{};
 inline constexpr bitfield<5, 5> rt{};
 inline constexpr bitfield<1, 4> crm{};
+/// @}
 inline constexpr bitfield<0> direction{}; ///< 1 = read (MRS), 0 = write (MSR)
 } // namespace sys64
 
 /// ISS for HVC/SMC (imm16) and WFx (TI: 0 WFI, 1 WFE, 2 WFIT, 3 WFET).
 inline constexpr bitfield<0, 16> imm16{};
-inline constexpr bitfield<0, 2> wfx_ti{};
+inline constexpr bitfield<0, 2> wfx_ti{};  ///< WFx TI: which of WFI/WFE/WFIT/WFET trapped
 
 /// Builds an ESR_EL2 value (for tests and replay tools).
 [[nodiscard]] constexpr std::uint64_t make(exception_class c, std::uint32_t iss_value,
@@ -148,8 +151,8 @@ inline constexpr bitfield<0, 2> wfx_ti{};
 
 /// HPFAR_EL2.FIPA (D17.2.72): IPA[55:12] of the faulting access in bits [47:4].
 namespace hpfar_bits {
-inline constexpr bitfield<4, 44> fipa{};
-inline constexpr bitfield<63> ns{};
+inline constexpr bitfield<4, 44> fipa{};  ///< FIPA: faulting IPA bits [55:12]
+inline constexpr bitfield<63> ns{};  ///< NS: the faulting IPA is in the non-secure space
 } // namespace hpfar_bits
 
 /// The faulting IPA: HPFAR_EL2.FIPA gives the page, FAR_EL2[11:0] the offset
@@ -203,6 +206,7 @@ struct mmio_access : mmio {
 struct nisv_abort {
     std::uint64_t esr_iss = 0; ///< ESR_EL2 ISS (KVM: `arm_nisv.esr_iss`)
     std::uint64_t ipa = 0;     ///< faulting IPA (KVM: `arm_nisv.fault_ipa`)
+    /// True when the faulting access was a write (ISS.WnR).
     [[nodiscard]] constexpr bool is_write() const noexcept { return esr::dabt::wnr.test(esr_iss); }
 };
 
@@ -221,11 +225,13 @@ struct smccc_call : hypercall {
 /// AFFINITY_INFO, CPU_SUSPEND, ...). CPU_ON, CPU_OFF, SYSTEM_OFF/RESET/RESET2
 /// decode to `cpu_up`, `cpu_down` and `system_event` instead.
 struct psci_call {
-    psci::call_id id{};
+    psci::call_id id{};  ///< the decoded PSCI function and calling convention
     std::uint32_t function_id = 0;      ///< W0 as the guest passed it
     std::array<std::uint64_t, 3> args{}; ///< X1-X3 (W1-W3 for SMC32)
     answer_slot ret;                    ///< X0
+    /// Stores `v` into X0 (for a value a function returns, e.g. PSCI_VERSION).
     constexpr void answer(std::uint64_t v) const noexcept { ret.store(v); }
+    /// Stores the PSCI status `s` into X0, sign-extended as the caller sees it.
     constexpr void answer(psci::status s) const noexcept { ret.store(psci::to_x0(s)); }
 };
 
@@ -243,7 +249,7 @@ using exit_types =
 /// them: X0-X30 in `x[0..30]`, and `x[31]` a discard slot standing for XZR
 /// (the decoder zeroes it; answers written to XZR land there).
 struct gpr_frame {
-    std::array<record_u64, 32> x{};
+    std::array<record_u64, 32> x{};  ///< X0-X30, then the XZR discard slot
 };
 static_assert(sizeof(gpr_frame) == 32 * 8);
 
@@ -258,7 +264,7 @@ struct el2_syndrome {
     std::uint64_t far = 0;   ///< FAR_EL2
     std::uint64_t hpfar = 0; ///< HPFAR_EL2
     gpr_frame* gprs = nullptr; ///< saved X0-X30; required for sync exits
-    el2_vector vector = el2_vector::sync;
+    el2_vector vector = el2_vector::sync;  ///< which exception vector the exit came through
     std::uint32_t intid = 0; ///< for IRQ/FIQ: the INTID the HAL acknowledged, if any
 };
 

@@ -52,9 +52,10 @@ struct kvm_boot {
     vcpu_init init{};            ///< from `KVM_ARM_PREFERRED_TARGET` (+ features)
     std::uint64_t entry = 0;     ///< guest physical entry point (PC)
     std::uint64_t dtb = 0;       ///< X0: device tree blob address
-    std::uint64_t pstate = pstate_bits::el1h_daif_masked;
+    std::uint64_t pstate = pstate_bits::el1h_daif_masked;  ///< PSTATE at entry: EL1h with D, A, I, F masked
 
     template <class Cpu>
+    /// Runs KVM_ARM_VCPU_INIT (and FINALIZE for SVE), then sets PC, X0-X3 and PSTATE on `cpu`.
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         vcpu_init i = init;
         i.with(feature::psci_0_2);

@@ -28,7 +28,7 @@ namespace vcpu::aarch64 {
 
 /// booting.rst header constants.
 namespace image {
-inline constexpr std::size_t magic_offset = 56;
+inline constexpr std::size_t magic_offset = 56;  ///< `magic` (u32): "ARM\x64"
 inline constexpr std::uint32_t magic = 0x644d5241; ///< "ARM\x64", little-endian
 /// flags bit 0: kernel endianness, 1 = big-endian.
 inline constexpr std::uint64_t flag_be = 1u << 0;
@@ -40,6 +40,7 @@ inline constexpr std::uint64_t flag_phys_anywhere = 1u << 3;
 
 /// The arm64 Image format policy (see the file comment).
 struct image_format {
+    /// The format's name (for messages).
     static constexpr const char* name = "arm64 Image";
     static constexpr std::uint64_t alignment = 2u << 20; ///< 2 MiB aligned base
     static constexpr std::uint64_t dtb_max = 2u << 20;   ///< booting.rst: "must not exceed 2 megabytes"

@@ -77,8 +77,8 @@ static_assert(id64(function::cpu_on) == 0xc4000003u);
 /// A decoded PSCI call: which function, and whether it used SMC64 (64-bit
 /// arguments) or SMC32 (arguments are W registers).
 struct call_id {
-    function fn = function::version;
-    bool is64 = false;
+    function fn = function::version;  ///< the function
+    bool is64 = false;  ///< SMC64 calling convention (64-bit arguments), else SMC32
     friend constexpr bool operator==(const call_id&, const call_id&) = default;
 };
 
@@ -120,8 +120,8 @@ enum class status : std::int32_t {
 [[nodiscard]] constexpr std::uint32_t version(std::uint16_t major, std::uint16_t minor) noexcept {
     return std::uint32_t{major} << 16 | minor;
 }
-inline constexpr std::uint32_t version_0_2 = version(0, 2);
-inline constexpr std::uint32_t version_1_1 = version(1, 1);
+inline constexpr std::uint32_t version_0_2 = version(0, 2);  ///< PSCI 0.2 (what `KVM_ARM_VCPU_PSCI_0_2` offers)
+inline constexpr std::uint32_t version_1_1 = version(1, 1);  ///< PSCI 1.1
 
 /// The function's name as the specification spells it.
 [[nodiscard]] constexpr std::string_view name(function f) noexcept {

@@ -35,10 +35,10 @@ enum class trap_action : std::uint8_t {
 
 /// One system register (ARM DDI 0487, D17 "AArch64 System Register Descriptions").
 struct sysreg_desc {
-    sys_encoding enc{};
-    std::string_view name;
-    std::uint64_t reset = 0;
-    trap_action trap = trap_action::emulate;
+    sys_encoding enc{};  ///< the register's encoding
+    std::string_view name;  ///< its ARM ARM name
+    std::uint64_t reset = 0;  ///< value reads return when `trap` is `read_only` or `write_ignore`
+    trap_action trap = trap_action::emulate;  ///< what to do with a trapped access
 };
 
 namespace detail {
@@ -83,7 +83,9 @@ struct sysreg_table {
     static_assert(detail::first_unsorted(Entries) == detail::no_entry,
                   "vcpu: system-register table is not sorted by encoding (op0, op1, CRn, CRm, op2)");
 
+    /// Number of registers in the table.
     static constexpr std::size_t size = Entries.size();
+    /// The table, sorted by encoding.
     [[nodiscard]] static constexpr std::span<const sysreg_desc> entries() noexcept { return Entries; }
 
     /// The descriptor for `index` (`sys_encoding::index()`, as in
@@ -99,6 +101,7 @@ struct sysreg_table {
         }
         return nullptr;
     }
+    /// The descriptor for encoding `e`, or null.
     [[nodiscard]] static constexpr const sysreg_desc* find(sys_encoding e) noexcept {
         return find(e.index());
     }
