@@ -53,6 +53,7 @@ inline constexpr auto has_attr = VCPU_KVM_IOCTL(device, KVM_HAS_DEVICE_ATTR);
 template <class Sys>
 class basic_device {
 public:
+    /// Takes ownership of a device fd.
     explicit basic_device(basic_fd<Sys> fd) noexcept : fd_(std::move(fd)) {}
 
     /// `KVM_CREATE_DEVICE` of `type` (`KVM_DEV_TYPE_*`) on `vm`.
@@ -63,6 +64,7 @@ public:
         return basic_device(basic_fd<Sys>(static_cast<int>(c.fd)));
     }
 
+    /// The device fd (still owned by this object).
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
 
     /// `KVM_SET_DEVICE_ATTR`: `group`/`attr` with `addr` pointing at the value
@@ -108,11 +110,17 @@ inline constexpr std::uint64_t vgic_v3_addr_dist = 2;  ///< KVM_VGIC_V3_ADDR_TYP
 inline constexpr std::uint64_t vgic_v3_addr_redist = 3; ///< KVM_VGIC_V3_ADDR_TYPE_REDIST
 inline constexpr std::uint64_t vgic_v3_dist_size = 0x10000;   ///< KVM_VGIC_V3_DIST_SIZE (64 KiB)
 inline constexpr std::uint64_t vgic_v3_redist_size = 0x20000; ///< KVM_VGIC_V3_REDIST_SIZE per vCPU (2 x 64 KiB)
+/// @{
+/// Bit positions of the vCPU index (high part), interrupt type and vCPU index fields of a `KVM_IRQ_LINE` irq number (KVM API 4.25).
 inline constexpr unsigned irq_vcpu2_shift = 28, irq_type_shift = 24, irq_vcpu_shift = 16;
+/// @}
 /// KVM_ARM_IRQ_TYPE_*.
 enum class irq_type : std::uint32_t { cpu = 0, spi = 1, ppi = 2 };
 /// GIC interrupt id ranges (GICv3 architecture spec §2.2 "INTIDs"): SGIs 0-15, PPIs 16-31, SPIs 32-1019.
+/// @{
+/// First SPI, last SPI, first PPI.
 inline constexpr std::uint32_t spi_base = 32, spi_last = 1019, ppi_base = 16;
+/// @}
 
 /// The `kvm_irq_level.irq` word for `KVM_IRQ_LINE` on arm64 (KVM API 4.25).
 [[nodiscard]] constexpr std::uint32_t irq_line_word(irq_type t, std::uint32_t vcpu, std::uint32_t intid) noexcept {

@@ -80,6 +80,7 @@ template <class Visitor>
 /// `kvm_run` exits of an aarch64 vCPU decode through `kvm::decode_aarch64`.
 template <>
 struct vcpu::exit_decoder<vcpu::arch::aarch64, vcpu::kvm::run_view> {
+    /// Decodes one `kvm_run` exit and hands the typed exit to `visit`.
     template <class Visitor>
     [[gnu::always_inline]] static void decode(const kvm::run_view& v, Visitor&& visit) noexcept {
         kvm::decode_aarch64(v, std::forward<Visitor>(visit));

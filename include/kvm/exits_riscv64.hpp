@@ -74,6 +74,7 @@ template <class Visitor>
 /// `kvm_run` exits of an riscv64 vCPU decode through `kvm::decode_riscv64`.
 template <>
 struct vcpu::exit_decoder<vcpu::arch::riscv64, vcpu::kvm::run_view> {
+    /// Decodes one `kvm_run` exit and hands the typed exit to `visit`.
     template <class Visitor>
     [[gnu::always_inline]] static void decode(const kvm::run_view& v, Visitor&& visit) noexcept {
         kvm::decode_riscv64(v, std::forward<Visitor>(visit));

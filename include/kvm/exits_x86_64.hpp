@@ -189,6 +189,7 @@ template <class Visitor>
 /// `kvm_run` exits of an x86_64 vCPU decode through `kvm::decode_x86_64`.
 template <>
 struct vcpu::exit_decoder<vcpu::arch::x86_64, vcpu::kvm::run_view> {
+    /// Decodes one `kvm_run` exit and hands the typed exit to `visit`.
     template <class Visitor>
     [[gnu::always_inline]] static void decode(const kvm::run_view& v, Visitor&& visit) noexcept {
         kvm::decode_x86_64(v, std::forward<Visitor>(visit));

@@ -21,7 +21,9 @@ public:
     basic_fd() noexcept = default;
     /// Adopts `fd` (may be -1 or, for tests, a descriptor that is not open).
     explicit basic_fd(int fd) noexcept : fd_(fd) {}
+    /// Takes `o`'s fd, leaving it closed (-1).
     basic_fd(basic_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    /// Closes this fd, then takes `o`'s.
     basic_fd& operator=(basic_fd&& o) noexcept {
         if (this != &o) reset(std::exchange(o.fd_, -1));
         return *this;

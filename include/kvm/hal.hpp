@@ -17,6 +17,7 @@ namespace vcpu::kvm {
 template <class Sys>
 struct basic_hal {
     static_assert(SysPolicy<Sys>, "kvm: Sys does not model SysPolicy (see kvm/sys.hpp)");
+    /// The syscall seam (`sys` in production, a fake in tests).
     using sys_type = Sys;
     /// Per-vCPU state for arch `Arch`: fd, `kvm_run` mapping, register cache.
     template <class Arch>

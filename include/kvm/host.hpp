@@ -51,7 +51,7 @@ enum class host_kind : unsigned char {
 
 /// What `describe_host()` found.
 struct host_info {
-    host_kind kind = host_kind::none;
+    host_kind kind = host_kind::none;  ///< which KVM flavour the host offers (`host_kind::none`: no usable /dev/kvm)
     bool under_hypervisor = false;       ///< the host is itself a guest (nested KVM)
     std::array<char, 96> cpu{};          ///< CPU model name, "" when unknown
     std::array<char, 96> label{};        ///< `VCPU_KVM_HOST_LABEL`, "" when unset

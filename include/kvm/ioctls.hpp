@@ -32,9 +32,9 @@ enum class fd_kind : std::uint8_t {
 /// One ioctl: its request code and the name used in error messages.
 template <fd_kind K>
 struct ioctl_def {
-    static constexpr fd_kind kind = K;
-    unsigned long code = 0;
-    const char* name = "";
+    static constexpr fd_kind kind = K;  ///< which fd the ioctl is issued on
+    unsigned long code = 0;  ///< the request code (`KVM_*` from `<linux/kvm.h>`)
+    const char* name = "";  ///< its name, for error messages
 };
 
 } // namespace vcpu::kvm
@@ -168,6 +168,7 @@ inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_CPUID2);
 template <fd_kind K, std::size_t N>
 using table = std::array<ioctl_def<K>, N>;
 
+/// Every system-fd ioctl the library issues (checked unique at compile time).
 inline constexpr auto system_table = table<fd_kind::system,
 #if defined(__x86_64__)
                                            5
@@ -181,6 +182,7 @@ inline constexpr auto system_table = table<fd_kind::system,
 #endif
 };
 
+/// Every VM-fd ioctl the library issues (checked unique at compile time).
 inline constexpr auto vm_table = table<fd_kind::vm,
 #if defined(__x86_64__)
                                        12
@@ -198,6 +200,7 @@ inline constexpr auto vm_table = table<fd_kind::vm,
 #endif
 };
 
+/// Every vCPU-fd ioctl the library issues (checked unique at compile time).
 inline constexpr auto vcpu_table = table<fd_kind::vcpu,
 #if defined(__x86_64__)
                                          15

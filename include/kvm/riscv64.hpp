@@ -162,6 +162,7 @@ template <class Sys = linux_sys>
     return ok();
 }
 
+/// Enables (or with `on = false` disables) KVM's SBI extension `e` for `cpu` through its ONE_REG; before the first run.
 template <class Cpu>
 [[nodiscard]] result<void> enable_sbi_extension(Cpu& cpu, riscv64::abi::kvm_sbi_ext e,
                                                 bool on = true) noexcept {

@@ -20,8 +20,8 @@ namespace vcpu::kvm {
 /// Decoders check that every offset they follow (port I/O `data_offset`)
 /// stays inside `[run, run + mapped)`.
 struct run_view {
-    ::kvm_run* run = nullptr;
-    std::size_t mapped = 0;
+    ::kvm_run* run = nullptr;  ///< the mapped `struct kvm_run`
+    std::size_t mapped = 0;  ///< bytes mapped at `run`
     /// Kick requests taken at this exit (`interrupted::requests`); not part of `kvm_run`, so a
     /// HAL passes them beside it (the KVM HAL's kicker protocol; 0 for mock and replay).
     std::uint32_t requests = 0;

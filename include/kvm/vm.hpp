@@ -48,8 +48,10 @@ public:
         return basic_guest_ram(static_cast<std::byte*>(p), bytes);
     }
 
+    /// Takes the mapping from `o`, leaving it empty.
     basic_guest_ram(basic_guest_ram&& o) noexcept
         : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
+    /// Unmaps this mapping, then takes `o`'s.
     basic_guest_ram& operator=(basic_guest_ram&& o) noexcept {
         if (this != &o) {
             release();
@@ -150,9 +152,10 @@ public:
     /// `max_vcpu_id`, at most `max_vcpus` vCPUs exist. Absent capabilities fall
     /// back as the API says (MAX_VCPU_ID to MAX_VCPUS, MAX_VCPUS to NR_VCPUS, that to 4).
     struct vcpu_limits {
-        unsigned long max_vcpu_id = 0;
-        unsigned long max_vcpus = 0;
+        unsigned long max_vcpu_id = 0;  ///< vCPU ids must be below this
+        unsigned long max_vcpus = 0;  ///< most vCPUs the VM may have
     };
+    /// Queries the limits with KVM_CHECK_EXTENSION (see `vcpu_limits`).
     [[nodiscard]] result<vcpu_limits> limits() const noexcept {
         vcpu_limits l;
         auto nr = check_extension(KVM_CAP_NR_VCPUS);

@@ -41,7 +41,7 @@ struct x86_64_options {
     std::uint64_t tss_addr = 0xffffd000;           ///< three pages (KVM API 4.36)
     std::uint64_t identity_map_addr = 0xffffc000;  ///< one page
     vcpu_options vcpu{};                           ///< sync-regs choice for every vCPU
-    const char* device = "/dev/kvm";
+    const char* device = "/dev/kvm";  ///< path of the KVM device
 };
 
 /// A VM ready to run: system and VM fds, guest RAM (also as a
@@ -49,13 +49,14 @@ struct x86_64_options {
 /// declared in destruction-safe order (vCPUs and VM go before the system).
 template <class Sys>
 struct basic_x86_64_machine {
+    /// The vCPU type: `basic_vcpu` of x86_64 on this HAL.
     using cpu_type = ::vcpu::basic_vcpu<::vcpu::arch::x86_64, basic_hal<Sys>>;
 
-    basic_system<Sys> system;
-    basic_guest_ram<Sys> ram;
-    basic_vm<Sys> vm;
-    ::vcpu::guest_memory memory;
-    std::vector<cpu_type> vcpus;
+    basic_system<Sys> system;  ///< the `/dev/kvm` fd
+    basic_guest_ram<Sys> ram;  ///< the guest RAM mapping
+    basic_vm<Sys> vm;  ///< the VM fd
+    ::vcpu::guest_memory memory;  ///< the RAM as guest memory for loaders (one region at guest physical 0)
+    std::vector<cpu_type> vcpus;  ///< the vCPUs, by id
 };
 
 /// Production machine.

@@ -116,18 +116,24 @@ static_assert(static_cast<std::uint64_t>(x::sync_bit::events) == KVM_SYNC_X86_EV
 /// `kvm_regs`: KVM API 4.11/4.12 KVM_GET_REGS/KVM_SET_REGS, synced by `KVM_SYNC_X86_REGS`.
 template <>
 struct block_traits<::vcpu::x86_64::regs_block> {
+    /// @{
+    /// The GET and SET ioctls, the `kvm_valid_regs`/`kvm_dirty_regs` sync bit, and the offset of the block in `kvm_sync_regs`.
     static constexpr auto get = ioctls::vcpu::get_regs;
     static constexpr auto set = ioctls::vcpu::set_regs;
     static constexpr std::uint64_t sync_bit = KVM_SYNC_X86_REGS;
     static constexpr std::size_t sync_offset = offsetof(::kvm_sync_regs, regs);
+    /// @}
 };
 /// `kvm_sregs`: KVM API 4.13/4.14 KVM_GET_SREGS/KVM_SET_SREGS, synced by `KVM_SYNC_X86_SREGS`.
 template <>
 struct block_traits<::vcpu::x86_64::sregs_block> {
+    /// @{
+    /// The GET and SET ioctls, the sync bit, and the offset of the block in `kvm_sync_regs`.
     static constexpr auto get = ioctls::vcpu::get_sregs;
     static constexpr auto set = ioctls::vcpu::set_sregs;
     static constexpr std::uint64_t sync_bit = KVM_SYNC_X86_SREGS;
     static constexpr std::size_t sync_offset = offsetof(::kvm_sync_regs, sregs);
+    /// @}
     /// Why KVM would refuse this block (explains a failed KVM_RUN / KVM_SET_SREGS), or null.
     [[nodiscard]] static constexpr const char* explain_invalid(const ::vcpu::x86_64::sregs_layout& s) noexcept {
         return ::vcpu::x86_64::invalid_state_reason(s);
@@ -136,18 +142,24 @@ struct block_traits<::vcpu::x86_64::sregs_block> {
 /// `kvm_vcpu_events`: KVM API 4.31/4.32 KVM_GET/SET_VCPU_EVENTS, synced by `KVM_SYNC_X86_EVENTS`.
 template <>
 struct block_traits<::vcpu::x86_64::events_block> {
+    /// @{
+    /// The GET and SET ioctls, the sync bit, and the offset of the block in `kvm_sync_regs`.
     static constexpr auto get = ioctls::vcpu::get_vcpu_events;
     static constexpr auto set = ioctls::vcpu::set_vcpu_events;
     static constexpr std::uint64_t sync_bit = KVM_SYNC_X86_EVENTS;
     static constexpr std::size_t sync_offset = offsetof(::kvm_sync_regs, events);
+    /// @}
 };
 /// `kvm_debugregs`: KVM API 4.33/4.34 KVM_GET/SET_DEBUGREGS; never synced.
 template <>
 struct block_traits<::vcpu::x86_64::debugregs_block> {
+    /// @{
+    /// The GET and SET ioctls; not synced through `kvm_run` (sync bit and offset 0).
     static constexpr auto get = ioctls::vcpu::get_debugregs;
     static constexpr auto set = ioctls::vcpu::set_debugregs;
     static constexpr std::uint64_t sync_bit = 0;
     static constexpr std::size_t sync_offset = 0;
+    /// @}
 };
 
 namespace detail {
