@@ -47,30 +47,32 @@ static_assert(pio_data_offset + pio_data_bytes <= run_area_bytes);
 
 /// One scripted exit: the `kvm_run` fields that matter, copied in on entry.
 struct scripted_exit {
-    std::uint32_t reason = KVM_EXIT_UNKNOWN;
+    std::uint32_t reason = KVM_EXIT_UNKNOWN;  ///< `kvm_run::exit_reason`
     /// The exit union of `kvm_run` (everything from `io` on, 256 bytes).
     std::array<std::byte, 256> payload{};
     /// Bytes copied to `pio_data_offset` (port OUT data): the first `pio_len`.
     std::array<std::byte, pio_data_bytes> pio{};
-    std::uint16_t pio_len = 0;
+    std::uint16_t pio_len = 0;  ///< bytes of `pio` used
     /// The script asked for more port data than one exit carries: entering
     /// this exit fails with E2BIG instead of playing truncated data.
     bool pio_too_long = false;
-    std::uint8_t if_flag = 0;
-    std::uint64_t cr8 = 0;
+    std::uint8_t if_flag = 0;  ///< `kvm_run::if_flag`
+    std::uint64_t cr8 = 0;  ///< `kvm_run::cr8`
     /// Coalesced writes the "kernel" buffered before this exit.
     std::array<coalesced_write, 4> coalesced{};
-    std::uint8_t ncoalesced = 0;
+    std::uint8_t ncoalesced = 0;  ///< entries of `coalesced` used
 };
 
 /// Builds a script of exits (setup code: allocates).
 class script {
 public:
+    /// A port OUT of `value` (`size` bytes) to `port`.
     script& io_out(std::uint16_t port, std::uint8_t size, std::uint32_t value) {
         std::array<std::byte, 4> b{};
         ::vcpu::detail::store_le(std::span<std::byte>(b).first(size <= 4 ? size : 4), value);
         return io(KVM_EXIT_IO_OUT, port, size, 1, std::span<const std::byte>(b).first(size <= 4 ? size : 4));
     }
+    /// A port IN of `count` items of `size` bytes from `port` (the handler answers).
     script& io_in(std::uint16_t port, std::uint8_t size, std::uint32_t count = 1) {
         return io(KVM_EXIT_IO_IN, port, size, count, {});
     }
@@ -80,6 +82,7 @@ public:
         const auto count = static_cast<std::uint32_t>(size != 0 ? bytes.size() / size : 0);
         return io(KVM_EXIT_IO_OUT, port, size, count, bytes);
     }
+    /// An MMIO store of `value` (`size` bytes) to `gpa`.
     script& mmio_write(std::uint64_t gpa, std::uint8_t size, std::uint64_t value) {
         return raw(KVM_EXIT_MMIO, [&](::kvm_run& r) {
             r.mmio.phys_addr = gpa;
@@ -90,6 +93,7 @@ public:
                              value);
         });
     }
+    /// An MMIO load of `size` bytes from `gpa` (the handler answers).
     script& mmio_read(std::uint64_t gpa, std::uint8_t size) {
         return raw(KVM_EXIT_MMIO, [&](::kvm_run& r) {
             r.mmio.phys_addr = gpa;
@@ -97,12 +101,17 @@ public:
             r.mmio.is_write = 0;
         });
     }
+    /// A HLT exit.
     script& hlt() { return raw(KVM_EXIT_HLT, [](::kvm_run&) {}); }
+    /// A shutdown (triple fault) exit.
     script& shutdown() { return raw(KVM_EXIT_SHUTDOWN, [](::kvm_run&) {}); }
+    /// An exit interrupted by a signal (`KVM_EXIT_INTR`).
     script& interrupted() { return raw(KVM_EXIT_INTR, [](::kvm_run&) {}); }
+    /// A system event of `type` (`KVM_SYSTEM_EVENT_*`).
     script& system_event(std::uint32_t type) {
         return raw(KVM_EXIT_SYSTEM_EVENT, [&](::kvm_run& r) { r.system_event.type = type; });
     }
+    /// A hypercall `nr` with `args`.
     script& hypercall(std::uint64_t nr, std::array<std::uint64_t, 6> args = {}) {
         return raw(KVM_EXIT_HYPERCALL, [&](::kvm_run& r) {
             r.hypercall.nr = nr;
@@ -142,7 +151,9 @@ public:
         for (std::size_t i = 1; i < n; ++i) exits_.insert(exits_.end(), one.begin(), one.end());
         return *this;
     }
+    /// The exits scripted so far.
     [[nodiscard]] std::span<const scripted_exit> exits() const noexcept { return exits_; }
+    /// The exits, writable (tests that corrupt a record).
     [[nodiscard]] std::vector<scripted_exit>& mutable_exits() noexcept { return exits_; }
 
     /// Offset of the exit union inside `kvm_run`.
@@ -174,6 +185,7 @@ private:
 
 /// One thing the vCPU did, in order.
 struct event {
+    /// What happened.
     enum class kind : std::uint8_t {
         enter,         ///< `enter()`: `index` = scripted exit about to be delivered
         block_write,   ///< `modify<B>()`: `name` = block name
@@ -184,11 +196,11 @@ struct event {
         vcpu_finalize, ///< `arm_vcpu_finalize`: `key` = feature
         answer,        ///< the answer left for exit `index`: `value` (first 8 bytes / ret)
     };
-    kind what = kind::enter;
-    std::string_view name;
-    std::uint64_t index = 0;
-    std::uint64_t key = 0;
-    std::uint64_t value = 0;
+    kind what = kind::enter;  ///< the kind of event
+    std::string_view name;  ///< block or bank name (`block_write`, `keyed_write`)
+    std::uint64_t index = 0;  ///< scripted exit index (`enter`, `answer`)
+    std::uint64_t key = 0;  ///< register key or id
+    std::uint64_t value = 0;  ///< value written
 };
 
 /// Options for a mock vCPU.
@@ -200,6 +212,7 @@ struct options {
 /// The mock HAL. `hal::vcpu<Arch>` models `HalFor<hal, Arch>` for every
 /// architecture whose exits come in `kvm_run`.
 struct hal {
+    /// The mock vCPU of architecture `Arch`: plays a `script`, records `event`s.
     template <class Arch>
     class vcpu;
 };
@@ -220,18 +233,24 @@ template <class B, class... Bs> struct index_of<B, type_list<Bs...>> {
 };
 } // namespace detail
 
+/// Plays `script` exits through a `kvm_run` area it owns and records what the vCPU did.
 template <class Arch>
 class hal::vcpu {
 public:
+    /// Exits come as a `kvm_run` view.
     using raw_exit = kvm::run_view;
+    /// The architecture.
     using arch_type = Arch;
 
+    /// A vCPU that will play `s`.
     explicit vcpu(script s, options o = {}) : script_(std::move(s)), opts_(o) {
         area_.reset(new (std::align_val_t{4096}) std::byte[run_area_bytes]());
         events_.reserve(o.max_events);
         cpuid_set_.reserve(256);
     }
+    /// Moves the script, the register state and the `kvm_run` area.
     vcpu(vcpu&&) noexcept = default;
+    /// Moves the script, the register state and the `kvm_run` area.
     vcpu& operator=(vcpu&&) noexcept = default;
 
     /// Delivers the next scripted exit. Fails with `ENODATA` ("script
@@ -271,6 +290,7 @@ public:
         return ok();
     }
 
+    /// The current exit: the `kvm_run` area and its size.
     [[nodiscard]] kvm::run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
 
     /// Hands the coalesced writes scripted for this exit to `f` (true = go on).
@@ -285,21 +305,25 @@ public:
     }
 
     // --- register movers -------------------------------------------------
+    /// The register block `B` (always succeeds).
     template <class B>
     [[nodiscard]] result<const typename B::layout*> load() noexcept {
         return static_cast<const typename B::layout*>(&block<B>());
     }
+    /// The register block `B`, writable; records a `block_write` event.
     template <class B>
     [[nodiscard]] result<typename B::layout*> modify() noexcept {
         log({event::kind::block_write, B::name, 0, 0, 0});
         return &block<B>();
     }
+    /// MSR-style register `key` of bank `Bank` (0 when never set).
     template <class Bank>
     [[nodiscard]] result<std::uint64_t> get_keyed(std::uint64_t key) noexcept {
         for (std::size_t i = 0; i < nkeyed_; ++i)
             if (keyed_[i].bank == bank_id<Bank>() && keyed_[i].key == key) return keyed_[i].value;
         return std::uint64_t{0};
     }
+    /// Sets register `key` of bank `Bank`; records a `keyed_write` event.
     template <class Bank>
     [[nodiscard]] result<void> set_keyed(std::uint64_t key, std::uint64_t value) noexcept {
         log({event::kind::keyed_write, Bank::name, 0, key, value});
@@ -312,6 +336,7 @@ public:
         keyed_[nkeyed_++] = {bank_id<Bank>(), key, value};
         return ok();
     }
+    /// ONE_REG register `id` into `out` (zeros when never set; at most 16 bytes).
     [[nodiscard]] result<void> get_one_reg(std::uint64_t id, std::span<std::byte> out) noexcept {
         if (out.size() > 16) return error{"mock get_one_reg", EINVAL, "register wider than 128 bits"};
         for (std::size_t i = 0; i < nregs_; ++i)
@@ -322,6 +347,7 @@ public:
         std::memset(out.data(), 0, out.size());
         return ok();
     }
+    /// Sets ONE_REG register `id`; records a `one_reg_write` event.
     [[nodiscard]] result<void> set_one_reg(std::uint64_t id, std::span<const std::byte> in) noexcept {
         if (in.size() > 16) return error{"mock set_one_reg", EINVAL, "register wider than 128 bits"};
         std::uint64_t low = 0;
@@ -348,11 +374,13 @@ public:
         std::memcpy(static_cast<void*>(out.data()), supported_.data(), nsupported_ * sizeof(Entry));
         return nsupported_;
     }
+    /// Sets the entries `supported_cpuid` reports.
     template <class Entry>
     void set_supported_cpuid(std::span<const Entry> in) noexcept {
         nsupported_ = std::min(in.size(), supported_.size());
         std::memcpy(supported_.data(), in.data(), nsupported_ * sizeof(Entry));
     }
+    /// Keeps a copy of `in`; records a `set_cpuid` event.
     template <class Entry>
     [[nodiscard]] result<void> set_cpuid(std::span<const Entry> in) noexcept {
         log({event::kind::set_cpuid, "cpuid", 0, 0, in.size()});
@@ -373,6 +401,7 @@ public:
         if (i < cpuid_set_.size()) std::memcpy(static_cast<void*>(&e), cpuid_set_[i].data(), sizeof e);
         return e;
     }
+    /// Number of entries last given to `set_cpuid`.
     [[nodiscard]] std::size_t cpuid_count() const noexcept { return cpuid_set_.size(); }
 
     // --- AArch64 KVM_ARM_VCPU_INIT / _FINALIZE (any arch may call; recorded) --
@@ -389,14 +418,18 @@ public:
     }
 
     // --- inspection --------------------------------------------------------
+    /// The events recorded so far.
     [[nodiscard]] std::span<const event> events() const noexcept { return events_; }
+    /// Events not stored because `max_events` was reached.
     [[nodiscard]] std::size_t dropped_events() const noexcept { return dropped_; }
+    /// Number of `enter()` calls.
     [[nodiscard]] std::uint64_t runs() const noexcept { return runs_; }
     /// Writable block image (for tests that preset state).
     template <class B>
     [[nodiscard]] typename B::layout& block() noexcept {
         return std::get<detail::index_of<B, typename Arch::register_blocks>::value>(blocks_);
     }
+    /// The `kvm_run` area (to preset or inspect exit fields).
     [[nodiscard]] ::kvm_run& run() noexcept { return *reinterpret_cast<::kvm_run*>(area_.get()); }
     /// Moves playback to scripted exit `i`.
     void rewind(std::size_t i = 0) noexcept { next_ = i; }

@@ -19,8 +19,8 @@ struct init_sequence {
     /// Holds `ps...` to apply in this order.
     constexpr explicit init_sequence(Ps... ps) : parts(std::move(ps)...) {}
 
-    template <class Cpu>
     /// Applies each policy to `cpu` in order and stops at the first error, which it returns.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         result<void> r;
         std::apply([&](const auto&... p) { (void)((r = p.apply(cpu), r.has_value()) && ...); },

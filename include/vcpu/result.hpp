@@ -278,8 +278,8 @@ public:
     /// A result holding `v`, moved.
     constexpr result(T&& v) noexcept(std::is_nothrow_move_constructible_v<T>)
         : v_(std::move(v)), ok_(true) {}
-    template <class... A>
     /// A result holding a `T` built in place from `a...`.
+    template <class... A>
     constexpr explicit result(std::in_place_t, A&&... a) : v_(std::forward<A>(a)...), ok_(true) {}
     /// A result holding the error `e`.
     constexpr result(error e) noexcept : e_(e), ok_(false) {}
@@ -333,8 +333,8 @@ public:
     /// The error; traps when the result holds a value.
     [[nodiscard]] constexpr const error& err() const noexcept { check(!ok_); return e_; }
 
-    template <class U>
     /// The value, or `u` converted to `T` when the result holds an error.
+    template <class U>
     [[nodiscard]] constexpr T value_or(U&& u) const& {
         return ok_ ? v_ : static_cast<T>(std::forward<U>(u));
     }

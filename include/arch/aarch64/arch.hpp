@@ -51,8 +51,8 @@ struct aarch64 {
 /// A bare-metal EL2 guest exit (ESR_EL2 + FAR_EL2 + HPFAR_EL2 + GPRs) decodes through `aarch64::decode`.
 template <>
 struct vcpu::exit_decoder<vcpu::arch::aarch64, vcpu::aarch64::el2_syndrome> {
-    template <class Visitor>
     /// Decodes `r` with `aarch64::decode`, handing one typed exit to `visit`.
+    template <class Visitor>
     [[gnu::always_inline]] static void decode(const aarch64::el2_syndrome& r, Visitor&& visit) noexcept {
         aarch64::decode(r, std::forward<Visitor>(visit));
     }

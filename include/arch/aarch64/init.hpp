@@ -81,8 +81,8 @@ struct kvm_boot {
     std::uint64_t dtb = 0;       ///< X0: device tree blob address
     std::uint64_t pstate = pstate_bits::el1h_daif_masked;  ///< PSTATE at entry: EL1h with D, A, I, F masked
 
-    template <class Cpu>
     /// Runs KVM_ARM_VCPU_INIT (and FINALIZE for SVE), then sets PC, X0-X3 and PSTATE on `cpu`.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         using hal_vcpu = std::remove_cvref_t<decltype(cpu.hal())>;
         static_assert(InitsArmVcpu<hal_vcpu>,

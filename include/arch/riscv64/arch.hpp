@@ -57,8 +57,8 @@ struct riscv64 {
 /// An HS-mode trap (scause/stval/htval/htinst + GPRs) decodes through `riscv64::decode`.
 template <>
 struct vcpu::exit_decoder<vcpu::arch::riscv64, vcpu::riscv64::hs_trap> {
-    template <class Visitor>
     /// Decodes `r` with `riscv64::decode`, handing one typed exit to `visit`.
+    template <class Visitor>
     [[gnu::always_inline]] static constexpr void decode(const riscv64::hs_trap& r, Visitor&& visit) noexcept {
         riscv64::decode(r, std::forward<Visitor>(visit));
     }

@@ -32,8 +32,8 @@ struct boot {
     std::uint64_t hart_id = 0; ///< value of a0
     std::uint64_t dtb = 0;     ///< value of a1
 
-    template <class Cpu>
     /// Sets mode, satp, sstatus, a0, a1 and then pc on `cpu`; stops at the first error.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         if (auto r = cpu.set(mode, abi::mode_s); !r) return r;
         if (auto r = cpu.set(satp, 0); !r) return r;

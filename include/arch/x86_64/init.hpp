@@ -56,8 +56,8 @@ struct real_mode {
     std::uint16_t ip = 0x1000;  ///< IP: first instruction at CS base + IP
     std::uint16_t sp = 0;  ///< SP (SS = 0)
 
-    template <class Cpu>
     /// Loads this state into `cpu`'s segment and general registers.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
@@ -97,8 +97,8 @@ struct flat_protected_mode {
     std::uint64_t entry = 0x100000;  ///< RIP: the protected-mode entry point
     std::uint64_t boot_params = 0x10000;  ///< RSI: address of `boot_params` (the zero page)
 
-    template <class Cpu>
     /// Loads this state into `cpu`'s segment, control and general registers.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
@@ -168,8 +168,8 @@ struct long_mode {
     unsigned map_gib = 1;  ///< GiB identity-mapped from 0 (at most 512)
     bool user = false;  ///< start at CPL3 with user-accessible pages
 
-    template <class Cpu>
     /// Builds the identity map in `memory` at `tables`, then loads long-mode segment, control and general registers.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         if (memory == nullptr) return error{"long mode init", EINVAL, "no guest memory given"};
         if (auto e = build_identity_map(*memory, tables, map_gib, user); !e) return e;
@@ -265,8 +265,8 @@ struct cpuid_setup {
 
     static constexpr std::size_t max_entries = 256;  ///< entries read from KVM_GET_SUPPORTED_CPUID, plus the two KVM leaves
 
-    template <class Cpu>
     /// Reads the supported CPUID, adjusts it as described, applies `hook`, and sets it with KVM_SET_CPUID2.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         using hal_vcpu = std::remove_cvref_t<decltype(cpu.hal())>;
         static_assert(ReportsSupportedCpuid<hal_vcpu>,
@@ -304,8 +304,8 @@ struct cpuid_setup {
 
 /// IA32_MISC_ENABLE with fast-string operation enabled, as that VMM writes it.
 struct misc_enable_fast_strings {
-    template <class Cpu>
     /// Writes IA32_MISC_ENABLE with only fast strings enabled.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         return cpu.set(ia32_misc_enable, misc_enable_bits::fast_strings.bits());
     }

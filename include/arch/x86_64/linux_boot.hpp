@@ -488,8 +488,8 @@ struct pvh_entry {
     std::uint64_t entry = 0;  ///< EIP: the PVH entry point
     std::uint64_t start_info = boot_layout::pvh_start_info;  ///< EBX: address of `hvm_start_info`
 
-    template <class Cpu>
     /// Sets 32-bit flat protected mode with EIP = `entry`, EBX = `start_info`.
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         VCPU_TRY_VOID((flat_protected_mode{entry, 0}.apply(cpu)));
         auto gr = cpu.hal().template modify<regs_block>();

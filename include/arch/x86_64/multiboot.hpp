@@ -610,8 +610,8 @@ struct multiboot_state {
     static constexpr std::uint16_t code_selector = 0x08; ///< QEMU's multiboot option ROM GDT
     static constexpr std::uint16_t data_selector = 0x10;  ///< flat data segment for DS, ES, FS, GS, SS
 
-    template <class Cpu>
     /// Sets the vCPU to the Multiboot entry state (segments, CR0, RFLAGS, EAX, EBX, RIP).
+    template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
         auto sr = cpu.hal().template modify<sregs_block>();
         if (!sr) return sr.err();
