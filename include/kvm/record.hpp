@@ -47,15 +47,20 @@ struct options {
 template <class Inner>
 struct hal {
     template <class Arch>
+    /// The recording vCPU of architecture `Arch`: forwards to `Inner`'s vCPU and writes a trace.
     class vcpu;
 };
 
+/// Forwards every call to the inner HAL vCPU and appends each exit, coalesced write and answer to a trace (kvm/trace.hpp).
 template <class Inner>
 template <class Arch>
 class hal<Inner>::vcpu {
 public:
+    /// The wrapped HAL vCPU type.
     using inner_type = typename Inner::template vcpu<Arch>;
+    /// The inner HAL's exit record (`kvm::run_view`).
     using raw_exit = typename inner_type::raw_exit;
+    /// The architecture.
     using arch_type = Arch;
     static_assert(std::is_same_v<raw_exit, kvm::run_view>,
                   "vcpu::kvm::record: the inner HAL must expose kvm::run_view exit records");
@@ -68,6 +73,7 @@ public:
                             trace::arch_id<Arch>());
         used_ = trace::header_bytes;
     }
+    /// Takes `o`'s inner vCPU, trace buffer and file.
     vcpu(vcpu&& o) noexcept
         : inner_(std::move(o.inner_)), cap_(o.cap_), buf_(std::move(o.buf_)), used_(o.used_),
           fd_(std::exchange(o.fd_, -1)), index_(o.index_), has_exit_(o.has_exit_), err_(o.err_) {}
@@ -103,6 +109,7 @@ public:
         return ok();
     }
 
+    /// The inner HAL's current exit record.
     [[nodiscard]] raw_exit exit_record() noexcept { return inner_.exit_record(); }
 
     /// Forwards the inner HAL's coalesced writes, recording each.
@@ -123,27 +130,35 @@ public:
     }
 
     // --- forwarded register movers and x86 CPUID ---------------------------
+    /// Forwarded to the inner HAL.
     template <class B>
     [[nodiscard]] auto load() noexcept { return inner_.template load<B>(); }
+    /// Forwarded to the inner HAL.
     template <class B>
     [[nodiscard]] auto modify() noexcept { return inner_.template modify<B>(); }
+    /// Forwarded to the inner HAL.
     template <class B>
     [[nodiscard]] auto get_keyed(std::uint64_t key) noexcept { return inner_.template get_keyed<B>(key); }
+    /// Forwarded to the inner HAL.
     template <class B>
     [[nodiscard]] auto set_keyed(std::uint64_t key, std::uint64_t v) noexcept {
         return inner_.template set_keyed<B>(key, v);
     }
+    /// Forwarded to the inner HAL.
     [[nodiscard]] result<void> get_one_reg(std::uint64_t id, std::span<std::byte> out) noexcept {
         return inner_.get_one_reg(id, out);
     }
+    /// Forwarded to the inner HAL.
     [[nodiscard]] result<void> set_one_reg(std::uint64_t id, std::span<const std::byte> in) noexcept {
         return inner_.set_one_reg(id, in);
     }
+    /// Forwarded to the inner HAL (x86 CPUID).
     template <class Entry>
     [[nodiscard]] auto supported_cpuid(std::span<Entry> out) const noexcept
         -> decltype(std::declval<const inner_type&>().supported_cpuid(out)) {
         return inner_.supported_cpuid(out);
     }
+    /// Forwarded to the inner HAL (x86 CPUID).
     template <class Entry>
     [[nodiscard]] auto set_cpuid(std::span<const Entry> in) noexcept
         -> decltype(std::declval<inner_type&>().set_cpuid(in)) {

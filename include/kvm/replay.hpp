@@ -72,13 +72,17 @@ inline constexpr std::uint64_t pio_data_offset = 4096;
 /// arch whose exits come in `kvm_run`.
 struct hal {
     template <class Arch>
+    /// The replaying vCPU of architecture `Arch`.
     class vcpu;
 };
 
+/// Plays a recorded trace back as `kvm_run` exits, checking each answer the handlers leave against the recorded one.
 template <class Arch>
 class hal::vcpu {
 public:
+    /// Exits come as a `kvm_run` view.
     using raw_exit = kvm::run_view;
+    /// The architecture.
     using arch_type = Arch;
 
     /// Validates and indexes `trace` (kept by the vCPU). EPROTO errors from
@@ -113,7 +117,9 @@ public:
         return v;
     }
 
+    /// Moves the trace, its index and the `kvm_run` area.
     vcpu(vcpu&&) noexcept = default;
+    /// Moves the trace, its index and the `kvm_run` area.
     vcpu& operator=(vcpu&&) noexcept = default;
 
     /// Checks the answer to the previous exit, then lays out the next one.
@@ -143,6 +149,7 @@ public:
         return ok();
     }
 
+    /// The current exit: the `kvm_run` area and its size.
     [[nodiscard]] kvm::run_view exit_record() noexcept { return {&run(), run_area_bytes}; }
 
     /// Delivers the coalesced writes recorded before the current exit.
@@ -166,9 +173,11 @@ public:
     /// `enter()` checks all earlier ones).
     [[nodiscard]] result<void> verify_last() noexcept { return check_answer(); }
 
+    /// @{
     /// Exits in the trace, and exits delivered so far.
     [[nodiscard]] std::size_t size() const noexcept { return exits_.size(); }
     [[nodiscard]] std::size_t delivered() const noexcept { return next_; }
+    /// @}
     /// Starts over at exit `i`.
     void rewind(std::size_t i = 0) noexcept {
         next_ = i;
@@ -176,30 +185,37 @@ public:
     }
 
     // --- registers: a local image (a trace carries none) --------------------
+    /// A local register image (a trace carries no registers).
     template <class B>
     [[nodiscard]] result<const typename B::layout*> load() noexcept {
         return static_cast<const typename B::layout*>(&std::get<typename B::layout>(blocks_));
     }
+    /// A local register image, writable.
     template <class B>
     [[nodiscard]] result<typename B::layout*> modify() noexcept {
         return &std::get<typename B::layout>(blocks_);
     }
+    /// Always 0: the replay keeps no keyed registers.
     template <class Bank>
     [[nodiscard]] result<std::uint64_t> get_keyed(std::uint64_t) noexcept {
         return std::uint64_t{0};
     }
+    /// Ignored.
     template <class Bank>
     [[nodiscard]] result<void> set_keyed(std::uint64_t, std::uint64_t) noexcept {
         return ok();
     }
+    /// Zeros.
     [[nodiscard]] result<void> get_one_reg(std::uint64_t, std::span<std::byte> out) noexcept {
         std::memset(out.data(), 0, out.size());
         return ok();
     }
+    /// Ignored.
     [[nodiscard]] result<void> set_one_reg(std::uint64_t, std::span<const std::byte>) noexcept {
         return ok();
     }
 
+    /// The `kvm_run` area (to inspect exit fields).
     [[nodiscard]] ::kvm_run& run() noexcept { return *reinterpret_cast<::kvm_run*>(area_.get()); }
 
 private:
