@@ -45,14 +45,14 @@
 
 namespace vcpu::kvm::trace {
 
-inline constexpr std::array<char, 8> magic{'V', 'C', 'P', 'U', 'T', 'R', 'C', '\0'};
-inline constexpr std::uint16_t version = 1;
-inline constexpr std::size_t header_bytes = 32;
-inline constexpr std::size_t record_head_bytes = 16;
-inline constexpr std::size_t exit_head_bytes = 8;
+inline constexpr std::array<char, 8> magic{'V', 'C', 'P', 'U', 'T', 'R', 'C', '\0'};  ///< the first 8 bytes of a trace
+inline constexpr std::uint16_t version = 1;  ///< the format version this code writes and reads
+inline constexpr std::size_t header_bytes = 32;  ///< bytes of the header
+inline constexpr std::size_t record_head_bytes = 16;  ///< bytes of a record head (length, type, reserved, exit index)
+inline constexpr std::size_t exit_head_bytes = 8;  ///< bytes of an `exit` payload's head (reason, union_len, pio_len)
 /// Bytes of the `kvm_run` exit union (`char padding[256]` in `<linux/kvm.h>`).
 inline constexpr std::size_t union_bytes = 256;
-inline constexpr std::size_t coalesced_payload_bytes = 24;
+inline constexpr std::size_t coalesced_payload_bytes = 24;  ///< bytes of a `coalesced` payload
 /// Largest port I/O data a record may carry (KVM uses one page).
 inline constexpr std::size_t max_pio_bytes = 4096;
 
@@ -129,14 +129,14 @@ template <class T>
 
 /// A record as `parse` found it: type, exit index, payload bytes.
 struct record {
-    record_type type = record_type::exit;
-    std::uint64_t index = 0;
-    std::span<const std::byte> payload;
+    record_type type = record_type::exit;  ///< the record type
+    std::uint64_t index = 0;  ///< index of the exit it belongs to
+    std::span<const std::byte> payload;  ///< the payload (after the 16-byte head)
 };
 
 /// A decoded `exit` payload.
 struct exit_payload {
-    std::uint32_t reason = 0;
+    std::uint32_t reason = 0;  ///< `kvm_run::exit_reason`
     std::span<const std::byte> exit_union; ///< `union_len` bytes
     std::span<const std::byte> pio;        ///< OUT data
 };

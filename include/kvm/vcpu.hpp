@@ -73,7 +73,7 @@ struct vcpu_setup {
     std::size_t page_size = 4096;       ///< host page size
     long coalesced_page_offset = 0;     ///< `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)`; 0 = none
     std::uint64_t kernel_sync_regs = 0; ///< `KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS)`
-    vcpu_options options{};
+    vcpu_options options{};  ///< sync-register choice
     unsigned id = 0;                    ///< the `KVM_CREATE_VCPU` id (named in errors)
 };
 
@@ -99,6 +99,7 @@ struct kick_state {
 /// Thread-safe; copyable; valid while the vCPU lives (KVM API 4.10 "KVM_RUN", `immediate_exit`).
 class kicker {
 public:
+    /// A kicker for the vCPU whose kick state is `k` (made by `hal_vcpu::make_kicker()`).
     explicit kicker(detail::kick_state* k) noexcept : k_(k) {}
     /// Posts `requests` (at least one bit) and interrupts the vCPU. Errors: `pthread_kill`'s.
     [[nodiscard]] result<void> kick(std::uint32_t requests = 1) const noexcept {
@@ -262,7 +263,9 @@ class hal_vcpu {
 public:
     /// The exit record `exit_decoder<Arch, kvm::run_view>` reads: the mapped `kvm_run`.
     using raw_exit = ::vcpu::kvm::run_view;
+    /// The architecture.
     using arch_type = Arch;
+    /// The syscall seam.
     using sys_type = Sys;
 
     /// Sync bits this arch's blocks can use at all.
@@ -295,6 +298,7 @@ public:
     /// Moves take over the fd, the mapping and the caches; the moved-from vCPU has no fd and a
     /// detached `kvm_run`, so using it fails with EBADF ("this vCPU was moved from").
     hal_vcpu(hal_vcpu&&) noexcept = default;
+    /// Moves the fd, the mapping and the caches (see the move constructor).
     hal_vcpu& operator=(hal_vcpu&&) noexcept = default;
     hal_vcpu(const hal_vcpu&) = delete;
     hal_vcpu& operator=(const hal_vcpu&) = delete;
