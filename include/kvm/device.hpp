@@ -111,7 +111,7 @@ inline constexpr std::uint64_t vgic_v3_addr_redist = 3; ///< KVM_VGIC_V3_ADDR_TY
 inline constexpr std::uint64_t vgic_v3_dist_size = 0x10000;   ///< KVM_VGIC_V3_DIST_SIZE (64 KiB)
 inline constexpr std::uint64_t vgic_v3_redist_size = 0x20000; ///< KVM_VGIC_V3_REDIST_SIZE per vCPU (2 x 64 KiB)
 /// @{
-/// Bit positions of the vCPU index (high part), interrupt type and vCPU index fields of a `KVM_IRQ_LINE` irq number (KVM API 4.25).
+/// Bit positions of the vCPU index (high part), interrupt type and vCPU index fields of a `KVM_IRQ_LINE` irq number (KVM API "KVM_IRQ_LINE").
 inline constexpr unsigned irq_vcpu2_shift = 28, irq_type_shift = 24, irq_vcpu_shift = 16;
 /// @}
 /// KVM_ARM_IRQ_TYPE_*.

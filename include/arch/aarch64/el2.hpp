@@ -112,7 +112,7 @@ inline constexpr bitfield<0> el1pcten{};  ///< EL1PCTEN: EL1/EL0 may read the ph
 inline constexpr bitfield<1> el1pcen{};  ///< EL1PCEN: EL1/EL0 may use the physical timer
 inline constexpr std::uint64_t guest_default = el1pcten.bits() | el1pcen.bits();  ///< both: the guest reads the physical counter and uses the physical timer
 } // namespace cnthctl
-/// CNTVOFF_EL2 for a guest: 0, so its virtual count is the host's physical count.
+/// CNTVOFF_EL2 for a guest: 0, so its virtual count (CNTVCT = CNTPCT - CNTVOFF) is the physical count.
 inline constexpr std::uint64_t cntvoff_default = 0;
 
 /// The whole EL2 context an arm_vcpu-style hypervisor loads for a vCPU.

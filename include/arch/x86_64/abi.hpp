@@ -89,7 +89,7 @@ struct events_layout {
     struct {
         std::uint8_t injected, pending, masked, pad;
     } nmi;  ///< NMI injected, pending, masked
-    std::uint32_t sipi_vector;  ///< SIPI vector (deprecated, unused by KVM)
+    std::uint32_t sipi_vector;  ///< SIPI vector (valid with `KVM_VCPUEVENT_VALID_SIPI_VECTOR`)
     std::uint32_t flags;  ///< `KVM_VCPUEVENT_VALID_*`: which parts are valid or to be set
     struct {
         std::uint8_t smm, pending, smm_inside_nmi, latched_init;
