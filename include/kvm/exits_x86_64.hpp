@@ -98,14 +98,13 @@ template <class Visitor>
         return;
     }
     case KVM_EXIT_INTERNAL_ERROR: {
-        const auto nd = r.internal.ndata;
-        if (nd > std::size(r.internal.data)) {
-            ::vcpu::detail::malformed(visit, why::ndata, reason, nd);
-            return;
-        }
         // The emulation-failure overlay: flags = data[0], then insn_size and
-        // 15 instruction bytes in data[1..2] (ABI since Linux 5.14).
+        // 15 instruction bytes in data[1..2] (ABI since Linux 5.14). Anything
+        // else, including an ndata beyond the array, is the common decoding's
+        // (one bounds check per path).
+        const auto nd = r.internal.ndata;
         if (r.internal.suberror == KVM_INTERNAL_ERROR_EMULATION && nd >= 3 &&
+            nd <= std::size(r.internal.data) &&
             (r.internal.data[0] & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0) {
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(&r.internal.data[1]);
             const std::uint8_t n = bytes[0];
