@@ -14,8 +14,8 @@
 /// runs wherever the executable was linked or loaded, as on x86-64 and AArch64.
 ///
 /// `space::enter(cpu, call(&fn, args...))` sets satp (Sv48, the root table), stvec = the trap
-/// entry of `vcpu/guest/riscv64.hpp`, sstatus (FS = Initial: compiled code may use FP
-/// registers; SIE off), sp = the stack top, gp = the executable's global pointer (the linker
+/// entry of `vcpu/guest/riscv64.hpp`, sstatus (FS at least Initial: compiled code may use FP
+/// registers; SIE off; the rest as KVM reset it), sp = the stack top, gp = the executable's global pointer (the linker
 /// relaxes accesses to small data against it), ra = a function that reports `done`, a0-a5 = the
 /// arguments (LP64 calling convention), pc = `fn`, and the privilege mode S. No entry stub is
 /// needed: the registers are the boot state.
@@ -66,8 +66,9 @@ static_assert(PageFormat<page_format>);
 namespace s_mode {
 /// satp.MODE = 9 (Sv48), ASID 0.
 inline constexpr std::uint64_t satp_sv48 = std::uint64_t{9} << 60;
-/// sstatus.FS = Initial (bits 14:13 = 01); SIE = 0.
-inline constexpr std::uint64_t sstatus = std::uint64_t{1} << 13;
+/// sstatus.FS (bits 14:13; 01 = Initial) and sstatus.SIE (bit 1).
+inline constexpr std::uint64_t fs_mask = std::uint64_t{3} << 13, fs_initial = std::uint64_t{1} << 13,
+                               sie = std::uint64_t{1} << 1;
 /// KVM's `mode` core register: 1 = S-mode.
 inline constexpr std::uint64_t mode_s = 1;
 } // namespace s_mode
@@ -113,7 +114,12 @@ public:
         namespace rv = ::vcpu::riscv64;
         if (auto r = cpu.set(rv::satp, s_mode::satp_sv48 | (page_table_root() >> 12)); !r) return r;
         if (auto r = cpu.set(rv::stvec, sym_.trap); !r) return r;
-        if (auto r = cpu.set(rv::sstatus, s_mode::sstatus); !r) return r;
+        // Read-modify-write: keep what KVM reset sstatus to (UXL, ...), FS at least Initial, SIE off.
+        auto ss = cpu.get(rv::sstatus);
+        if (!ss) return ss.err();
+        std::uint64_t status = *ss & ~s_mode::sie;
+        if ((status & s_mode::fs_mask) == 0) status |= s_mode::fs_initial;
+        if (auto r = cpu.set(rv::sstatus, status); !r) return r;
         if (auto r = cpu.set(rv::sp, stack_top()); !r) return r;
         if (auto r = cpu.set(rv::gp, sym_.gp); !r) return r;
         if (auto r = cpu.set(rv::ra, sym_.returned); !r) return r;
