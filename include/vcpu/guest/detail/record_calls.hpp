@@ -9,8 +9,13 @@
 
 namespace vcpu::guest::ucall {
 
+/// Sends `r` to the host with one trapping access: defined by the architecture's guest header
+/// (this declaration lets the file compile on its own, where nothing below is instantiated).
+VCPU_GUEST_CODE inline void send(ucall_record& r) noexcept;
+
 /// Tells the host the guest is finished (`vcpu::guest::done`). Never returns: resumed, it says
-/// so again.
+/// so again. (A template only so that a translation unit that never calls it needs no `send`.)
+template <int = 0>
 [[noreturn]] VCPU_GUEST_CODE inline void done() noexcept {
     ucall_record r;
     fill(r, ucall_kind::done, nullptr, nullptr, 0);
