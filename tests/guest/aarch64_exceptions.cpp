@@ -67,7 +67,8 @@ auto run_guest(void (*fn)(), F&& on_sync) {
 
 TEST_CASE("guest aarch64: an undefined instruction without a handler comes back as unhandled_exception") {
     std::vector<u64> syncs;
-    auto [m, r] = run_guest(&undefined_instruction, [&](vcpu::guest::sync& s) { syncs.push_back(s[0]); });
+    auto out = run_guest(&undefined_instruction, [&](vcpu::guest::sync& s) { syncs.push_back(s[0]); });
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     const auto* e = std::get_if<vcpu::guest::unhandled_exception>(&*r);
     REQUIRE(e != nullptr);
@@ -78,7 +79,8 @@ TEST_CASE("guest aarch64: an undefined instruction without a handler comes back 
 }
 
 TEST_CASE("guest aarch64: a translation fault reports ESR (data abort) and FAR") {
-    auto [m, r] = run_guest(&translation_fault, [](vcpu::guest::sync&) {});
+    auto out = run_guest(&translation_fault, [](vcpu::guest::sync&) {});
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     const auto* e = std::get_if<vcpu::guest::unhandled_exception>(&*r);
     REQUIRE(e != nullptr);
@@ -89,7 +91,8 @@ TEST_CASE("guest aarch64: a translation fault reports ESR (data abort) and FAR")
 
 TEST_CASE("guest aarch64: a handler installed for a vector slot runs and resumes the guest") {
     std::vector<vcpu::guest::sync> syncs;
-    auto [m, r] = run_guest(&handled_udf, [&](vcpu::guest::sync& s) { syncs.push_back(s); });
+    auto out = run_guest(&handled_udf, [&](vcpu::guest::sync& s) { syncs.push_back(s); });
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     REQUIRE(syncs.size() == 1);
     CHECK(syncs[0][0] == 2); // two UDFs skipped

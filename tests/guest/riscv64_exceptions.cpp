@@ -71,7 +71,8 @@ auto run_guest(void (*fn)(), F&& on_sync) {
 
 TEST_CASE("guest riscv64: an illegal instruction without a handler comes back as unhandled_exception") {
     std::vector<u64> syncs;
-    auto [m, r] = run_guest(&illegal_instruction, [&](vcpu::guest::sync& s) { syncs.push_back(s[0]); });
+    auto out = run_guest(&illegal_instruction, [&](vcpu::guest::sync& s) { syncs.push_back(s[0]); });
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     const auto* e = std::get_if<vcpu::guest::unhandled_exception>(&*r);
     REQUIRE(e != nullptr);
@@ -82,7 +83,8 @@ TEST_CASE("guest riscv64: an illegal instruction without a handler comes back as
 }
 
 TEST_CASE("guest riscv64: a load page fault reports scause and stval") {
-    auto [m, r] = run_guest(&page_fault, [](vcpu::guest::sync&) {});
+    auto out = run_guest(&page_fault, [](vcpu::guest::sync&) {});
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     const auto* e = std::get_if<vcpu::guest::unhandled_exception>(&*r);
     REQUIRE(e != nullptr);
@@ -92,7 +94,8 @@ TEST_CASE("guest riscv64: a load page fault reports scause and stval") {
 
 TEST_CASE("guest riscv64: a handler installed for a cause runs and resumes the guest") {
     std::vector<vcpu::guest::sync> syncs;
-    auto [m, r] = run_guest(&handled_illegal, [&](vcpu::guest::sync& s) { syncs.push_back(s); });
+    auto out = run_guest(&handled_illegal, [&](vcpu::guest::sync& s) { syncs.push_back(s); });
+    auto& r = out.second;
     REQUIRE_MESSAGE(r, r.err().message());
     REQUIRE(syncs.size() == 1);
     CHECK(syncs[0][0] == 2); // two illegal instructions skipped
