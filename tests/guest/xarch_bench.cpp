@@ -2,10 +2,11 @@
 // against a plain exit from the same kind of guest code, measured where the test runs (on real KVM
 // inside the emulated machine: the numbers are TCG's, their ratio is the point). A guest loops
 // forever on `ucall::sync(i)` (run by `guest::run`, typed `guest::sync` handler) or on a plain
-// 8-byte MMIO store (run by `basic_vcpu::run`, `mmio` handler); the host stops each after N exits
-// and times it with the wall clock. Three alternating rounds; prints one line
-//   GUEST-BENCH <arch>: N exits x3: plain MMIO a-b us/exit, ucall c-d us/exit, ratio e (min/min)
-// N = $VCPU_GUEST_BENCH_EXITS (default 2000). On RISC-V a ucall is an SBI exit, so a third loop
+// 8-byte MMIO store (run by `basic_vcpu::run`, `mmio` handler); the host runs them alternately in
+// batches of 200 exits, timed with the wall clock, and reports per kind the fastest batch (least
+// disturbed by other work on a shared host) and the median one:
+//   GUEST-BENCH <arch>: N exits each ...: plain MMIO a us/exit (median b), ucall c (median d), ratio ...
+// N = $VCPU_GUEST_BENCH_EXITS (default 4000). On RISC-V a ucall is an SBI exit, so a third loop
 // times a plain SBI call (another FID of the same extension, `sbi_call` handler) too.
 #include "xarch_support.hpp"
 
@@ -42,58 +43,57 @@ VCPU_GUEST_CODE void sbi_loop() {
 #endif
 
 using clock_type = std::chrono::steady_clock;
-double us_per_exit(clock_type::time_point t0, clock_type::time_point t1, u64 n) {
+
+/// Runs one batch of `n` exits on `m` (which continues where the previous batch stopped) and
+/// returns microseconds per exit.
+template <class Run>
+double batch(u64 n, Run&& run) {
+    const auto t0 = clock_type::now();
+    const u64 seen = run(n);
+    const auto t1 = clock_type::now();
+    REQUIRE(seen == n);
     return std::chrono::duration<double, std::micro>(t1 - t0).count() / static_cast<double>(n);
 }
 
-double time_ucalls(u64 n) {
-    auto m = guest_test::start(&ucall_loop);
+u64 ucall_batch(guest_test::machine& m, u64 n) {
     u64 seen = 0;
-    const auto t0 = clock_type::now();
-    auto r = vcpu::guest::run(*m->cpu, *m->space, [&](vcpu::guest::sync& s) {
-        CHECK(s[0] == seen);
+    auto r = vcpu::guest::run(*m.cpu, *m.space, [&](vcpu::guest::sync&) {
         return ++seen == n ? vcpu::action::stop : vcpu::action::resume;
     });
-    const auto t1 = clock_type::now();
     REQUIRE_MESSAGE(r, r.err().message());
-    REQUIRE(seen == n);
-    return us_per_exit(t0, t1, n);
+    return seen;
 }
 
-double time_mmio(u64 n) {
-    auto m = guest_test::start(&mmio_loop);
+u64 mmio_batch(guest_test::machine& m, u64 n) {
     u64 seen = 0;
-    const auto t0 = clock_type::now();
-    auto r = m->cpu->run([&](vcpu::mmio& mm) {
+    auto r = m.cpu->run([&](vcpu::mmio& mm) {
         return mm.address == plain_mmio && ++seen < n ? vcpu::action::resume : vcpu::action::stop;
     });
-    const auto t1 = clock_type::now();
     REQUIRE_MESSAGE(r, r.err().message());
-    REQUIRE(seen == n);
-    return us_per_exit(t0, t1, n);
+    return seen;
 }
 
 #if defined(__riscv)
-double time_sbi(u64 n) {
-    auto m = guest_test::start(&sbi_loop);
+u64 sbi_batch(guest_test::machine& m, u64 n) {
     u64 seen = 0;
-    const auto t0 = clock_type::now();
-    auto r = m->cpu->run([&](vcpu::riscv64::sbi_call& c) {
+    auto r = m.cpu->run([&](vcpu::riscv64::sbi_call& c) {
         c.answer(0, 0);
         return c.function == 0x100 && ++seen < n ? vcpu::action::resume : vcpu::action::stop;
     });
-    const auto t1 = clock_type::now();
     REQUIRE_MESSAGE(r, r.err().message());
-    REQUIRE(seen == n);
-    return us_per_exit(t0, t1, n);
+    return seen;
 }
 #endif
 
-struct range {
-    double lo = 1e30, hi = 0;
-    void add(double v) {
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
+/// Per-exit times of the batches of one kind: the minimum (the run least disturbed by the other
+/// work of a shared host) and the median.
+struct samples {
+    std::vector<double> v;
+    double min() const { return *std::min_element(v.begin(), v.end()); }
+    double median() const {
+        auto c = v;
+        std::sort(c.begin(), c.end());
+        return c[c.size() / 2];
     }
 };
 
@@ -101,24 +101,31 @@ struct range {
 
 TEST_CASE("guest " GUEST_ARCH ": ucall round trip vs a plain exit (benchmark)") {
     const char* env = std::getenv("VCPU_GUEST_BENCH_EXITS");
-    const u64 n = env != nullptr ? std::strtoull(env, nullptr, 10) : 2000;
-    REQUIRE(n > 0);
-    range plain, ucalls, sbi;
-    for (int round = 0; round < 3; ++round) {
-        plain.add(time_mmio(n));
-        ucalls.add(time_ucalls(n));
+    const u64 n = env != nullptr ? std::strtoull(env, nullptr, 10) : 4000;
+    constexpr u64 per_batch = 200;
+    REQUIRE(n >= per_batch);
+    auto um = guest_test::start(&ucall_loop);
+    auto mm = guest_test::start(&mmio_loop);
+    samples plain, ucalls;
 #if defined(__riscv)
-        sbi.add(time_sbi(n));
+    auto sm = guest_test::start(&sbi_loop);
+    samples sbi;
+#endif
+    for (u64 done = 0; done < n; done += per_batch) {
+        plain.v.push_back(batch(per_batch, [&](u64 k) { return mmio_batch(*mm, k); }));
+        ucalls.v.push_back(batch(per_batch, [&](u64 k) { return ucall_batch(*um, k); }));
+#if defined(__riscv)
+        sbi.v.push_back(batch(per_batch, [&](u64 k) { return sbi_batch(*sm, k); }));
 #endif
     }
-    std::printf("GUEST-BENCH %s: %llu exits x3: plain MMIO %.1f-%.1f us/exit, ucall %.1f-%.1f us/exit, "
-                "ratio %.3f (min/min)",
-                GUEST_ARCH, static_cast<unsigned long long>(n), plain.lo, plain.hi, ucalls.lo, ucalls.hi,
-                ucalls.lo / plain.lo);
+    std::printf("GUEST-BENCH %s: %llu exits each in batches of %llu: plain MMIO %.1f us/exit (median %.1f), "
+                "ucall %.1f (median %.1f), ratio %.3f (min/min), %.3f (median/median)",
+                GUEST_ARCH, static_cast<unsigned long long>(n), static_cast<unsigned long long>(per_batch),
+                plain.min(), plain.median(), ucalls.min(), ucalls.median(), ucalls.min() / plain.min(),
+                ucalls.median() / plain.median());
 #if defined(__riscv)
-    std::printf("; plain SBI %.1f-%.1f us/exit, ucall/SBI %.3f", sbi.lo, sbi.hi, ucalls.lo / sbi.lo);
-#else
-    (void)sbi;
+    std::printf("; plain SBI %.1f (median %.1f), ucall/SBI %.3f (min/min)", sbi.min(), sbi.median(),
+                ucalls.min() / sbi.min());
 #endif
     std::printf("\n");
 }
