@@ -2,10 +2,14 @@
 // a checksum over a buffer the host filled, reported with ucall::sync and ucall::print; six
 // arguments in registers; sync of 0, 1, 6 and 8 values (registers and record paths); a guest
 // assertion that fails, seen by the host with the guest's file, line and values, and failing the
-// doctest case.
+// doctest case; a guest spinning in `spin()` stopped by a kick from another host thread.
 #include "xarch_support.hpp"
 
 #include <array>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <thread>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -42,6 +46,11 @@ VCPU_GUEST_CODE void failing_assert(u64 v) {
     ucall::sync(twice);
     VCPU_GUEST_ASSERT(twice == v + 1, twice, v);
     ucall::sync(u64{0xbad});
+}
+
+VCPU_GUEST_CODE void spin_forever() {
+    ucall::sync(u64{1});
+    for (;;) guest_test::gx::spin(1000);
 }
 
 template <class H>
@@ -132,4 +141,33 @@ TEST_CASE("guest " GUEST_ARCH ": a failed guest assertion fails the host test ca
     auto r = run_failing_assert(*m, guest_test::fail_on_guest_assert());
     REQUIRE_MESSAGE(r, r.err().message());
     CHECK(std::holds_alternative<vcpu::guest::assert_fail>(*r));
+}
+
+TEST_CASE("guest " GUEST_ARCH ": a guest spinning in spin() is stopped by a kick from another thread") {
+    auto m = guest_test::start(&spin_forever);
+    auto& cpu = *m->cpu;
+    REQUIRE(cpu.hal().bind_kick_thread(SIGUSR1));
+    auto kicker = cpu.hal().make_kicker();
+    std::atomic<bool> spinning{false};
+    std::thread t([&] {
+        while (!spinning.load()) std::this_thread::yield();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        CHECK(kicker.kick(4));
+    });
+    unsigned syncs = 0;
+    auto r = vcpu::guest::run(
+        cpu, *m->space,
+        [&](vcpu::guest::sync&) {
+            ++syncs;
+            spinning.store(true);
+        },
+        [](vcpu::interrupted& e) { return e.requests != 0 ? vcpu::action::stop : vcpu::action::resume; },
+        guest_test::fail_on_guest_assert());
+    spinning.store(true); // also when run() failed early
+    t.join();
+    REQUIRE_MESSAGE(r, r.err().message());
+    const auto* i = std::get_if<vcpu::interrupted>(&*r);
+    REQUIRE(i != nullptr);
+    CHECK(i->requests == 4);
+    CHECK(syncs == 1);
 }
