@@ -153,6 +153,10 @@ static_assert(vcpu::EntersGuest<interp_vcpu>);
 static_assert(vcpu::MovesArchRegisters<interp_vcpu, vcpu::arch::x86_64>);
 static_assert(vcpu::DecodesRecord<vcpu::arch::x86_64, interp::stop>);
 static_assert(vcpu::HalFor<interp::hal, vcpu::arch::x86_64>);
+// Boot states that need more of a HAL than the register movers name it as a concept of their own:
+// cpuid_setup<> needs x86_64::CpuidHal (supported_cpuid, set_cpuid), which this HAL does not
+// model, so it boots with real_mode only.
+static_assert(!vcpu::x86_64::CpuidHal<interp_vcpu>);
 
 // A HAL that can enter but moves no registers fails exactly one step: basic_vcpu<x86_64, H>
 // would stop compiling with "Hal::vcpu<Arch> cannot move every register kind Arch declares".
