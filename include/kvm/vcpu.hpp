@@ -30,7 +30,6 @@
 #include <kvm/x86_64_abi.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <kvm/exits.hpp>
 #include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/result.hpp>
