@@ -41,14 +41,20 @@ inline constexpr std::uint64_t ucall_sync0_mmio = ucall_mmio + 16; ///< store: `
 /// 0 synchronous, 1 IRQ, 2 FIQ, 3 SError. Guest code runs at EL1h: its exceptions arrive in
 /// slots 4-7.
 namespace slot {
+/// @{
+/// The slots of guest code's own exceptions (current EL, SP_ELx): synchronous, IRQ, FIQ, SError.
 inline constexpr unsigned sync = 4, irq = 5, fiq = 6, serror = 7;
+/// @}
 } // namespace slot
 
 /// ESR_ELx.EC values guest tests meet (ARM ARM D17.2.37).
 namespace ec {
+/// @{
+/// Exception classes: unknown reason, SVC, HVC and trapped MSR/MRS/SYS from AArch64, instruction abort and data abort at the same EL, PC and SP alignment faults, BRK.
 inline constexpr std::uint32_t unknown = 0x00, svc64 = 0x15, hvc64 = 0x16, sys64 = 0x18,
                                inst_abort_same = 0x21, pc_align = 0x22, data_abort_same = 0x25,
                                sp_align = 0x26, brk64 = 0x3c;
+/// @}
 } // namespace ec
 
 /// ESR_ELx.EC of an `unhandled_exception::error_code` (= ESR_EL1).
@@ -59,8 +65,11 @@ inline constexpr std::uint32_t unknown = 0x00, svc64 = 0x15, hvc64 = 0x16, sys64
 /// The registers an exception entry saved (lowest address first). A handler may change any of
 /// them, e.g. `elr += 4` to step over the faulting instruction; ERET restores them.
 struct exception_frame {
-    std::uint64_t x[31];
+    std::uint64_t x[31];  ///< X0-X30
+    /// @{
+    /// ELR_EL1 (where ERET returns), SPSR_EL1, ESR_EL1 and FAR_EL1 of the exception.
     std::uint64_t elr, spsr, esr, far;
+    /// @}
     std::uint64_t slot; ///< vector table slot (see `slot`)
 };
 static_assert(sizeof(exception_frame) == 36 * 8 && std::is_standard_layout_v<exception_frame>);

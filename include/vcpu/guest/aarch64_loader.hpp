@@ -49,19 +49,31 @@ struct layout : image_layout {
 /// `0b11`, level-2 block `0b01`; AttrIndx[4:2], AP[2] (bit 7) read-only, SH[9:8], AF (bit 10),
 /// PXN (53) and UXN (54).
 struct page_format {
+    /// @{
+    /// MAIR_EL1 attribute indices: Device-nGnRnE and Normal memory.
     static constexpr std::uint64_t attr_device = 0, attr_normal = 1;
+    /// @}
+    /// @{
+    /// Descriptor bits: AF, SH = inner shareable, AP[2] read-only, PXN and UXN.
     static constexpr std::uint64_t af = std::uint64_t{1} << 10, inner_shareable = std::uint64_t{3} << 8,
                                    read_only = std::uint64_t{1} << 7,
                                    never_exec = (std::uint64_t{1} << 53) | (std::uint64_t{1} << 54);
+    /// @}
+    /// A table descriptor for the table at `pa`.
     static std::uint64_t table(std::uint64_t pa) noexcept { return pa | 3; }
+    /// A 4 KiB page at `pa`: Normal memory, read-only unless `writable`.
     static std::uint64_t page(std::uint64_t pa, bool writable) noexcept {
         return pa | 3 | (attr_normal << 2) | inner_shareable | af | (writable ? 0 : read_only);
     }
+    /// A 2 MiB block at `pa`: Normal memory when `ram`, else Device memory and never executable.
     static std::uint64_t block(std::uint64_t pa, bool ram) noexcept {
         return ram ? pa | 1 | (attr_normal << 2) | inner_shareable | af : pa | 1 | (attr_device << 2) | af | never_exec;
     }
+    /// True for a table (or level-3 page) descriptor.
     static bool is_table(std::uint64_t e) noexcept { return (e & 3) == 3; }
+    /// True when the valid bit is set.
     static bool is_valid(std::uint64_t e) noexcept { return (e & 1) != 0; }
+    /// The output address of a descriptor.
     static std::uint64_t address(std::uint64_t e) noexcept { return e & 0x0000'ffff'ffff'f000ULL; }
 };
 static_assert(PageFormat<page_format>);
@@ -78,6 +90,7 @@ inline constexpr std::uint64_t tcr = 16 | (1u << 8) | (1u << 10) | (3u << 12) | 
 inline constexpr std::uint64_t sctlr = 0x30d0'0800 | 1 | (1u << 2) | (1u << 3) | (1u << 4) | (1u << 12);
 /// CPACR_EL1.FPEN = 0b11: SIMD and FP instructions do not trap at EL1.
 inline constexpr std::uint64_t cpacr = 3u << 20;
+/// CPACR_EL1, the register `cpacr` goes to.
 inline constexpr auto cpacr_el1 = ::vcpu::aarch64::sys_reg("CPACR_EL1", {3, 0, 1, 0, 2});
 /// PSTATE: EL1h with D, A, I, F masked.
 inline constexpr std::uint64_t pstate = 0x3c5;
@@ -87,8 +100,9 @@ inline constexpr std::uint64_t pstate = 0x3c5;
 /// target. They are this executable's own when it is compiled for AArch64; a test of the loader
 /// on another host (the mock HAL) gets zeros unless it passes its own.
 struct runtime_symbols {
-    std::uint64_t vectors = 0;
-    std::uint64_t returned = 0;
+    std::uint64_t vectors = 0;  ///< the vector table (`VBAR_EL1`)
+    std::uint64_t returned = 0;  ///< where the guest function returns to (`X30`): a stub that reports `done`
+    /// This executable's own symbols on AArch64, zeros elsewhere.
     [[nodiscard]] static runtime_symbols native() noexcept {
 #if defined(__aarch64__)
         return {static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(&vcpu_guest_aarch64_vectors[0])),
@@ -102,6 +116,7 @@ struct runtime_symbols {
 /// The guest address space of one loaded executable; models `UcallSpace` for `guest::run`.
 class space : public image_space<page_format> {
 public:
+    /// Guest ucalls arrive as MMIO writes.
     using ucall_exit = ::vcpu::mmio;
 
     /// See the file comment; the errors are `image_space::load`'s.
@@ -153,6 +168,7 @@ public:
         return visit(s);
     }
 
+    /// The runtime symbols `enter` uses.
     [[nodiscard]] const runtime_symbols& symbols() const noexcept { return sym_; }
 
 private:

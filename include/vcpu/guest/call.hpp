@@ -16,6 +16,7 @@ namespace vcpu::guest {
 /// guest address) and passed in one register (SysV x86-64 RDI, RSI, RDX, RCX, R8, R9; AAPCS64
 /// X0-X5; RISC-V LP64 a0-a5).
 struct call {
+    /// The register value of argument `a` for a parameter of type `P` (an integer stands for a pointer as is).
     template <class P, class A>
     static std::uint64_t arg_value(A a) noexcept {
         if constexpr (std::is_pointer_v<P> && std::is_integral_v<A>)
@@ -24,10 +25,11 @@ struct call {
             return detail::to_value(static_cast<P>(a));
     }
 
-    std::uint64_t entry = 0;
-    std::array<std::uint64_t, 6> args{};
-    std::uint8_t count = 0;
+    std::uint64_t entry = 0;  ///< the function's guest address
+    std::array<std::uint64_t, 6> args{};  ///< the argument registers, `count` of them used
+    std::uint8_t count = 0;  ///< number of arguments
 
+    /// A call of `fn` with `a...`; the count and types are checked against `fn`'s parameters at compile time.
     template <class R, class... P, class... A>
     call(R (*fn)(P...), A... a) noexcept
         : entry(static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(fn))),

@@ -53,7 +53,7 @@ struct image_layout {
 namespace image_offset {
 inline constexpr std::uint64_t tables = 0x0;      ///< page-table pool
 inline constexpr std::uint64_t max_tables = 128;  ///< 512 KiB of tables
-inline constexpr std::uint64_t stack = tables + max_tables * 0x1000;
+inline constexpr std::uint64_t stack = tables + max_tables * 0x1000;  ///< the guest stack, after the table pool
 } // namespace image_offset
 
 /// The format of page-table entries (see the file comment).
@@ -167,7 +167,9 @@ public:
     [[nodiscard]] std::uint64_t free_begin() const noexcept {
         return (layout_.image + (hi_ - lo_) + 0x1fffff) & ~std::uint64_t{0x1fffff};
     }
+    /// The lowest virtual address of the executable's loaded segments.
     [[nodiscard]] std::uint64_t image_va() const noexcept { return lo_; }
+    /// Bytes of the image, from `image_va()` to its end.
     [[nodiscard]] std::uint64_t image_bytes() const noexcept { return hi_ - lo_; }
     /// The top of the guest stack (16-byte aligned).
     [[nodiscard]] std::uint64_t stack_top() const noexcept {
@@ -175,7 +177,9 @@ public:
     }
     /// The guest physical address of the top-level table (TTBR0_EL1 / satp.PPN).
     [[nodiscard]] std::uint64_t page_table_root() const noexcept { return root_; }
+    /// The layout this space was built with.
     [[nodiscard]] const image_layout& layout() const noexcept { return layout_; }
+    /// The guest memory the image and tables were written to.
     [[nodiscard]] guest_memory& memory() const noexcept { return *mem_; }
 
 private:

@@ -54,8 +54,11 @@ inline constexpr std::size_t max_register_values = 6;
 /// interrupted sp, read only). A handler may change any other, e.g. `sepc += 4` to step over the
 /// faulting instruction; SRET resumes there.
 struct exception_frame {
-    std::uint64_t x[32];
+    std::uint64_t x[32];  ///< x0-x31 (`x[0]` unused, `x[2]` read only)
+    /// @{
+    /// sepc (where SRET returns), sstatus, scause and stval of the trap.
     std::uint64_t sepc, sstatus, scause, stval;
+    /// @}
 };
 static_assert(sizeof(exception_frame) == 36 * 8 && std::is_standard_layout_v<exception_frame>);
 static_assert(offsetof(exception_frame, sepc) == 256 && offsetof(exception_frame, stval) == 280);

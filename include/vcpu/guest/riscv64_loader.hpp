@@ -47,17 +47,27 @@ struct layout : image_layout {
 /// U G A D in bits 0-7, the PPN from bit 10; a valid entry with R = W = X = 0 points to the next
 /// level.
 struct page_format {
+    /// @{
+    /// PTE bits: valid, readable, writable, executable, global, accessed, dirty.
     static constexpr std::uint64_t v = 1, r = 2, w = 4, x = 8, g = 32, a = 64, d = 128;
+    /// @}
+    /// The PPN field (bits 10 up) for physical address `pa`.
     static std::uint64_t ppn(std::uint64_t pa) noexcept { return (pa >> 12) << 10; }
+    /// A non-leaf entry pointing at the table at `pa`.
     static std::uint64_t table(std::uint64_t pa) noexcept { return ppn(pa) | v; }
+    /// A 4 KiB leaf at `pa`: readable and executable, writable when `writable`.
     static std::uint64_t page(std::uint64_t pa, bool writable) noexcept {
         return ppn(pa) | v | r | x | g | a | d | (writable ? w : 0);
     }
+    /// A 2 MiB leaf at `pa`: readable and writable, executable when `ram`.
     static std::uint64_t block(std::uint64_t pa, bool ram) noexcept {
         return ppn(pa) | v | r | w | g | a | d | (ram ? x : 0);
     }
+    /// True for a valid non-leaf entry.
     static bool is_table(std::uint64_t e) noexcept { return (e & v) != 0 && (e & (r | w | x)) == 0; }
+    /// True when V is set.
     static bool is_valid(std::uint64_t e) noexcept { return (e & v) != 0; }
+    /// The physical address an entry points to.
     static std::uint64_t address(std::uint64_t e) noexcept { return ((e >> 10) & ((std::uint64_t{1} << 44) - 1)) << 12; }
 };
 static_assert(PageFormat<page_format>);
@@ -67,8 +77,10 @@ namespace s_mode {
 /// satp.MODE = 9 (Sv48), ASID 0.
 inline constexpr std::uint64_t satp_sv48 = std::uint64_t{9} << 60;
 /// sstatus.FS (bits 14:13; 01 = Initial) and sstatus.SIE (bit 1).
+/// @{
 inline constexpr std::uint64_t fs_mask = std::uint64_t{3} << 13, fs_initial = std::uint64_t{1} << 13,
                                sie = std::uint64_t{1} << 1;
+/// @}
 /// KVM's `mode` core register: 1 = S-mode.
 inline constexpr std::uint64_t mode_s = 1;
 } // namespace s_mode
@@ -77,9 +89,10 @@ inline constexpr std::uint64_t mode_s = 1;
 /// target and the global pointer. They are this executable's own when it is compiled for
 /// RISC-V 64; a test of the loader on another host (the mock HAL) gets zeros.
 struct runtime_symbols {
-    std::uint64_t trap = 0;
-    std::uint64_t returned = 0;
-    std::uint64_t gp = 0;
+    std::uint64_t trap = 0;  ///< the trap entry (`stvec`)
+    std::uint64_t returned = 0;  ///< where the guest function returns to (`ra`): a stub that reports `done`
+    std::uint64_t gp = 0;  ///< the global pointer (`gp`)
+    /// This executable's own symbols on RISC-V 64, zeros elsewhere.
     [[nodiscard]] static runtime_symbols native() noexcept {
 #if defined(__riscv) && __riscv_xlen == 64
         std::uint64_t gp = 0;
@@ -95,6 +108,7 @@ struct runtime_symbols {
 /// The guest address space of one loaded executable; models `UcallSpace` for `guest::run`.
 class space : public image_space<page_format> {
 public:
+    /// Guest ucalls arrive as SBI calls.
     using ucall_exit = ::vcpu::riscv64::sbi_call;
 
     /// See the file comment; the errors are `image_space::load`'s.
@@ -158,6 +172,7 @@ public:
         return visit(s);
     }
 
+    /// The runtime symbols `enter` uses.
     [[nodiscard]] const runtime_symbols& symbols() const noexcept { return sym_; }
 
 private:
