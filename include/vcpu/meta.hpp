@@ -22,6 +22,16 @@ template <class T, class List> struct list_contains;
 template <class T, class... Ts>
 struct list_contains<T, type_list<Ts...>> : std::bool_constant<(std::is_same_v<T, Ts> || ...)> {};
 
+template <class T, class List> struct list_index;
+template <class T, class... Ts> struct list_index<T, type_list<Ts...>> {
+    static constexpr std::size_t value = [] {
+        constexpr bool match[] = {std::is_same_v<T, Ts>..., false};
+        std::size_t i = 0;
+        while (i < sizeof...(Ts) && !match[i]) ++i;
+        return i;
+    }();
+};
+
 template <class A, class B> struct list_concat;
 template <class... A, class... B> struct list_concat<type_list<A...>, type_list<B...>> {
     using type = type_list<A..., B...>;
@@ -43,8 +53,15 @@ using list_filter_t = typename detail::list_filter<type_list<>, List, Keep...>::
 template <class T, class List>
 inline constexpr bool list_contains_v = detail::list_contains<T, List>::value;
 
+/// Position of `T` in `List` (the first one); `List::size` when absent. Indexes the storage
+/// HALs keep per register block or keyed bank (a tuple, or a bit in a mask).
+template <class T, class List>
+inline constexpr std::size_t list_index_v = detail::list_index<T, List>::value;
+
 /// `type_list<A..., B...>`.
 template <class A, class B>
 using list_concat_t = typename detail::list_concat<A, B>::type;
+
+static_assert(list_index_v<int, type_list<char, int, int>> == 1 && list_index_v<long, type_list<char>> == 1);
 
 } // namespace vcpu
