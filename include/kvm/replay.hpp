@@ -6,7 +6,7 @@
 /// `/dev/kvm`.
 ///
 /// Each `enter()` first checks the answer the VMM left for the previous exit
-/// (IN data, MMIO read data, hypercall/RDMSR return) against the recorded one
+/// (where `kvm::answer_of` says it lives) against the recorded one
 /// — a mismatch is an error naming the exit index, the expected and the actual
 /// bytes — then lays the next recorded exit out in a private `kvm_run` area
 /// (port data on the second page, as KVM does). Coalesced writes recorded
@@ -16,6 +16,7 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
+#include <kvm/answer.hpp>
 #include <kvm/exits.hpp>
 #include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
@@ -99,8 +100,8 @@ public:
             if (ex.empty() || rec.index != ex.size() - 1)
                 return v.bad_ = "answer or coalesced record without its exit", false;
             if (rec.type == trace::record_type::answer) {
-                ex.back().answer_off = off + 4;
-                ex.back().answer_len = rec.payload.size() - 4;
+                ex.back().answer_off = off + trace::answer_head_bytes;
+                ex.back().answer_len = rec.payload.size() - trace::answer_head_bytes;
                 ex.back().has_answer = true;
             } else {
                 v.coalesced_.push_back(off);
@@ -152,11 +153,7 @@ public:
         const entry& e = exits_[current_];
         while (consumed_ < e.ncoalesced) {
             const std::byte* p = trace_.data() + coalesced_[e.first_coalesced + consumed_++];
-            coalesced_write w;
-            w.address = trace::detail::get<std::uint64_t>(p);
-            w.size = trace::detail::get<std::uint32_t>(p + 8);
-            w.pio = p[12] != std::byte{0};
-            std::memcpy(w.bytes.data(), p + 16, 8);
+            coalesced_write w = trace::from_record(trace::load<trace::coalesced_record>(p));
             if (!f(w)) return false;
         }
         return true;
@@ -225,17 +222,19 @@ private:
         entered_ = false;
         const entry& e = exits_[current_];
         if (!e.has_answer) return ok();
-        const auto got = trace::answer_area(exit_record());
+        const auto got = kvm::answer_of(exit_record());
         const std::span<const std::byte> want(trace_.data() + e.answer_off, e.answer_len);
-        if (got.size() == want.size() && std::memcmp(got.data(), want.data(), want.size()) == 0)
-            return ok();
+        if (got.equals(want)) return ok();
         std::size_t at = 0;
         while (at < got.size() && at < want.size() && got[at] == want[at]) ++at;
+        std::array<std::byte, 9> head{}; // hex() shows 8 bytes and whether there are more
+        const std::size_t shown = got.size() < head.size() ? got.size() : head.size();
+        for (std::size_t i = 0; i < shown; ++i) head[i] = got[i];
         std::snprintf(msg_.data(), msg_.size(),
                       "exit %zu (exit reason %u): the VMM answered %s, the trace expects %s "
                       "(%zu vs %zu bytes, first difference at byte %zu)",
-                      current_, run().exit_reason, hex(got, hex_got_), hex(want, hex_want_),
-                      got.size(), want.size(), at);
+                      current_, run().exit_reason, hex(std::span(head).first(shown), hex_got_),
+                      hex(want, hex_want_), got.size(), want.size(), at);
         return error{"replay", EPROTO, msg_.data()};
     }
     /// Up to 8 bytes as a little-endian hex number (more: the first 8, then "...").

@@ -339,6 +339,29 @@ public:
         return one_reg(ioctls::vcpu::set_one_reg, id, const_cast<std::byte*>(in.data()), in.size());
     }
 
+    /// The ids of every register `get_one_reg`/`set_one_reg` reach on this vCPU (KVM API 4.84
+    /// KVM_GET_REG_LIST), what a VMM saves and restores for migration or snapshots. The kernel's
+    /// `struct kvm_reg_list { __u64 n; __u64 reg[]; }` is laid out in `storage` (word 0 is `n`),
+    /// so no allocation; the ids are returned as a view into it. Errors: EINVAL for an empty
+    /// `storage`; E2BIG when it is too small, with "needed" = words it must hold; the kernel's
+    /// errno otherwise (x86 KVM has no register list: EINVAL).
+    [[nodiscard]] result<std::span<const std::uint64_t>> reg_list(std::span<std::uint64_t> storage) noexcept {
+        constexpr auto io = ioctls::vcpu::get_reg_list;
+        if (storage.empty()) return error{io.name, EINVAL, "storage has no room for the count"};
+        storage[0] = storage.size() - 1;
+        // The kernel reads n, then writes n and at most n ids after it (4.84).
+        if (Sys::ioctl(fd_.get(), io.code, storage.data()) < 0) {
+            if (errno == E2BIG)
+                return error{io.name, E2BIG, "storage too small for the register list"}
+                    .with("vcpu_id", id_)
+                    .with("needed", storage[0] + 1)
+                    .with("size", storage.size());
+            return failed(io.name);
+        }
+        if (storage[0] > storage.size() - 1) return error{io.name, EPROTO, "kernel listed more ids than room"};
+        return std::span<const std::uint64_t>(storage.subspan(1, static_cast<std::size_t>(storage[0])));
+    }
+
     // --- coalesced MMIO / PIO -------------------------------------------------
 
     /// Hands every write KVM buffered in the coalesced ring (KVM API 4.116
