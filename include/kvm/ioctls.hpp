@@ -54,6 +54,10 @@ namespace vcpu::kvm::detail {
 /// 8: the HAL never uses those member names and lays the buffers out itself.
 inline constexpr std::size_t c_flex_header_size = 2 * sizeof(std::uint32_t);
 
+/// Size, in the kernel's C layout, of the header of `struct kvm_signal_mask { __u32 len;
+/// __u8 sigset[]; }` (KVM_SET_SIGNAL_MASK): the set starts right after `len`.
+inline constexpr std::size_t signal_mask_header_size = sizeof(std::uint32_t);
+
 /// `req` with its `_IOC_SIZE` field set to `c_flex_header_size`.
 ///
 /// Why: UAPI headers without the C++ variant of `__DECLARE_FLEX_ARRAY`
@@ -149,7 +153,8 @@ inline constexpr auto get_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_GET_ONE_REG);
 inline constexpr auto set_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_SET_ONE_REG);
 /// 4.17 KVM_SET_SIGNAL_MASK: the signal mask in effect while `KVM_RUN` runs the guest
 /// (`struct kvm_signal_mask`: a `__u32 len`, then the set; 4 bytes in C).
-inline constexpr auto set_signal_mask = VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_SIGNAL_MASK, 4);
+inline constexpr auto set_signal_mask =
+    VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_SIGNAL_MASK, ::vcpu::kvm::detail::signal_mask_header_size);
 /// 4.84 KVM_GET_REG_LIST: the ONE_REG ids of this vCPU (`struct kvm_reg_list { __u64 n; __u64
 /// reg[]; }`, whose 8-byte C header the UAPI C++ sizeof agrees with).
 inline constexpr auto get_reg_list = VCPU_KVM_IOCTL(vcpu, KVM_GET_REG_LIST);
@@ -248,6 +253,9 @@ static_assert(detail::unique(system_table), "kvm: duplicate or malformed system 
 static_assert(detail::unique(vm_table), "kvm: duplicate or malformed VM ioctl entry");
 static_assert(detail::unique(vcpu_table), "kvm: duplicate or malformed vCPU ioctl entry");
 static_assert(detail::unique(device_table), "kvm: duplicate or malformed device ioctl entry");
+
+static_assert(_IOC_SIZE(vcpu::set_signal_mask.code) == 4 &&
+              _IOC_NR(vcpu::set_signal_mask.code) == _IOC_NR(KVM_SET_SIGNAL_MASK));
 
 #if defined(__x86_64__)
 // The flexible-array ioctls carry the C size of their header (8), whatever the

@@ -5,6 +5,7 @@
 /// hold; `detail::kick_state` is what it shares with the vCPU; `hal_vcpu` (kvm/vcpu.hpp) takes
 /// the posted requests at the next exit and binds the signal to its thread.
 
+#include <kvm/ioctls.hpp>
 #include <kvm/sys.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/result.hpp>
@@ -105,12 +106,12 @@ namespace detail {
 /// `struct kvm_signal_mask { __u32 len; __u8 sigset[]; }` in the kernel's C layout (the C++ one
 /// differs, see `with_c_flex_size`): `len` at 0, the kernel's 8-byte sigset at 4.
 struct signal_mask_arg {
-    alignas(std::uint32_t) std::array<std::byte, sizeof(std::uint32_t) + 8> bytes{};
+    static constexpr std::uint32_t set_bytes = 8; ///< the kernel's sigset_t
+    alignas(std::uint32_t) std::array<std::byte, signal_mask_header_size + set_bytes> bytes{};
     /// `mask`'s first 64 bits (glibc's `sigset_t` starts with the kernel's set).
     explicit signal_mask_arg(const sigset_t& mask) noexcept {
-        const std::uint32_t len = 8;
-        std::memcpy(bytes.data(), &len, sizeof len);
-        std::memcpy(bytes.data() + sizeof len, &mask, 8);
+        std::memcpy(bytes.data(), &set_bytes, sizeof set_bytes);
+        std::memcpy(bytes.data() + signal_mask_header_size, &mask, set_bytes);
     }
 };
 

@@ -234,13 +234,6 @@ struct hal {
     class vcpu;
 };
 
-namespace detail {
-template <class List> struct block_storage;
-template <class... B> struct block_storage<type_list<B...>> {
-    using type = std::tuple<typename B::layout...>;
-};
-} // namespace detail
-
 template <class Arch>
 class hal::vcpu {
 public:
@@ -461,7 +454,7 @@ private:
     script script_;
     options opts_;
     std::unique_ptr<std::byte[], deleter> area_;
-    typename detail::block_storage<typename Arch::register_blocks>::type blocks_{};
+    layout_tuple_t<typename Arch::register_blocks> blocks_{};
     std::array<keyed_entry, 64> keyed_{};
     std::size_t nkeyed_ = 0;
     std::array<one_reg_entry, 128> regs_{};

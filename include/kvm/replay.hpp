@@ -206,10 +206,6 @@ private:
         std::size_t first_coalesced, ncoalesced;   ///< into coalesced_
         bool has_answer;
     };
-    template <class List> struct storage;
-    template <class... B> struct storage<type_list<B...>> {
-        using type = std::tuple<typename B::layout...>;
-    };
     struct deleter {
         void operator()(std::byte* p) const noexcept { ::operator delete[](p, std::align_val_t{4096}); }
     };
@@ -251,7 +247,7 @@ private:
     std::vector<entry> exits_;
     std::vector<std::size_t> coalesced_;
     std::unique_ptr<std::byte[], deleter> area_;
-    typename storage<typename Arch::register_blocks>::type blocks_{};
+    layout_tuple_t<typename Arch::register_blocks> blocks_{};
     std::size_t next_ = 0, current_ = 0, consumed_ = 0;
     bool entered_ = false;
     const char* bad_ = nullptr;

@@ -7,6 +7,7 @@
 #include <vcpu/config.hpp>
 
 #include <cstddef>
+#include <tuple>
 #include <type_traits>
 
 namespace vcpu {
@@ -30,6 +31,11 @@ template <class T, class... Ts> struct list_index<T, type_list<Ts...>> {
         while (i < sizeof...(Ts) && !match[i]) ++i;
         return i;
     }();
+};
+
+template <class List> struct layout_tuple;
+template <class... Ts> struct layout_tuple<type_list<Ts...>> {
+    using type = std::tuple<typename Ts::layout...>;
 };
 
 template <class A, class B> struct list_concat;
@@ -57,6 +63,11 @@ inline constexpr bool list_contains_v = detail::list_contains<T, List>::value;
 /// HALs keep per register block or keyed bank (a tuple, or a bit in a mask).
 template <class T, class List>
 inline constexpr std::size_t list_index_v = detail::list_index<T, List>::value;
+
+/// A `std::tuple` of one `T::layout` per type of `List`: the in-process images of an arch's
+/// `register_blocks`, for HALs that keep register state themselves (the mock, trace replay).
+template <class List>
+using layout_tuple_t = typename detail::layout_tuple<List>::type;
 
 /// `type_list<A..., B...>`.
 template <class A, class B>

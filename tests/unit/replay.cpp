@@ -176,12 +176,12 @@ TEST_CASE("trace: hostile or damaged traces are refused with a clear error") {
     }
     SUBCASE("wrong version") {
         auto b = good;
-        poke<std::uint16_t>(b, 8, 99);
+        poke<std::uint16_t>(b, offsetof(vcpu::kvm::trace::file_header, version), 99);
         refused(b, "version");
     }
     SUBCASE("another architecture") {
         auto b = good;
-        poke<std::uint16_t>(b, 10, 2);
+        poke<std::uint16_t>(b, offsetof(vcpu::kvm::trace::file_header, arch), 2);
         refused(b, "another architecture");
     }
     SUBCASE("shorter than the header") {
@@ -201,12 +201,12 @@ TEST_CASE("trace: hostile or damaged traces are refused with a clear error") {
     SUBCASE("inner lengths that do not add up") {
         auto b = good;
         // The first record is an exit: its union_len field follows the 16-byte head + reason.
-        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + 16 + 4, 200);
+        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + vcpu::kvm::trace::record_head_bytes + offsetof(vcpu::kvm::trace::exit_head, union_len), 200);
         refused(b, "do not add up");
     }
     SUBCASE("an unknown record type") {
         auto b = good;
-        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + 4, 9);
+        poke<std::uint16_t>(b, vcpu::kvm::trace::header_bytes + offsetof(vcpu::kvm::trace::record_head, type), 9);
         refused(b, "unknown record type");
     }
 }
