@@ -61,9 +61,15 @@ struct answer_area {
     }
     /// The answer's first bytes (at most 8) as a little-endian number.
     [[nodiscard]] std::uint64_t first_u64() const noexcept {
+        std::array<std::byte, 8> b{};
+        std::size_t at = 0;
+        for (const auto& p : parts) {
+            const std::size_t n = p.size() < b.size() - at ? p.size() : b.size() - at;
+            if (n != 0) std::memcpy(b.data() + at, p.data(), n);
+            at += n;
+        }
         std::uint64_t v = 0;
-        const std::size_t n = size() < 8 ? size() : 8;
-        for (std::size_t i = 0; i < n; ++i) v |= std::uint64_t{std::to_integer<std::uint8_t>((*this)[i])} << (8 * i);
+        for (std::size_t i = 0; i < b.size(); ++i) v |= std::uint64_t{std::to_integer<std::uint8_t>(b[i])} << (8 * i);
         return v;
     }
 };
