@@ -19,6 +19,7 @@
 
 #include <arch/aarch64/abi.hpp>
 #include <arch/aarch64/init.hpp>
+#include <kvm/exits_aarch64.hpp>
 #include <kvm/ioctls.hpp>
 #include <kvm/vcpu.hpp>
 #include <kvm/vm.hpp>

@@ -7,7 +7,8 @@
 /// header maps `struct kvm_run` onto them and registers the mapping as
 /// `vcpu::exit_decoder<vcpu::arch::aarch64, vcpu::kvm::run_view>`, so every
 /// HAL whose exit record is a `kvm_run` (the KVM HAL, the mock, replay) gets
-/// it by including this header (kvm/exits.hpp includes all three).
+/// it by including this header (kvm/exits.hpp includes all three; kvm/aarch64.hpp, the
+/// KVM HAL's aarch64 glue, includes this one).
 
 #include <arch/aarch64/arch.hpp>
 #include <kvm/exits_common.hpp>

@@ -7,7 +7,8 @@
 /// header maps `struct kvm_run` onto them and registers the mapping as
 /// `vcpu::exit_decoder<vcpu::arch::x86_64, vcpu::kvm::run_view>`, so every
 /// HAL whose exit record is a `kvm_run` (the KVM HAL, the mock, replay) gets
-/// it by including this header (kvm/exits.hpp includes all three).
+/// it by including this header (kvm/exits.hpp includes all three; kvm/x86_64.hpp, the
+/// KVM HAL's x86_64 glue, includes this one).
 
 #include <arch/x86_64/arch.hpp>
 #include <kvm/exits_common.hpp>
@@ -97,14 +98,13 @@ template <class Visitor>
         return;
     }
     case KVM_EXIT_INTERNAL_ERROR: {
-        const auto nd = r.internal.ndata;
-        if (nd > std::size(r.internal.data)) {
-            ::vcpu::detail::malformed(visit, why::ndata, reason, nd);
-            return;
-        }
         // The emulation-failure overlay: flags = data[0], then insn_size and
-        // 15 instruction bytes in data[1..2] (ABI since Linux 5.14).
+        // 15 instruction bytes in data[1..2] (ABI since Linux 5.14). Anything
+        // else, including an ndata beyond the array, is the common decoding's
+        // (one bounds check per path).
+        const auto nd = r.internal.ndata;
         if (r.internal.suberror == KVM_INTERNAL_ERROR_EMULATION && nd >= 3 &&
+            nd <= std::size(r.internal.data) &&
             (r.internal.data[0] & KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES) != 0) {
             const auto* bytes = reinterpret_cast<const std::uint8_t*>(&r.internal.data[1]);
             const std::uint8_t n = bytes[0];

@@ -15,6 +15,7 @@
 
 #include <arch/riscv64/abi.hpp>
 #include <arch/riscv64/registers.hpp>
+#include <kvm/exits_riscv64.hpp>
 #include <kvm/ioctls.hpp>
 #include <kvm/sys.hpp>
 #include <vcpu/config.hpp>

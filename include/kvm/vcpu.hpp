@@ -26,7 +26,6 @@
 ///   the SET ioctl before `KVM_RUN`, and every exit invalidates the cache.
 
 #include <kvm/coalesced_ring.hpp>
-#include <kvm/exits.hpp>
 #include <kvm/fd.hpp>
 #include <kvm/ioctls.hpp>
 #include <kvm/kick.hpp>

@@ -20,6 +20,7 @@
 #if defined(__x86_64__)
 
 #include <arch/x86_64/arch.hpp>
+#include <kvm/exits_x86_64.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/memory.hpp>
 #include <vcpu/result.hpp>

@@ -67,7 +67,7 @@ public:
     static_assert(DecodesRecord<Arch, raw_exit>,
                   "vcpu: Arch does not model ExitDecoder for this Hal: no visible "
                   "`exit_decoder<Arch, raw_exit>` specialization (for kvm::run_view, include "
-                  "<kvm/exits.hpp>; see vcpu/decoder.hpp)");
+                  "<kvm/exits.hpp> or <kvm/exits_<arch>.hpp>; see vcpu/decoder.hpp)");
 
     /// Takes ownership of a HAL vCPU (usually made by the HAL's VM object).
     explicit basic_vcpu(hal_vcpu&& h) noexcept(std::is_nothrow_move_constructible_v<hal_vcpu>)

@@ -25,3 +25,8 @@ static_assert(std::is_same_v<decltype(A::pc)::value_type, std::uint64_t>);
 static_assert(std::is_base_of_v<vcpu::mmio, vcpu::aarch64::mmio_access>);
 static_assert(std::is_base_of_v<vcpu::hypercall, vcpu::aarch64::smccc_call>);
 static_assert(std::is_invocable_v<void (&)(vcpu::mmio&), vcpu::aarch64::mmio_access&>);
+
+// The arm64 HAL operations are named concept steps the mock (members) and the KVM HAL (ADL) model.
+static_assert(vcpu::aarch64::ArmVcpuHal<vcpu::kvm::mock::hal::vcpu<vcpu::arch::aarch64>>);
+static_assert(vcpu::aarch64::ArmVcpuHal<vcpu::kvm::hal::vcpu<vcpu::arch::aarch64>>);
+static_assert(!vcpu::aarch64::InitsArmVcpu<int>);

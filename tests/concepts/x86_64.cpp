@@ -6,6 +6,7 @@
 #include <vcpu/concepts.hpp>
 #include <vcpu/init.hpp>
 #include <kvm/run.hpp>
+#include <kvm/kvm.hpp>
 #include <kvm/mock.hpp>
 
 #include <cstdint>
@@ -212,3 +213,8 @@ static_assert(std::is_trivially_copyable_v<vcpu::kvm::run_view> &&
               sizeof(vcpu::kvm::run_view) == 3 * sizeof(void*));
 
 } // namespace concepts_x86_64
+
+// The arch-specific HAL operations are named concept steps the mock and the KVM HAL model.
+static_assert(vcpu::x86_64::CpuidHal<vcpu::kvm::mock::hal::vcpu<vcpu::arch::x86_64>>);
+static_assert(vcpu::x86_64::CpuidHal<vcpu::kvm::hal::vcpu<vcpu::arch::x86_64>>);
+static_assert(!vcpu::x86_64::ReportsSupportedCpuid<int>);

@@ -9,7 +9,8 @@
 /// (Documentation/arch/arm64/booting.rst §4 "Call the kernel image"):
 /// PC = entry, X0 = DTB address, X1-X3 = 0, PSTATE = EL1h with DAIF masked.
 ///
-/// The HAL call is a customisation point: a HAL vCPU either has members
+/// The HAL calls are named concept steps (`InitsArmVcpu`,
+/// `FinalizesArmVcpu`): a HAL vCPU either has members
 /// `arm_vcpu_init(const vcpu_init&)` / `arm_vcpu_finalize(std::uint32_t)`
 /// (the mock HAL records them), or free functions of those names found by
 /// argument-dependent lookup (the KVM HAL's, in include/kvm/aarch64.hpp).
@@ -19,7 +20,9 @@
 #include <vcpu/config.hpp>
 #include <vcpu/result.hpp>
 
+#include <concepts>
 #include <cstdint>
+#include <type_traits>
 
 namespace vcpu::aarch64 {
 
@@ -31,6 +34,30 @@ struct kvm_features {
     bool sve = false;             ///< KVM_CAP_ARM_SVE
     bool ptrauth = false;         ///< KVM_CAP_ARM_PTRAUTH_ADDRESS + _GENERIC
 };
+
+/// Named step: the HAL vCPU initialises an arm64 vCPU with a target and
+/// features (KVM: `KVM_ARM_VCPU_INIT`), as a member `h.arm_vcpu_init(init)`
+/// or a free function `arm_vcpu_init(h, init)` found by ADL.
+template <class H>
+concept InitsArmVcpu = requires(H& h, const vcpu_init& i) {
+    { h.arm_vcpu_init(i) } noexcept -> std::same_as<result<void>>;
+} || requires(H& h, const vcpu_init& i) {
+    { arm_vcpu_init(h, i) } noexcept -> std::same_as<result<void>>;
+};
+
+/// Named step: the HAL vCPU finalizes a configurable feature after init
+/// (KVM: `KVM_ARM_VCPU_FINALIZE`, needed for SVE), as a member or by ADL.
+template <class H>
+concept FinalizesArmVcpu = requires(H& h, std::uint32_t f) {
+    { h.arm_vcpu_finalize(f) } noexcept -> std::same_as<result<void>>;
+} || requires(H& h, std::uint32_t f) {
+    { arm_vcpu_finalize(h, f) } noexcept -> std::same_as<result<void>>;
+};
+
+/// **ArmVcpuHal** — the arm64 HAL operations beyond `HalFor` that
+/// `kvm_boot` calls on `cpu.hal()`; each is reported by name when missing.
+template <class H>
+concept ArmVcpuHal = InitsArmVcpu<H> && FinalizesArmVcpu<H>;
 
 namespace detail {
 template <class H>
@@ -56,6 +83,13 @@ struct kvm_boot {
 
     template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
+        using hal_vcpu = std::remove_cvref_t<decltype(cpu.hal())>;
+        static_assert(InitsArmVcpu<hal_vcpu>,
+                      "aarch64::kvm_boot: the HAL vCPU does not model InitsArmVcpu: it needs "
+                      "`arm_vcpu_init(const vcpu_init&) noexcept -> result<void>` (member or ADL)");
+        static_assert(FinalizesArmVcpu<hal_vcpu>,
+                      "aarch64::kvm_boot: the HAL vCPU does not model FinalizesArmVcpu: it needs "
+                      "`arm_vcpu_finalize(std::uint32_t) noexcept -> result<void>` (member or ADL)");
         vcpu_init i = init;
         i.with(feature::psci_0_2);
         auto& h = cpu.hal();

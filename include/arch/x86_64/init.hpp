@@ -15,9 +15,11 @@
 
 #include <array>
 #include <cerrno>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 
 namespace vcpu::x86_64 {
 
@@ -196,6 +198,32 @@ struct long_mode {
 inline constexpr std::uint32_t kvm_cpuid_signature = 0x40000000;
 inline constexpr std::uint32_t kvm_cpuid_features = 0x40000001;
 
+// ---------------------------------------------------------------------------
+// HAL operations x86-64 boot states need beyond moving registers
+// ---------------------------------------------------------------------------
+
+/// Named step: the HAL vCPU reports the CPUID leaves the host can offer a
+/// guest (KVM: `KVM_GET_SUPPORTED_CPUID`), filling `out` and returning how
+/// many entries it wrote.
+template <class V>
+concept ReportsSupportedCpuid = requires(const V& v, std::span<cpuid_entry> out) {
+    { v.supported_cpuid(out) } noexcept -> std::same_as<result<std::size_t>>;
+};
+
+/// Named step: the HAL vCPU installs the guest's CPUID table (KVM:
+/// `KVM_SET_CPUID2`).
+template <class V>
+concept SetsCpuid = requires(V& v, std::span<const cpuid_entry> in) {
+    { v.set_cpuid(in) } noexcept -> std::same_as<result<void>>;
+};
+
+/// **CpuidHal** — the x86-64 HAL operations beyond the `HalFor` concept:
+/// what `cpuid_setup` (and so `linux_boot_state`) calls on `cpu.hal()`. A
+/// HAL without them still runs x86-64 guests; only these boot states need
+/// them, and each reports the missing step by name.
+template <class V>
+concept CpuidHal = ReportsSupportedCpuid<V> && SetsCpuid<V>;
+
 /// A CPUID hook that changes nothing.
 struct keep_cpuid {
     constexpr void operator()(std::span<cpuid_entry>, std::size_t&) const noexcept {}
@@ -217,8 +245,7 @@ struct hide_leaf {
 /// 0x40000001 when the host list lacks them, leaf 1 EBX[31:24] = `apic_id`,
 /// leaf 1 ECX[31] "hypervisor present" (unless `hypervisor` is false);
 /// then `hook(entries, count)` may hide or change leaves before
-/// `KVM_SET_CPUID2`. Needs a HAL vCPU with `supported_cpuid(span)` and
-/// `set_cpuid(span)`.
+/// `KVM_SET_CPUID2`. Needs a HAL vCPU that models `CpuidHal`.
 ///
 /// The hypervisor bit: `KVM_GET_SUPPORTED_CPUID` leaves it clear and every VMM sets it (QEMU,
 /// kvmtool, Firecracker). Linux looks at the KVM leaves only when it is set; without it a Linux
@@ -234,6 +261,14 @@ struct cpuid_setup {
 
     template <class Cpu>
     [[nodiscard]] result<void> apply(Cpu& cpu) const noexcept {
+        using hal_vcpu = std::remove_cvref_t<decltype(cpu.hal())>;
+        static_assert(ReportsSupportedCpuid<hal_vcpu>,
+                      "x86_64::cpuid_setup: the HAL vCPU does not model ReportsSupportedCpuid: it "
+                      "needs `supported_cpuid(std::span<cpuid_entry>) const noexcept -> "
+                      "result<std::size_t>`");
+        static_assert(SetsCpuid<hal_vcpu>,
+                      "x86_64::cpuid_setup: the HAL vCPU does not model SetsCpuid: it needs "
+                      "`set_cpuid(std::span<const cpuid_entry>) noexcept -> result<void>`");
         std::array<cpuid_entry, max_entries> buf{};
         auto got = cpu.hal().supported_cpuid(std::span<cpuid_entry>(buf.data(), max_entries - 2));
         if (!got) return got.err();
