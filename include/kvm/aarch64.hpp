@@ -1,14 +1,14 @@
 #pragma once
 /// \file
-/// arm64 host glue for the KVM HAL: the arm64 vCPU ioctls
-/// (`KVM_ARM_PREFERRED_TARGET`, `KVM_ARM_VCPU_INIT`, `KVM_ARM_VCPU_FINALIZE`,
-/// and the `KVM_GET_REG_LIST` code), the `arm_vcpu_init`/`arm_vcpu_finalize` calls
+/// arm64 host glue for the KVM HAL: `preferred_init` (KVM_ARM_PREFERRED_TARGET and the
+/// feature capabilities), the `arm_vcpu_init`/`arm_vcpu_finalize` calls
 /// `vcpu::aarch64::kvm_boot` makes through the HAL, and — when compiled for
 /// arm64 — proof that the arch-neutral mirrors in include/arch/aarch64/abi.hpp
 /// equal the kernel's `<asm/kvm.h>`.
 ///
-/// The ioctls themselves are generic (`<linux/kvm.h>`), so this header
-/// compiles on every host; issuing them is only meaningful on arm64 KVM.
+/// The ioctls are in the one table (kvm/ioctls.hpp, `arm_*` entries); they are generic
+/// `<linux/kvm.h>` codes, so this header compiles on every host; issuing them is only
+/// meaningful on arm64 KVM.
 ///
 /// ```
 /// auto vm = sys.create_vm();                                  // kvm/system.hpp
@@ -39,21 +39,6 @@
 
 namespace vcpu::kvm::aarch64 {
 
-namespace ioctl {
-// `struct kvm_vcpu_init` exists only in arm64's <asm/kvm.h>, so the two
-// codes that embed its size are built from the mirror with the same `_IOR`/
-// `_IOW` formula <linux/kvm.h> uses (and checked against it on arm64 below).
-/// KVM API 4.83 KVM_ARM_PREFERRED_TARGET (VM ioctl): `_IOR(KVMIO, 0xaf, struct kvm_vcpu_init)`.
-inline constexpr ioctl_def<fd_kind::vm> preferred_target{
-    _IOR(KVMIO, 0xaf, ::vcpu::aarch64::vcpu_init), "KVM_ARM_PREFERRED_TARGET"};
-/// KVM API 4.82 KVM_ARM_VCPU_INIT: `_IOW(KVMIO, 0xae, struct kvm_vcpu_init)`.
-inline constexpr ioctl_def<fd_kind::vcpu> vcpu_init{
-    _IOW(KVMIO, 0xae, ::vcpu::aarch64::vcpu_init), "KVM_ARM_VCPU_INIT"};
-/// KVM API 4.120 KVM_ARM_VCPU_FINALIZE (after init with SVE).
-inline constexpr auto vcpu_finalize = VCPU_KVM_IOCTL(vcpu, KVM_ARM_VCPU_FINALIZE);
-/// KVM API 4.84 KVM_GET_REG_LIST.
-inline constexpr auto get_reg_list = VCPU_KVM_IOCTL(vcpu, KVM_GET_REG_LIST);
-} // namespace ioctl
 
 /// `KVM_ARM_PREFERRED_TARGET`, then the feature bits of `want` whose
 /// capability the VM reports (`KVM_CAP_ARM_PMU_V3`, `KVM_CAP_ARM_SVE`,
@@ -64,7 +49,7 @@ template <class Sys>
                                                                 ::vcpu::aarch64::kvm_features want = {}) noexcept {
     namespace f = ::vcpu::aarch64::feature;
     ::vcpu::aarch64::vcpu_init init{};
-    if (auto r = vm.ioctl(ioctl::preferred_target, &init); !r) return r.err();
+    if (auto r = vm.ioctl(ioctls::vm::arm_preferred_target, &init); !r) return r.err();
     auto has = [&](long cap) -> result<bool> {
         auto r = vm.check_extension(cap);
         if (!r) return r.err();
@@ -104,7 +89,7 @@ namespace vcpu::kvm {
 template <class Sys, class Arch>
 [[nodiscard]] result<void> arm_vcpu_init(hal_vcpu<Sys, Arch>& v, const ::vcpu::aarch64::vcpu_init& i) noexcept {
     auto copy = i; // the kernel only reads it
-    auto r = v.ioctl(aarch64::ioctl::vcpu_init, &copy);
+    auto r = v.ioctl(ioctls::vcpu::arm_vcpu_init, &copy);
     if (!r) return r.err();
     return ok();
 }
@@ -113,7 +98,7 @@ template <class Sys, class Arch>
 template <class Sys, class Arch>
 [[nodiscard]] result<void> arm_vcpu_finalize(hal_vcpu<Sys, Arch>& v, std::uint32_t feature) noexcept {
     int what = static_cast<int>(feature);
-    auto r = v.ioctl(aarch64::ioctl::vcpu_finalize, &what);
+    auto r = v.ioctl(ioctls::vcpu::arm_vcpu_finalize, &what);
     if (!r) return r.err();
     return ok();
 }
@@ -148,8 +133,8 @@ static_assert(offsetof(a::core_regs_layout, fp_regs) == offsetof(::kvm_regs, fp_
 static_assert(offsetof(a::fpsimd_layout, fpsr) == offsetof(::user_fpsimd_state, fpsr));
 static_assert(offsetof(a::fpsimd_layout, fpcr) == offsetof(::user_fpsimd_state, fpcr));
 static_assert(sizeof(a::vcpu_init) == sizeof(::kvm_vcpu_init));
-static_assert(aarch64::ioctl::preferred_target.code == KVM_ARM_PREFERRED_TARGET);
-static_assert(aarch64::ioctl::vcpu_init.code == KVM_ARM_VCPU_INIT);
+static_assert(ioctls::vm::arm_preferred_target.code == KVM_ARM_PREFERRED_TARGET);
+static_assert(ioctls::vcpu::arm_vcpu_init.code == KVM_ARM_VCPU_INIT);
 static_assert(sizeof(a::debug_exit_layout) == sizeof(::kvm_debug_exit_arch));
 static_assert(a::debug_hsr_high_valid == KVM_DEBUG_ARCH_HSR_HIGH_VALID);
 // The ids the register file builds equal the kernel macros'.

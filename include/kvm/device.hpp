@@ -37,17 +37,6 @@
 
 namespace vcpu::kvm {
 
-namespace ioctls::device {
-/// 4.80 KVM_CREATE_DEVICE (a VM ioctl).
-inline constexpr auto create = VCPU_KVM_IOCTL(vm, KVM_CREATE_DEVICE);
-/// 4.81 KVM_SET_DEVICE_ATTR on a device fd.
-inline constexpr auto set_attr = VCPU_KVM_IOCTL(device, KVM_SET_DEVICE_ATTR);
-/// 4.81 KVM_GET_DEVICE_ATTR.
-inline constexpr auto get_attr = VCPU_KVM_IOCTL(device, KVM_GET_DEVICE_ATTR);
-/// 4.81 KVM_HAS_DEVICE_ATTR.
-inline constexpr auto has_attr = VCPU_KVM_IOCTL(device, KVM_HAS_DEVICE_ATTR);
-} // namespace ioctls::device
-
 /// An in-kernel device fd from `KVM_CREATE_DEVICE`. Move-only; closing it
 /// does not destroy the device (the VM holds it).
 template <class Sys>
@@ -60,7 +49,7 @@ public:
     [[nodiscard]] static result<basic_device> create(const basic_vm<Sys>& vm, std::uint32_t type) noexcept {
         ::kvm_create_device c{};
         c.type = type;
-        if (auto r = vm.ioctl(ioctls::device::create, &c); !r) return r.err();
+        if (auto r = vm.ioctl(ioctls::vm::create_device, &c); !r) return r.err();
         return basic_device(basic_fd<Sys>(static_cast<int>(c.fd)));
     }
 

@@ -8,8 +8,13 @@
 /// be issued through a vCPU handle.
 ///
 /// Entries that exist only on x86 hosts are guarded by `__x86_64__` (the
-/// only place besides include/kvm/x86_64*.hpp where the host ABI shows).
+/// only place besides include/kvm/x86_64*.hpp where the host ABI shows). The
+/// arm64 and RISC-V entries are generic `<linux/kvm.h>` codes (or built from the
+/// arch's own ABI mirror), so they are in every host's table; issuing them is
+/// only meaningful on that architecture's KVM. The per-fd tables below are
+/// `std::to_array`s: their sizes come from the entries, never from a count.
 
+#include <arch/aarch64/abi.hpp>
 #include <vcpu/config.hpp>
 
 #include <linux/kvm.h>
@@ -48,6 +53,10 @@ namespace vcpu::kvm::detail {
 /// 1 in C++, so in C++ `offsetof(kvm_msrs, entries)` is 16, not the kernel's
 /// 8: the HAL never uses those member names and lays the buffers out itself.
 inline constexpr std::size_t c_flex_header_size = 2 * sizeof(std::uint32_t);
+
+/// Size, in the kernel's C layout, of the header of `struct kvm_signal_mask { __u32 len;
+/// __u8 sigset[]; }` (KVM_SET_SIGNAL_MASK): the set starts right after `len`.
+inline constexpr std::size_t signal_mask_header_size = sizeof(std::uint32_t);
 
 /// `req` with its `_IOC_SIZE` field set to `c_flex_header_size`.
 ///
@@ -124,6 +133,14 @@ inline constexpr auto set_identity_map_addr = VCPU_KVM_IOCTL(vm, KVM_SET_IDENTIT
 /// 4.71 KVM_CREATE_PIT2.
 inline constexpr auto create_pit2 = VCPU_KVM_IOCTL(vm, KVM_CREATE_PIT2);
 #endif
+/// 4.80 KVM_CREATE_DEVICE (kvm/device.hpp).
+inline constexpr auto create_device = VCPU_KVM_IOCTL(vm, KVM_CREATE_DEVICE);
+/// arm64, 4.83 KVM_ARM_PREFERRED_TARGET: `_IOR(KVMIO, 0xaf, struct kvm_vcpu_init)`.
+/// `struct kvm_vcpu_init` exists only in arm64's `<asm/kvm.h>`, so the code is built from the
+/// arch mirror with the formula `<linux/kvm.h>` uses (checked against it on arm64 in
+/// kvm/aarch64.hpp).
+inline constexpr ioctl_def<fd_kind::vm> arm_preferred_target{
+    _IOR(KVMIO, 0xaf, ::vcpu::aarch64::vcpu_init), "KVM_ARM_PREFERRED_TARGET"};
 } // namespace vm
 
 /// vCPU ioctls, on the fd `KVM_CREATE_VCPU` returned.
@@ -136,7 +153,19 @@ inline constexpr auto get_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_GET_ONE_REG);
 inline constexpr auto set_one_reg = VCPU_KVM_IOCTL(vcpu, KVM_SET_ONE_REG);
 /// 4.17 KVM_SET_SIGNAL_MASK: the signal mask in effect while `KVM_RUN` runs the guest
 /// (`struct kvm_signal_mask`: a `__u32 len`, then the set; 4 bytes in C).
-inline constexpr auto set_signal_mask = VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_SIGNAL_MASK, 4);
+inline constexpr auto set_signal_mask =
+    VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_SIGNAL_MASK, ::vcpu::kvm::detail::signal_mask_header_size);
+/// 4.84 KVM_GET_REG_LIST: the ONE_REG ids of this vCPU (`struct kvm_reg_list { __u64 n; __u64
+/// reg[]; }`, whose 8-byte C header the UAPI C++ sizeof agrees with).
+inline constexpr auto get_reg_list = VCPU_KVM_IOCTL(vcpu, KVM_GET_REG_LIST);
+/// 4.16 KVM_INTERRUPT (RISC-V: raise or lower the external interrupt, kvm/riscv64.hpp).
+inline constexpr auto interrupt = VCPU_KVM_IOCTL(vcpu, KVM_INTERRUPT);
+/// arm64, 4.82 KVM_ARM_VCPU_INIT: `_IOW(KVMIO, 0xae, struct kvm_vcpu_init)` (built as
+/// `vm::arm_preferred_target` is).
+inline constexpr ioctl_def<fd_kind::vcpu> arm_vcpu_init{
+    _IOW(KVMIO, 0xae, ::vcpu::aarch64::vcpu_init), "KVM_ARM_VCPU_INIT"};
+/// arm64, 4.120 KVM_ARM_VCPU_FINALIZE (after init with SVE).
+inline constexpr auto arm_vcpu_finalize = VCPU_KVM_IOCTL(vcpu, KVM_ARM_VCPU_FINALIZE);
 #if defined(__x86_64__)
 /// 4.11 KVM_GET_REGS.
 inline constexpr auto get_regs = VCPU_KVM_IOCTL(vcpu, KVM_GET_REGS);
@@ -163,60 +192,53 @@ inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_CPUID2);
 #endif
 } // namespace vcpu
 
+/// Device ioctls, on the fd `KVM_CREATE_DEVICE` returned (kvm/device.hpp).
+namespace device {
+/// 4.81 KVM_SET_DEVICE_ATTR.
+inline constexpr auto set_attr = VCPU_KVM_IOCTL(device, KVM_SET_DEVICE_ATTR);
+/// 4.81 KVM_GET_DEVICE_ATTR.
+inline constexpr auto get_attr = VCPU_KVM_IOCTL(device, KVM_GET_DEVICE_ATTR);
+/// 4.81 KVM_HAS_DEVICE_ATTR.
+inline constexpr auto has_attr = VCPU_KVM_IOCTL(device, KVM_HAS_DEVICE_ATTR);
+} // namespace device
+
 /// Every entry of one fd kind, for the uniqueness checks below and for tools
 /// that print the table.
 template <fd_kind K, std::size_t N>
 using table = std::array<ioctl_def<K>, N>;
 
 /// Every system-fd ioctl the library issues (checked unique at compile time).
-inline constexpr auto system_table = table<fd_kind::system,
+inline constexpr auto system_table = std::to_array<ioctl_def<fd_kind::system>>({
+    system::get_api_version, system::create_vm, system::check_extension, system::get_vcpu_mmap_size,
 #if defined(__x86_64__)
-                                           5
-#else
-                                           4
+    system::get_supported_cpuid,
 #endif
-                                           >{system::get_api_version, system::create_vm,
-                                             system::check_extension, system::get_vcpu_mmap_size,
-#if defined(__x86_64__)
-                                             system::get_supported_cpuid
-#endif
-};
+});
 
 /// Every VM-fd ioctl the library issues (checked unique at compile time).
-inline constexpr auto vm_table = table<fd_kind::vm,
+inline constexpr auto vm_table = std::to_array<ioctl_def<fd_kind::vm>>({
+    vm::check_extension, vm::create_vcpu, vm::set_user_memory_region, vm::create_irqchip, vm::irq_line,
+    vm::ioeventfd, vm::irqfd, vm::register_coalesced_mmio, vm::unregister_coalesced_mmio,
+    vm::create_device, vm::arm_preferred_target,
 #if defined(__x86_64__)
-                                       12
-#else
-                                       9
+    vm::set_tss_addr, vm::set_identity_map_addr, vm::create_pit2,
 #endif
-                                       >{vm::check_extension, vm::create_vcpu,
-                                         vm::set_user_memory_region, vm::create_irqchip,
-                                         vm::irq_line, vm::ioeventfd, vm::irqfd,
-                                         vm::register_coalesced_mmio,
-                                         vm::unregister_coalesced_mmio,
-#if defined(__x86_64__)
-                                         vm::set_tss_addr, vm::set_identity_map_addr,
-                                         vm::create_pit2
-#endif
-};
+});
 
 /// Every vCPU-fd ioctl the library issues (checked unique at compile time).
-inline constexpr auto vcpu_table = table<fd_kind::vcpu,
+inline constexpr auto vcpu_table = std::to_array<ioctl_def<fd_kind::vcpu>>({
+    vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg, vcpu::set_signal_mask, vcpu::get_reg_list,
+    vcpu::interrupt, vcpu::arm_vcpu_init, vcpu::arm_vcpu_finalize,
 #if defined(__x86_64__)
-                                         15
-#else
-                                         4
+    vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs, vcpu::set_sregs, vcpu::get_vcpu_events,
+    vcpu::set_vcpu_events, vcpu::get_debugregs, vcpu::set_debugregs, vcpu::get_msrs, vcpu::set_msrs,
+    vcpu::set_cpuid2,
 #endif
-                                         >{vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg,
-                                           vcpu::set_signal_mask,
-#if defined(__x86_64__)
-                                           vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs,
-                                           vcpu::set_sregs, vcpu::get_vcpu_events,
-                                           vcpu::set_vcpu_events, vcpu::get_debugregs,
-                                           vcpu::set_debugregs, vcpu::get_msrs, vcpu::set_msrs,
-                                           vcpu::set_cpuid2
-#endif
-};
+});
+
+/// Every device-fd ioctl the library issues (checked unique at compile time).
+inline constexpr auto device_table =
+    std::to_array<ioctl_def<fd_kind::device>>({device::set_attr, device::get_attr, device::has_attr});
 
 namespace detail {
 /// True when no two entries share a request code or a name.
@@ -234,6 +256,10 @@ constexpr bool unique(const table<K, N>& t) noexcept {
 static_assert(detail::unique(system_table), "kvm: duplicate or malformed system ioctl entry");
 static_assert(detail::unique(vm_table), "kvm: duplicate or malformed VM ioctl entry");
 static_assert(detail::unique(vcpu_table), "kvm: duplicate or malformed vCPU ioctl entry");
+static_assert(detail::unique(device_table), "kvm: duplicate or malformed device ioctl entry");
+
+static_assert(_IOC_SIZE(vcpu::set_signal_mask.code) == 4 &&
+              _IOC_NR(vcpu::set_signal_mask.code) == _IOC_NR(KVM_SET_SIGNAL_MASK));
 
 #if defined(__x86_64__)
 // The flexible-array ioctls carry the C size of their header (8), whatever the

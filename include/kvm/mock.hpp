@@ -14,6 +14,7 @@
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
+#include <kvm/answer.hpp>
 #include <kvm/exits.hpp>
 #include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
@@ -53,9 +54,10 @@ struct scripted_exit {
     /// Bytes copied to `pio_data_offset` (port OUT data): the first `pio_len`.
     std::array<std::byte, pio_data_bytes> pio{};
     std::uint16_t pio_len = 0;  ///< bytes of `pio` used
-    /// The script asked for more port data than one exit carries: entering
-    /// this exit fails with E2BIG instead of playing truncated data.
-    bool pio_too_long = false;
+    /// Why this exit cannot be played faithfully, or none: entering it then fails with
+    /// `bad_errno` and `bad_why` instead of playing truncated data (see `script::io_string_out`).
+    int bad_errno = 0;
+    const char* bad_why = nullptr;  ///< the message of that failure, or null
     std::uint8_t if_flag = 0;  ///< `kvm_run::if_flag`
     std::uint64_t cr8 = 0;  ///< `kvm_run::cr8`
     /// Coalesced writes the "kernel" buffered before this exit.
@@ -76,11 +78,18 @@ public:
     script& io_in(std::uint16_t port, std::uint8_t size, std::uint32_t count = 1) {
         return io(KVM_EXIT_IO_IN, port, size, count, {});
     }
-    /// `rep outs`: `bytes.size() == size * count` bytes of data, at most
-    /// `pio_data_bytes` (more makes `enter()` of this exit fail with E2BIG).
+    /// `rep outs`: `bytes.size() == size * count` bytes of data, at most `pio_data_bytes`.
+    /// More makes `enter()` of this exit fail with E2BIG, and data that is not a whole number
+    /// of `size`-byte units (or `size` 0) with EINVAL: never truncated silently. The same
+    /// holds for `io_in` whose `size * count` exceeds a page.
     script& io_string_out(std::uint16_t port, std::uint8_t size, std::span<const std::byte> bytes) {
         const auto count = static_cast<std::uint32_t>(size != 0 ? bytes.size() / size : 0);
-        return io(KVM_EXIT_IO_OUT, port, size, count, bytes);
+        io(KVM_EXIT_IO_OUT, port, size, count, bytes);
+        if (auto& s = exits_.back(); s.bad_errno == 0 && (size == 0 || bytes.size() % size != 0)) {
+            s.bad_errno = EINVAL;
+            s.bad_why = "scripted string port I/O data is not a whole number of size-byte units";
+        }
+        return *this;
     }
     /// An MMIO store of `value` (`size` bytes) to `gpa`.
     script& mmio_write(std::uint64_t gpa, std::uint8_t size, std::uint64_t value) {
@@ -116,6 +125,25 @@ public:
         return raw(KVM_EXIT_HYPERCALL, [&](::kvm_run& r) {
             r.hypercall.nr = nr;
             for (std::size_t i = 0; i < 6; ++i) r.hypercall.args[i] = args[i];
+        });
+    }
+    /// RISC-V SBI call (KVM API 5 "KVM_EXIT_RISCV_SBI"): extension `ext`, function `fid`,
+    /// a0..a5 = `args`; `ret[0]` preset to SBI_ERR_NOT_SUPPORTED (-2), as KVM does.
+    script& riscv_sbi(std::uint64_t ext, std::uint64_t fid, std::array<std::uint64_t, 6> args = {}) {
+        return raw(KVM_EXIT_RISCV_SBI, [&](::kvm_run& r) {
+            r.riscv_sbi.extension_id = ext;
+            r.riscv_sbi.function_id = fid;
+            for (std::size_t i = 0; i < 6; ++i) r.riscv_sbi.args[i] = args[i];
+            r.riscv_sbi.ret[0] = static_cast<unsigned long>(-2);
+        });
+    }
+    /// RISC-V CSR access (KVM API 5 "KVM_EXIT_RISCV_CSR"): `csr`, and for a write the new
+    /// value under `write_mask` (0: a read).
+    script& riscv_csr(std::uint64_t csr, std::uint64_t new_value = 0, std::uint64_t write_mask = 0) {
+        return raw(KVM_EXIT_RISCV_CSR, [&](::kvm_run& r) {
+            r.riscv_csr.csr_num = csr;
+            r.riscv_csr.new_value = new_value;
+            r.riscv_csr.write_mask = write_mask;
         });
     }
     /// Adds a coalesced write delivered before the *next* scripted exit.
@@ -170,8 +198,10 @@ private:
             r.io.data_offset = pio_data_offset;
         });
         auto& s = exits_.back();
-        if (data.size() > s.pio.size()) {
-            s.pio_too_long = true;
+        const std::uint64_t span = std::uint64_t{size} * count;
+        if (data.size() > s.pio.size() || span > pio_data_bytes) {
+            s.bad_errno = E2BIG;
+            s.bad_why = "scripted port I/O data longer than one exit carries";
             return *this;
         }
         s.pio_len = static_cast<std::uint16_t>(data.size());
@@ -194,7 +224,7 @@ struct event {
         set_cpuid,     ///< `set_cpuid`: `value` = entry count
         vcpu_init,     ///< `arm_vcpu_init`: `key` = target, `value` = features[0]
         vcpu_finalize, ///< `arm_vcpu_finalize`: `key` = feature
-        answer,        ///< the answer left for exit `index`: `value` (first 8 bytes / ret)
+        answer,        ///< the answer left for exit `index`: `value` = its first 8 bytes (kvm/answer.hpp)
     };
     kind what = kind::enter;  ///< the kind of event
     std::string_view name;  ///< block or bank name (`block_write`, `keyed_write`)
@@ -217,23 +247,6 @@ struct hal {
     class vcpu;
 };
 
-namespace detail {
-template <class List> struct block_storage;
-template <class... B> struct block_storage<type_list<B...>> {
-    using type = std::tuple<typename B::layout...>;
-};
-template <class B, class List> struct index_of;
-template <class B, class... Bs> struct index_of<B, type_list<Bs...>> {
-    static constexpr std::size_t value = [] {
-        constexpr bool m[] = {std::is_same_v<B, Bs>..., false};
-        for (std::size_t i = 0; i < sizeof...(Bs); ++i)
-            if (m[i]) return i;
-        return sizeof...(Bs);
-    }();
-};
-} // namespace detail
-
-/// Plays `script` exits through a `kvm_run` area it owns and records what the vCPU did.
 template <class Arch>
 class hal::vcpu {
 public:
@@ -263,10 +276,16 @@ public:
             next_ = 0;
         }
         const scripted_exit& s = ex[next_];
-        if (s.pio_too_long)
-            return error{"mock enter", E2BIG, "scripted port I/O data longer than one exit carries"}
+        if (s.bad_errno != 0) {
+            ::kvm_run r{};
+            std::memcpy(reinterpret_cast<std::byte*>(&r) + script::payload_offset, s.payload.data(), s.payload.size());
+            return error{"mock enter", s.bad_errno, s.bad_why}
                 .with("exit", next_)
+                .with("port", r.io.port)
+                .with("size", r.io.size)
+                .with("count", r.io.count)
                 .with("max bytes", pio_data_bytes);
+        }
         log({event::kind::enter, {}, next_, 0, 0});
         ::kvm_run& r = run();
         r.exit_reason = s.reason;
@@ -427,7 +446,7 @@ public:
     /// Writable block image (for tests that preset state).
     template <class B>
     [[nodiscard]] typename B::layout& block() noexcept {
-        return std::get<detail::index_of<B, typename Arch::register_blocks>::value>(blocks_);
+        return std::get<list_index_v<B, typename Arch::register_blocks>>(blocks_);
     }
     /// The `kvm_run` area (to preset or inspect exit fields).
     [[nodiscard]] ::kvm_run& run() noexcept { return *reinterpret_cast<::kvm_run*>(area_.get()); }
@@ -437,28 +456,19 @@ public:
 private:
     template <class Bank>
     static constexpr std::size_t bank_id() noexcept {
-        return detail::index_of<Bank, typename Arch::keyed_banks>::value;
+        return list_index_v<Bank, typename Arch::keyed_banks>;
     }
     void log(const event& e) noexcept {
         if (events_.size() < events_.capacity()) events_.push_back(e);
         else ++dropped_;
     }
-    /// Records what the handler left in the previous exit (IN data, MMIO
-    /// read data, hypercall return) before the next one overwrites it.
+    /// Records what the handler left in the previous exit (`kvm::answer_of`, the definition
+    /// the exit trace uses) before the next one overwrites it.
     void record_answer() noexcept {
         if (runs_ == 0) return;
-        ::kvm_run& r = run();
-        std::uint64_t v = 0;
-        if (r.exit_reason == KVM_EXIT_IO && r.io.direction == KVM_EXIT_IO_IN) {
-            std::memcpy(&v, area_.get() + pio_data_offset, 8);
-        } else if (r.exit_reason == KVM_EXIT_MMIO && !r.mmio.is_write) {
-            std::memcpy(&v, r.mmio.data, 8);
-        } else if (r.exit_reason == KVM_EXIT_HYPERCALL) {
-            v = r.hypercall.ret;
-        } else {
-            return;
-        }
-        log({event::kind::answer, {}, current_, 0, v});
+        const auto a = kvm::answer_of<Arch>(exit_record());
+        if (a.empty()) return;
+        log({event::kind::answer, {}, current_, 0, a.first_u64()});
     }
 
     struct keyed_entry {
@@ -476,7 +486,7 @@ private:
     script script_;
     options opts_;
     std::unique_ptr<std::byte[], deleter> area_;
-    typename detail::block_storage<typename Arch::register_blocks>::type blocks_{};
+    layout_tuple_t<typename Arch::register_blocks> blocks_{};
     std::array<keyed_entry, 64> keyed_{};
     std::size_t nkeyed_ = 0;
     std::array<one_reg_entry, 128> regs_{};

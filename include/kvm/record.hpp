@@ -4,7 +4,8 @@
 /// `vcpu::kvm::hal`) and writes every exit of the session to an exit trace
 /// (format: kvm/trace.hpp) — the exit's `kvm_run` fields and port OUT data,
 /// the coalesced writes delivered before it, and, at the next entry, the
-/// answer the VMM left (IN data, MMIO read data, hypercall/RDMSR return).
+/// answer the VMM left (wherever `kvm::answer_of` says it lives: IN data, MMIO read data,
+/// hypercall, MSR, RISC-V SBI and CSR returns).
 /// `vcpu::kvm::replay::hal` plays such a trace back without `/dev/kvm`.
 ///
 /// Policy composition, no virtual calls: `basic_vcpu<Arch, record::hal<kvm::hal>>`.
@@ -16,6 +17,7 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
+#include <kvm/answer.hpp>
 #include <kvm/exits.hpp>
 #include <kvm/run.hpp>
 #include <vcpu/result.hpp>
@@ -99,9 +101,7 @@ public:
         std::byte* p = reserve(trace::record_head_bytes + trace::exit_head_bytes + ul + pio.size(),
                                trace::record_type::exit, index_);
         if (p == nullptr) return err_;
-        trace::detail::put<std::uint32_t>(p, reason);
-        trace::detail::put<std::uint16_t>(p + 4, static_cast<std::uint16_t>(ul));
-        trace::detail::put<std::uint16_t>(p + 6, static_cast<std::uint16_t>(pio.size()));
+        trace::store(p, trace::exit_head{reason, static_cast<std::uint16_t>(ul), static_cast<std::uint16_t>(pio.size())});
         std::memcpy(p + trace::exit_head_bytes, v.bytes().data() + offsetof(::kvm_run, io), ul);
         if (!pio.empty()) std::memcpy(p + trace::exit_head_bytes + ul, pio.data(), pio.size());
         has_exit_ = true;
@@ -119,11 +119,7 @@ public:
         return inner_.drain_coalesced([&](coalesced_write& w) noexcept {
             if (std::byte* p = reserve(trace::record_head_bytes + trace::coalesced_payload_bytes,
                                        trace::record_type::coalesced, index_ - 1)) {
-                std::memset(p, 0, trace::coalesced_payload_bytes);
-                trace::detail::put<std::uint64_t>(p, w.address);
-                trace::detail::put<std::uint32_t>(p + 8, w.size);
-                p[12] = std::byte{w.pio ? std::uint8_t{1} : std::uint8_t{0}};
-                std::memcpy(p + 16, w.bytes.data(), 8);
+                trace::store(p, trace::to_record(w));
             }
             return f(w);
         });
@@ -197,12 +193,12 @@ public:
 private:
     void record_answer() noexcept {
         has_exit_ = false;
-        const auto a = trace::answer_area(inner_.exit_record());
+        const auto a = kvm::answer_of<Arch>(inner_.exit_record());
         if (a.empty() || a.size() > trace::max_pio_bytes) return;
-        if (std::byte* p = reserve(trace::record_head_bytes + 4 + a.size(), trace::record_type::answer,
-                                   index_ - 1)) {
-            trace::detail::put<std::uint32_t>(p, static_cast<std::uint32_t>(a.size()));
-            std::memcpy(p + 4, a.data(), a.size());
+        if (std::byte* p = reserve(trace::record_head_bytes + trace::answer_head_bytes + a.size(),
+                                   trace::record_type::answer, index_ - 1)) {
+            trace::store(p, trace::answer_head{static_cast<std::uint32_t>(a.size())});
+            a.copy_to({p + trace::answer_head_bytes, a.size()});
         }
     }
     /// Room for a record of `len` bytes with its head written; nullptr (and
@@ -217,10 +213,7 @@ private:
             }
         }
         std::byte* p = buf_.get() + used_;
-        trace::detail::put<std::uint32_t>(p, static_cast<std::uint32_t>(len));
-        trace::detail::put<std::uint16_t>(p + 4, static_cast<std::uint16_t>(t));
-        trace::detail::put<std::uint16_t>(p + 6, 0);
-        trace::detail::put<std::uint64_t>(p + 8, index);
+        trace::store(p, trace::record_head{static_cast<std::uint32_t>(len), static_cast<std::uint16_t>(t), 0, index});
         used_ += len;
         return p + trace::record_head_bytes;
     }

@@ -6,7 +6,7 @@
 /// `/dev/kvm`.
 ///
 /// Each `enter()` first checks the answer the VMM left for the previous exit
-/// (IN data, MMIO read data, hypercall/RDMSR return) against the recorded one
+/// (where `kvm::answer_of` says it lives) against the recorded one
 /// — a mismatch is an error naming the exit index, the expected and the actual
 /// bytes — then lays the next recorded exit out in a private `kvm_run` area
 /// (port data on the second page, as KVM does). Coalesced writes recorded
@@ -16,6 +16,7 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
+#include <kvm/answer.hpp>
 #include <kvm/exits.hpp>
 #include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
@@ -103,8 +104,8 @@ public:
             if (ex.empty() || rec.index != ex.size() - 1)
                 return v.bad_ = "answer or coalesced record without its exit", false;
             if (rec.type == trace::record_type::answer) {
-                ex.back().answer_off = off + 4;
-                ex.back().answer_len = rec.payload.size() - 4;
+                ex.back().answer_off = off + trace::answer_head_bytes;
+                ex.back().answer_len = rec.payload.size() - trace::answer_head_bytes;
                 ex.back().has_answer = true;
             } else {
                 v.coalesced_.push_back(off);
@@ -159,11 +160,7 @@ public:
         const entry& e = exits_[current_];
         while (consumed_ < e.ncoalesced) {
             const std::byte* p = trace_.data() + coalesced_[e.first_coalesced + consumed_++];
-            coalesced_write w;
-            w.address = trace::detail::get<std::uint64_t>(p);
-            w.size = trace::detail::get<std::uint32_t>(p + 8);
-            w.pio = p[12] != std::byte{0};
-            std::memcpy(w.bytes.data(), p + 16, 8);
+            coalesced_write w = trace::from_record(trace::load<trace::coalesced_record>(p));
             if (!f(w)) return false;
         }
         return true;
@@ -225,10 +222,6 @@ private:
         std::size_t first_coalesced, ncoalesced;   ///< into coalesced_
         bool has_answer;
     };
-    template <class List> struct storage;
-    template <class... B> struct storage<type_list<B...>> {
-        using type = std::tuple<typename B::layout...>;
-    };
     struct deleter {
         void operator()(std::byte* p) const noexcept { ::operator delete[](p, std::align_val_t{4096}); }
     };
@@ -241,17 +234,19 @@ private:
         entered_ = false;
         const entry& e = exits_[current_];
         if (!e.has_answer) return ok();
-        const auto got = trace::answer_area(exit_record());
+        const auto got = kvm::answer_of<Arch>(exit_record());
         const std::span<const std::byte> want(trace_.data() + e.answer_off, e.answer_len);
-        if (got.size() == want.size() && std::memcmp(got.data(), want.data(), want.size()) == 0)
-            return ok();
+        if (got.equals(want)) return ok();
         std::size_t at = 0;
         while (at < got.size() && at < want.size() && got[at] == want[at]) ++at;
+        std::array<std::byte, 9> head{}; // hex() shows 8 bytes and whether there are more
+        const std::size_t shown = got.size() < head.size() ? got.size() : head.size();
+        for (std::size_t i = 0; i < shown; ++i) head[i] = got[i];
         std::snprintf(msg_.data(), msg_.size(),
                       "exit %zu (exit reason %u): the VMM answered %s, the trace expects %s "
                       "(%zu vs %zu bytes, first difference at byte %zu)",
-                      current_, run().exit_reason, hex(got, hex_got_), hex(want, hex_want_),
-                      got.size(), want.size(), at);
+                      current_, run().exit_reason, hex(std::span(head).first(shown), hex_got_),
+                      hex(want, hex_want_), got.size(), want.size(), at);
         return error{"replay", EPROTO, msg_.data()};
     }
     /// Up to 8 bytes as a little-endian hex number (more: the first 8, then "...").
@@ -268,7 +263,7 @@ private:
     std::vector<entry> exits_;
     std::vector<std::size_t> coalesced_;
     std::unique_ptr<std::byte[], deleter> area_;
-    typename storage<typename Arch::register_blocks>::type blocks_{};
+    layout_tuple_t<typename Arch::register_blocks> blocks_{};
     std::size_t next_ = 0, current_ = 0, consumed_ = 0;
     bool entered_ = false;
     const char* bad_ = nullptr;

@@ -144,11 +144,6 @@ static_assert(sizeof(::kvm_run{}.riscv_sbi.ret[0]) == 8 && sizeof(::kvm_run{}.ri
 
 namespace vcpu::kvm {
 
-/// Turns KVM's implementation of SBI extension `e` on or off for one vCPU
-/// (`KVM_SET_ONE_REG` of `KVM_REG_RISCV_SBI_EXT | KVM_REG_RISCV_SBI_SINGLE | e`,
-/// Linux >= 6.6; KVM API 4.68). Must precede the vCPU's first `KVM_RUN`.
-/// `cpu` is a `basic_vcpu<arch::riscv64, Hal>` (any HAL that moves ONE_REG).
-/// Errors: the kernel's (`ENOENT` when it does not know the extension).
 /// KVM API 4.16 KVM_INTERRUPT on RISC-V: raises (`KVM_INTERRUPT_SET`) or lowers
 /// (`KVM_INTERRUPT_UNSET`) the virtual supervisor external interrupt of the vCPU with fd
 /// `vcpu_fd` — how a userspace interrupt controller (e.g. `vcpu::devices::plic`) drives a
@@ -156,14 +151,18 @@ namespace vcpu::kvm {
 /// the vCPU runs. Errors: "KVM_INTERRUPT" with errno.
 template <class Sys = linux_sys>
 [[nodiscard]] result<void> riscv_external_interrupt(int vcpu_fd, bool level) noexcept {
-    constexpr auto io = VCPU_KVM_IOCTL(vcpu, KVM_INTERRUPT);
+    constexpr auto io = ioctls::vcpu::interrupt;
     ::kvm_interrupt i{};
     i.irq = level ? riscv64::abi::interrupt_set : riscv64::abi::interrupt_unset;
     if (Sys::ioctl(vcpu_fd, io.code, &i) < 0) return last_error(io.name);
     return ok();
 }
 
-/// Enables (or with `on = false` disables) KVM's SBI extension `e` for `cpu` through its ONE_REG; before the first run.
+/// Turns KVM's implementation of SBI extension `e` on or off for one vCPU
+/// (`KVM_SET_ONE_REG` of `KVM_REG_RISCV_SBI_EXT | KVM_REG_RISCV_SBI_SINGLE | e`,
+/// Linux >= 6.6; KVM API 4.68). Must precede the vCPU's first `KVM_RUN`.
+/// `cpu` is a `basic_vcpu<arch::riscv64, Hal>` (any HAL that moves ONE_REG).
+/// Errors: the kernel's (`ENOENT` when it does not know the extension).
 template <class Cpu>
 [[nodiscard]] result<void> enable_sbi_extension(Cpu& cpu, riscv64::abi::kvm_sbi_ext e,
                                                 bool on = true) noexcept {

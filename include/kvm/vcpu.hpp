@@ -1,8 +1,10 @@
 #pragma once
 /// \file
 /// `hal_vcpu<Sys, Arch>`: the KVM HAL's per-vCPU state — the vCPU fd, its
-/// `kvm_run` mapping, the register-block cache with `KVM_CAP_SYNC_REGS`, the
-/// coalesced MMIO/PIO ring and the kick facility. It models
+/// `kvm_run` mapping (`run_mapping`, kvm/mapping.hpp), the register-block cache with
+/// `KVM_CAP_SYNC_REGS` (kvm/sync_regs.hpp), the coalesced MMIO/PIO ring
+/// (kvm/coalesced_ring.hpp) and the kick protocol (kvm/kick.hpp); created with
+/// `vcpu_options` / `vcpu_setup` (kvm/vcpu_options.hpp). It models
 /// `vcpu::HalFor<basic_hal<Sys>, Arch>` (reached as `basic_hal<Sys>::vcpu<Arch>`)
 /// and is normally created by `basic_vm::create_vcpu<Arch>()`.
 ///
@@ -23,14 +25,19 @@
 ///   ioctl, `modify` marks the block dirty, `enter()` writes dirty blocks with
 ///   the SET ioctl before `KVM_RUN`, and every exit invalidates the cache.
 
+#include <kvm/coalesced_ring.hpp>
 #include <kvm/fd.hpp>
 #include <kvm/ioctls.hpp>
+#include <kvm/kick.hpp>
+#include <kvm/mapping.hpp>
+#include <kvm/run.hpp>
+#include <kvm/sync_regs.hpp>
 #include <kvm/sys.hpp>
 #include <kvm/traits.hpp>
+#include <kvm/vcpu_options.hpp>
 #include <kvm/x86_64_abi.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/exits.hpp>
-#include <kvm/run.hpp>
 #include <vcpu/meta.hpp>
 #include <vcpu/result.hpp>
 
@@ -52,205 +59,6 @@
 #include <pthread.h>
 
 namespace vcpu::kvm {
-
-/// Per-vCPU choices made at creation.
-struct vcpu_options {
-    /// `KVM_SYNC_*` bits to request (x86: `KVM_SYNC_X86_REGS`,
-    /// `KVM_SYNC_X86_SREGS`, `KVM_SYNC_X86_EVENTS`). Intersected with what
-    /// `KVM_CAP_SYNC_REGS` reports and with the arch's synced blocks.
-    /// Default: all. 0 forces the GET/SET ioctl path (for benchmarks).
-    std::uint64_t sync_regs = ~std::uint64_t{0};
-    /// Exits in a row without a `load`/`modify` of a synced block after which
-    /// KVM stops storing it in `kvm_run` (until the next access). 0: never.
-    std::uint32_t sync_idle_exits = 16;
-};
-
-/// What a VM tells a new vCPU (normally filled by `basic_vm::create_vcpu`).
-struct vcpu_setup {
-    int system_fd = -1;                 ///< `/dev/kvm`, not owned (x86 CPUID queries)
-    std::size_t mmap_size = 0;          ///< `KVM_GET_VCPU_MMAP_SIZE`
-    std::size_t page_size = 4096;       ///< host page size
-    long coalesced_page_offset = 0;     ///< `KVM_CHECK_EXTENSION(KVM_CAP_COALESCED_MMIO)`; 0 = none
-    std::uint64_t kernel_sync_regs = 0; ///< `KVM_CHECK_EXTENSION(KVM_CAP_SYNC_REGS)`
-    vcpu_options options{};  ///< sync-register choice
-    unsigned id = 0;                    ///< the `KVM_CREATE_VCPU` id (named in errors)
-};
-
-namespace detail {
-/// What a vCPU and its kickers share. Allocated once per vCPU (setup path), so kickers stay
-/// valid when the vCPU object moves.
-struct kick_state {
-    std::atomic<std::uint32_t> requests{0}; ///< bits posted by kickers, taken by the vCPU
-    std::atomic<pthread_t> thread{};        ///< the thread running the vCPU (bind_kick_thread)
-    std::atomic<int> signal{0};             ///< the signal that interrupts it; 0: none bound
-    ::kvm_run* run = nullptr;               ///< for `immediate_exit`
-};
-} // namespace detail
-
-/// A handle other threads use to stop a vCPU: `kick(bits)` posts request bits, sets
-/// `kvm_run::immediate_exit` and signals the vCPU thread (once it called
-/// `hal_vcpu::bind_kick_thread`). The vCPU's next return from the guest is an `interrupted`
-/// exit whose `requests` holds every bit posted since the previous one: a kick that lands while
-/// the vCPU runs guest code interrupts `KVM_RUN`; one that lands while its thread is in
-/// userspace makes the next `KVM_RUN` return at once. No kick is lost: the vCPU clears
-/// `immediate_exit` *before* taking the bits, and a kicker posts the bits *before* setting it
-/// (both sequentially consistent), so a request taken late still finds the flag set.
-/// Thread-safe; copyable; valid while the vCPU lives (KVM API 4.10 "KVM_RUN", `immediate_exit`).
-class kicker {
-public:
-    /// A kicker for the vCPU whose kick state is `k` (made by `hal_vcpu::make_kicker()`).
-    explicit kicker(detail::kick_state* k) noexcept : k_(k) {}
-    /// Posts `requests` (at least one bit) and interrupts the vCPU. Errors: `pthread_kill`'s.
-    [[nodiscard]] result<void> kick(std::uint32_t requests = 1) const noexcept {
-        k_->requests.fetch_or(requests == 0 ? 1 : requests, std::memory_order_seq_cst);
-        std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
-        if (const int sig = k_->signal.load(std::memory_order_acquire); sig != 0)
-            if (const int e = ::pthread_kill(k_->thread.load(std::memory_order_acquire), sig); e != 0)
-                return error{"pthread_kill", e, "signalling the vCPU thread"}.with("signal", sig);
-        return ok();
-    }
-    /// As `kick(1)`, signalling `thread` with `sig` when the vCPU thread did not bind itself.
-    [[nodiscard]] result<void> kick(pthread_t thread, int sig) const noexcept {
-        if (k_->signal.load(std::memory_order_acquire) != 0) return kick(std::uint32_t{1});
-        k_->requests.fetch_or(1, std::memory_order_seq_cst);
-        std::atomic_ref<std::uint8_t>(k_->run->immediate_exit).store(1, std::memory_order_seq_cst);
-        if (const int e = ::pthread_kill(thread, sig); e != 0) return error{"pthread_kill", e}.with("signal", sig);
-        return ok();
-    }
-
-private:
-    detail::kick_state* k_;
-};
-
-/// Installs a no-op handler for `sig` without `SA_RESTART`, so that the signal
-/// a `kicker` sends interrupts `KVM_RUN` with `EINTR` instead of terminating
-/// the process. Process-wide; call once at setup.
-[[nodiscard]] inline result<void> install_kick_handler(int sig = SIGUSR1) noexcept {
-    struct sigaction sa{};
-    sa.sa_handler = [](int) {};
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0;
-    if (::sigaction(sig, &sa, nullptr) != 0) return last_error("sigaction").with("signal", sig);
-    return ok();
-}
-
-namespace detail {
-/// Cached image and state of one register block.
-template <class B>
-struct block_cache {
-    typename B::layout local{};   ///< storage when the block is not synced
-    typename B::layout before{};  ///< the block as the exit left it, before a handler wrote it
-    typename B::layout scratch{}; ///< the handler's image while KVM completes the exit
-};
-
-/// True when the exit in `r` leaves work for KVM to finish at the next `KVM_RUN` that uses or
-/// moves the guest's registers (KVM API 4.10 "KVM_RUN", and `complete_userspace_io` in the
-/// kernel): the data of a port IN or MMIO read goes into the destination register or memory and
-/// the instruction is skipped; RDMSR/WRMSR, a hypercall, an SBI call or a CSR access writes its
-/// result and skips. KVM applies userspace's register writes (`kvm_dirty_regs`, SET ioctls)
-/// *before* that completion, and drops the completion when RIP moved, so a handler's register
-/// writes on such an exit are held back until the exit is completed (see `hal_vcpu::enter`).
-/// OUT and MMIO writes need no data back; KVM skips an OUT only when RIP did not move, so a
-/// handler's RIP write wins there on its own.
-[[nodiscard]] inline bool completion_pending(const ::kvm_run& r) noexcept {
-    switch (r.exit_reason) {
-    case KVM_EXIT_IO: return r.io.direction == KVM_EXIT_IO_IN;
-    case KVM_EXIT_MMIO: return r.mmio.is_write == 0;
-    case KVM_EXIT_HYPERCALL:
-#ifdef KVM_EXIT_X86_RDMSR
-    case KVM_EXIT_X86_RDMSR:
-    case KVM_EXIT_X86_WRMSR:
-#endif
-#ifdef KVM_EXIT_XEN
-    case KVM_EXIT_XEN:
-#endif
-#ifdef KVM_EXIT_RISCV_SBI
-    case KVM_EXIT_RISCV_SBI:
-    case KVM_EXIT_RISCV_CSR:
-#endif
-        return true;
-    default: return false;
-    }
-}
-
-/// A ONE_REG write held back while its exit is completed (see `completion_pending`).
-struct held_one_reg {
-    std::uint64_t id = 0;
-    std::array<std::byte, 16> bytes{};
-    std::uint8_t size = 0;
-};
-/// Position of block `B` in `List` (bit in `hal_vcpu`'s valid/dirty masks).
-template <class B, class List> struct block_index;
-template <class B, class... Bs> struct block_index<B, type_list<Bs...>> {
-    static constexpr unsigned value = [] {
-        constexpr bool m[] = {std::is_same_v<B, Bs>..., false};
-        unsigned i = 0;
-        while (i < sizeof...(Bs) && !m[i]) ++i;
-        return i;
-    }();
-};
-template <class List> struct block_caches;
-template <class... B> struct block_caches<type_list<B...>> {
-    using type = std::tuple<block_cache<B>...>;
-    /// Union of the blocks' sync bits.
-    static constexpr std::uint64_t sync_bits = (std::uint64_t{0} | ... | block_traits<B>::sync_bit);
-};
-
-/// `struct kvm_coalesced_mmio_ring` header size in the kernel's C layout
-/// (`c_flex_header_size` in ioctls.hpp says why the UAPI struct is not used).
-inline constexpr std::size_t coalesced_ring_header = c_flex_header_size;
-/// The ring header of a vCPU without a coalesced ring: `first == last`, never written (a
-/// ring of capacity 0), so the drain needs no null test per exit.
-alignas(8) inline std::uint32_t no_coalesced_ring[2] = {0, 0};
-
-/// The mapped `kvm_run` of a vCPU fd (KVM API 4.10, mmap of the vCPU fd at offset 0) and the
-/// coalesced ring page inside it. Move-only; moving leaves the source *detached*: a per-thread
-/// zeroed `kvm_run` that is never null, so the exit path needs no null test and a stray use of
-/// a moved-from vCPU reads an empty record instead of faulting.
-template <class Sys>
-struct run_mapping {
-    ::kvm_run* run = detached();
-    std::size_t size = sizeof(::kvm_run);
-    std::byte* ring = reinterpret_cast<std::byte*>(no_coalesced_ring); ///< ring page, or the empty header
-    std::uint32_t ring_max = 0;                                         ///< ring entries (0: none)
-
-    run_mapping() noexcept = default;
-    run_mapping(::kvm_run* r, std::size_t n) noexcept : run(r), size(n) {}
-    run_mapping(run_mapping&& o) noexcept
-        : run(std::exchange(o.run, detached())), size(std::exchange(o.size, sizeof(::kvm_run))),
-          ring(std::exchange(o.ring, reinterpret_cast<std::byte*>(no_coalesced_ring))),
-          ring_max(std::exchange(o.ring_max, 0)) {}
-    run_mapping& operator=(run_mapping&& o) noexcept {
-        if (this != &o) {
-            release();
-            run = std::exchange(o.run, detached());
-            size = std::exchange(o.size, sizeof(::kvm_run));
-            ring = std::exchange(o.ring, reinterpret_cast<std::byte*>(no_coalesced_ring));
-            ring_max = std::exchange(o.ring_max, 0);
-        }
-        return *this;
-    }
-    run_mapping(const run_mapping&) = delete;
-    run_mapping& operator=(const run_mapping&) = delete;
-    ~run_mapping() { release(); }
-
-    [[nodiscard]] bool attached() const noexcept { return run != detached(); }
-    static ::kvm_run* detached() noexcept {
-        static thread_local ::kvm_run r{};
-        return &r;
-    }
-
-private:
-    void release() noexcept {
-        if (attached()) (void)Sys::munmap(run, size);
-        run = detached();
-        size = sizeof(::kvm_run);
-        ring = reinterpret_cast<std::byte*>(no_coalesced_ring);
-        ring_max = 0;
-    }
-};
-static_assert(sizeof(::kvm_coalesced_mmio) == 24, "kvm: struct kvm_coalesced_mmio is 24 bytes");
-} // namespace detail
 
 /// The KVM HAL's vCPU for architecture `Arch` with Sys policy `Sys`. Move-only;
 /// owns the vCPU fd and unmaps `kvm_run` on destruction.
@@ -280,18 +88,18 @@ public:
                          "mapping is smaller than struct kvm_run"}
                 .with("mmap_size", s.mmap_size)
                 .with("needed", sizeof(::kvm_run));
-        void* p = Sys::mmap(nullptr, s.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
-        if (p == MAP_FAILED)
-            return last_error("mmap kvm_run").with("vcpu_id", s.id).with("size", s.mmap_size);
+        auto map = run_mapping<Sys>::map("mmap kvm_run", s.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED,
+                                         fd.get(), 0);
+        if (!map) return error(map.err()).with("vcpu_id", s.id);
         // The vCPU fd's page 0 is struct kvm_run (KVM API 4.10), and the mapping
         // spans at least sizeof(kvm_run) (checked above).
-        auto* run = static_cast<::kvm_run*>(p);
+        auto* run = reinterpret_cast<::kvm_run*>(map->data());
         const std::uint64_t mask = s.kernel_sync_regs & s.options.sync_regs & arch_sync_bits;
         run->kvm_valid_regs = mask;
         run->kvm_dirty_regs = 0;
         auto k = std::make_unique<detail::kick_state>();
         k->run = run;
-        return hal_vcpu(std::move(fd), run, s, mask, std::move(k));
+        return hal_vcpu(std::move(fd), std::move(*map), s, mask, std::move(k));
     }
 
     /// Moves take over the fd, the mapping and the caches; the moved-from vCPU has no fd and a
@@ -332,8 +140,8 @@ public:
             if (err != EINTR) return failed_run(err);
             // KVM stores synced registers on the EINTR path too.
             ran_ = true;
-            map_.run->exit_reason = KVM_EXIT_INTR;
-            take_requests();
+            run()->exit_reason = KVM_EXIT_INTR;
+            requests_ = kick_->take();
             return ok();
         }
         ran_ = true;
@@ -344,15 +152,15 @@ public:
     [[nodiscard]] raw_exit exit_record() const noexcept {
         // create() refused mappings smaller than struct kvm_run and the size never changes;
         // saying so lets the decoder's own size check fold away.
-        if (map_.size < sizeof(::kvm_run) || map_.run == nullptr) __builtin_unreachable();
-        return raw_exit{map_.run, map_.size, requests_};
+        if (map_.size() < sizeof(::kvm_run) || map_.data() == nullptr) __builtin_unreachable();
+        return raw_exit{run(), map_.size(), requests_};
     }
 
     /// Sets or clears `kvm_run::immediate_exit` (KVM API 4.10): while set,
     /// `KVM_RUN` returns `EINTR` at once.
     void immediate_exit(bool on) noexcept {
         // Shared with the kernel and with kicker threads: byte-wide atomic store.
-        std::atomic_ref<std::uint8_t>(map_.run->immediate_exit)
+        std::atomic_ref<std::uint8_t>(run()->immediate_exit)
             .store(on ? 1 : 0, std::memory_order_release);
     }
     /// A handle for kicking this vCPU from another thread (see `kicker`).
@@ -365,24 +173,9 @@ public:
     /// pending and interrupts the next `KVM_RUN`). Call from the vCPU thread before running.
     /// Errors: "sigaction", "pthread_sigmask", "KVM_SET_SIGNAL_MASK" with errno.
     [[nodiscard]] result<void> bind_kick_thread(int sig = SIGUSR1) noexcept {
-        struct sigaction cur{};
-        if (::sigaction(sig, nullptr, &cur) != 0) return last_error("sigaction").with("signal", sig);
-        if (cur.sa_handler == SIG_DFL || cur.sa_handler == SIG_IGN) {
-            if (auto r = install_kick_handler(sig); !r) return r;
-        }
-        sigset_t mask;
-        if (const int e = ::pthread_sigmask(SIG_BLOCK, nullptr, &mask); e != 0)
-            return error{"pthread_sigmask", e};
-        sigdelset(&mask, sig);
-        // struct kvm_signal_mask { __u32 len; __u8 sigset[]; } with the kernel's 8-byte sigset
-        // after the header (glibc's sigset_t starts with the same 64 bits).
-        // The C layout (the C++ one differs, see detail::with_c_flex_size): len at 0, set at 4.
-        constexpr std::size_t head = sizeof(std::uint32_t);
-        alignas(std::uint32_t) std::array<std::byte, head + 8> arg{};
-        const std::uint32_t len = 8;
-        std::memcpy(arg.data(), &len, sizeof len);
-        std::memcpy(arg.data() + head, &mask, 8);
-        if (Sys::ioctl(fd_.get(), ioctls::vcpu::set_signal_mask.code, arg.data()) < 0)
+        auto arg = detail::kick_signal_mask(sig);
+        if (!arg) return arg.err();
+        if (Sys::ioctl(fd_.get(), ioctls::vcpu::set_signal_mask.code, arg->bytes.data()) < 0)
             return failed(ioctls::vcpu::set_signal_mask.name).with("signal", sig);
         kick_->thread.store(::pthread_self(), std::memory_order_release);
         kick_->signal.store(sig, std::memory_order_release);
@@ -399,23 +192,23 @@ public:
     /// `EAGAIN` is re-issued at most `max_again` times. Errors: "KVM_RUN" with errno (EAGAIN
     /// when it persisted), detail "completing the exit...", the vCPU id and exit reason.
     [[nodiscard, gnu::noinline]] result<void> complete_pending_io() noexcept {
-        if (!ran_ || completed_ || !detail::completion_pending(*map_.run)) {
+        if (!ran_ || completed_ || !detail::completion_pending(*run())) {
             held_blocks_ = 0;
             return apply_held_regs();
         }
         // The handler's images of the synced blocks it wrote, kept while KVM stores its own.
-        const std::uint64_t dirty = map_.run->kvm_dirty_regs;
-        const std::uint64_t valid = map_.run->kvm_valid_regs;
+        const std::uint64_t dirty = run()->kvm_dirty_regs;
+        const std::uint64_t valid = run()->kvm_valid_regs;
         std::uint64_t held_sync = 0;
         std::apply([&](auto&... c) { (save_held(c, held_sync), ...); }, caches_);
         // Nothing of the handler's may reach KVM before the completion; KVM stores the completed
         // state of the held synced blocks into kvm_run on the way out.
-        map_.run->kvm_dirty_regs = 0;
-        map_.run->kvm_valid_regs = valid | held_sync;
+        run()->kvm_dirty_regs = 0;
+        run()->kvm_valid_regs = valid | held_sync;
         // Load then store, not exchange: a one-byte exchange needs libatomic on some targets
         // (riscv64). A kick landing between the two has posted its bits first; the check of
         // the bits below restores its flag.
-        std::atomic_ref<std::uint8_t> ie(map_.run->immediate_exit);
+        std::atomic_ref<std::uint8_t> ie(run()->immediate_exit);
         const std::uint8_t kicked = ie.load(std::memory_order_seq_cst);
         ie.store(1, std::memory_order_seq_cst);
         // EAGAIN is re-issued as in enter(), and as there at most `max_again` times: a kernel
@@ -431,21 +224,21 @@ public:
         // its flag, so checking the bits after restoring the flag cannot miss it.
         ie.store(kicked, std::memory_order_seq_cst);
         if (kick_->requests.load(std::memory_order_seq_cst) != 0) ie.store(1, std::memory_order_seq_cst);
-        map_.run->kvm_valid_regs = valid;
+        run()->kvm_valid_regs = valid;
         completed_ = true;
         before_entry_ = true; // prepare_entry() resets completed_ before the next KVM_RUN
         if (rc < 0 && err != EINTR) {
-            map_.run->kvm_dirty_regs = dirty;
+            run()->kvm_dirty_regs = dirty;
             held_blocks_ = 0;
             held_regs_ = 0;
             return error{ioctls::vcpu::run.name, err, "completing the exit before the handler's register writes"}
                 .with("vcpu_id", id_)
-                .with("exit_reason", map_.run->exit_reason);
+                .with("exit_reason", run()->exit_reason);
         }
         // Merge: the completed state, with the bytes the handler changed on top.
         result<void> r;
         std::apply([&](auto&... c) { (void)((merge_held(c, r)) && ...); }, caches_);
-        map_.run->kvm_dirty_regs = dirty | held_sync;
+        run()->kvm_dirty_regs = dirty | held_sync;
         held_blocks_ = 0;
         if (!r) {
             held_regs_ = 0;
@@ -473,7 +266,7 @@ public:
         auto p = fetch<B>();
         if (!p) return p.err();
         if ((held_blocks_ & block_bit<B>()) == 0 && ran_ && !completed_ &&
-            detail::completion_pending(*map_.run)) [[unlikely]] {
+            detail::completion_pending(*run())) [[unlikely]] {
             // The first write to this block during an exit KVM has not completed: remember the
             // block as the exit left it, so enter() can complete the exit first and then apply
             // exactly the bytes the handler changed (whatever the order of answer and write).
@@ -482,7 +275,7 @@ public:
             before_entry_ = true;
         }
         if (synced<B>()) {
-            map_.run->kvm_dirty_regs |= block_traits<B>::sync_bit;
+            run()->kvm_dirty_regs |= block_traits<B>::sync_bit;
         } else {
             dirty_blocks_ |= block_bit<B>();
             before_entry_ = true;
@@ -493,7 +286,7 @@ public:
     /// True when block `B` travels through `kvm_run::s.regs`.
     template <class B>
     [[nodiscard]] bool synced() const noexcept {
-        return (sync_mask_ & block_traits<B>::sync_bit) != 0;
+        return sync_.synced(block_traits<B>::sync_bit);
     }
 
     // --- keyed banks and ONE_REG ----------------------------------------------
@@ -529,7 +322,7 @@ public:
         // is held back and applied by enter() after the completion, which would otherwise
         // overwrite it or move the PC past it. Wider registers or a full table complete the
         // exit now instead.
-        if (ran_ && !completed_ && detail::completion_pending(*map_.run)) [[unlikely]] {
+        if (ran_ && !completed_ && detail::completion_pending(*run())) [[unlikely]] {
             const std::uint64_t size = std::uint64_t{1} << ((id & KVM_REG_SIZE_MASK) >> KVM_REG_SIZE_SHIFT);
             std::size_t slot = held_regs_;
             for (std::size_t i = 0; i < held_regs_; ++i)
@@ -548,6 +341,29 @@ public:
         return one_reg(ioctls::vcpu::set_one_reg, id, const_cast<std::byte*>(in.data()), in.size());
     }
 
+    /// The ids of every register `get_one_reg`/`set_one_reg` reach on this vCPU (KVM API 4.84
+    /// KVM_GET_REG_LIST), what a VMM saves and restores for migration or snapshots. The kernel's
+    /// `struct kvm_reg_list { __u64 n; __u64 reg[]; }` is laid out in `storage` (word 0 is `n`),
+    /// so no allocation; the ids are returned as a view into it. Errors: EINVAL for an empty
+    /// `storage`; E2BIG when it is too small, with "needed" = words it must hold; the kernel's
+    /// errno otherwise (x86 KVM has no register list: EINVAL).
+    [[nodiscard]] result<std::span<const std::uint64_t>> reg_list(std::span<std::uint64_t> storage) noexcept {
+        constexpr auto io = ioctls::vcpu::get_reg_list;
+        if (storage.empty()) return error{io.name, EINVAL, "storage has no room for the count"};
+        storage[0] = storage.size() - 1;
+        // The kernel reads n, then writes n and at most n ids after it (4.84).
+        if (Sys::ioctl(fd_.get(), io.code, storage.data()) < 0) {
+            if (errno == E2BIG)
+                return error{io.name, E2BIG, "storage too small for the register list"}
+                    .with("vcpu_id", id_)
+                    .with("needed", storage[0] + 1)
+                    .with("size", storage.size());
+            return failed(io.name);
+        }
+        if (storage[0] > storage.size() - 1) return error{io.name, EPROTO, "kernel listed more ids than room"};
+        return std::span<const std::uint64_t>(storage.subspan(1, static_cast<std::size_t>(storage[0])));
+    }
+
     // --- coalesced MMIO / PIO -------------------------------------------------
 
     /// Hands every write KVM buffered in the coalesced ring (KVM API 4.116
@@ -558,35 +374,12 @@ public:
     /// (entries are dropped, never read out of bounds). No allocation.
     template <class F>
     bool drain_coalesced(F&& f) noexcept {
-        // The ring page is mapped with kvm_run (checked at creation); first/last
-        // are naturally aligned u32s shared with the kernel, hence atomic_ref.
-        auto* hdr = reinterpret_cast<std::uint32_t*>(map_.ring);
-        std::atomic_ref<std::uint32_t> first(hdr[0]);
-        std::atomic_ref<std::uint32_t> last(hdr[1]);
-        for (;;) {
-            const std::uint32_t i = first.load(std::memory_order_relaxed); // only we write it
-            const std::uint32_t end = last.load(std::memory_order_acquire); // entries before it are written
-            if (i == end) return true;
-            if (i >= map_.ring_max || end >= map_.ring_max) {
-                ++dropped_;
-                if (end < map_.ring_max) first.store(end, std::memory_order_release);
-                return true;
-            }
-            ::kvm_coalesced_mmio e;
-            std::memcpy(&e, map_.ring + detail::coalesced_ring_header + i * sizeof(e), sizeof e);
-            coalesced_write w;
-            w.address = e.phys_addr;
-            w.size = e.len <= 8 ? e.len : 8;
-            w.pio = e.pio != 0;
-            std::memcpy(w.bytes.data(), e.data, w.size);
-            first.store((i + 1) % map_.ring_max, std::memory_order_release);
-            if (!f(w)) return false;
-        }
+        return ring_.drain(std::forward<F>(f));
     }
     /// Times `drain_coalesced` found a ring index out of range.
-    [[nodiscard]] std::size_t coalesced_ring_errors() const noexcept { return dropped_; }
+    [[nodiscard]] std::size_t coalesced_ring_errors() const noexcept { return ring_.errors(); }
     /// Entries the coalesced ring holds (`KVM_COALESCED_MMIO_MAX`), 0 without a ring.
-    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return map_.ring_max; }
+    [[nodiscard]] std::uint32_t coalesced_ring_capacity() const noexcept { return ring_.capacity(); }
 
 #if defined(__x86_64__)
     // --- x86 CPUID ----------------------------------------------------------------
@@ -607,11 +400,11 @@ public:
     /// The vCPU fd (owned here).
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
     /// The mapped `kvm_run` (valid while this object lives).
-    [[nodiscard]] ::kvm_run* run() const noexcept { return map_.run; }
+    [[nodiscard]] ::kvm_run* run() const noexcept { return reinterpret_cast<::kvm_run*>(map_.data()); }
     /// Bytes mapped at `run()`.
-    [[nodiscard]] std::size_t mmap_size() const noexcept { return map_.size; }
+    [[nodiscard]] std::size_t mmap_size() const noexcept { return map_.size(); }
     /// `KVM_SYNC_*` bits in effect (`kvm_run::kvm_valid_regs`).
-    [[nodiscard]] std::uint64_t sync_mask() const noexcept { return sync_mask_; }
+    [[nodiscard]] std::uint64_t sync_mask() const noexcept { return sync_.mask(); }
     /// Any vCPU ioctl this class does not wrap; errors carry the entry's name.
     /// Precondition: register caches are not relied on across it.
     [[nodiscard]] result<int> ioctl(ioctl_def<fd_kind::vcpu> io, void* arg) noexcept {
@@ -623,27 +416,11 @@ public:
     [[nodiscard]] unsigned id() const noexcept { return id_; }
 
 private:
-    hal_vcpu(basic_fd<Sys> fd, ::kvm_run* run, const vcpu_setup& s, std::uint64_t mask,
+    hal_vcpu(basic_fd<Sys> fd, run_mapping<Sys> map, const vcpu_setup& s, std::uint64_t mask,
              std::unique_ptr<detail::kick_state> k) noexcept
-        : fd_(std::move(fd)), map_(run, s.mmap_size), kick_(std::move(k)), sync_mask_(mask),
-          system_fd_(s.system_fd), idle_limit_(s.options.sync_idle_exits), run_valid_(mask),
-          counting_(s.options.sync_idle_exits != 0 ? mask & tracked_sync_bits : 0),
-          before_entry_(true), id_(s.id) {
-        // KVM API 4.116: the ring is page `coalesced_page_offset` of the vCPU
-        // mapping; only use it when that page lies wholly inside the mapping.
-        const std::size_t page = s.page_size;
-        if (s.coalesced_page_offset > 0 && page > detail::coalesced_ring_header &&
-            static_cast<std::size_t>(s.coalesced_page_offset) < map_.size / page &&
-            (static_cast<std::size_t>(s.coalesced_page_offset) + 1) * page <= map_.size) {
-            // In bounds of the mapping (checked just above).
-            map_.ring = reinterpret_cast<std::byte*>(map_.run) +
-                    static_cast<std::size_t>(s.coalesced_page_offset) * page;
-            // KVM_COALESCED_MMIO_MAX, computed from the runtime page size.
-            map_.ring_max = static_cast<std::uint32_t>((page - detail::coalesced_ring_header) /
-                                                   sizeof(::kvm_coalesced_mmio));
-        }
-    }
-
+        : fd_(std::move(fd)), map_(std::move(map)),
+          ring_(map_.data(), map_.size(), s.page_size, s.coalesced_page_offset), kick_(std::move(k)),
+          system_fd_(s.system_fd), sync_(mask, s.options.sync_idle_exits), before_entry_(true), id_(s.id) {}
 
     /// `KVM_RUN` again after `EAGAIN` (see `enter`), at most `max_again` times: EAGAIN again
     /// and again (an AP that never gets its SIPI, a broken kernel) must not spin for ever, so
@@ -665,25 +442,6 @@ private:
         return rc;
     }
 
-    /// After KVM_RUN returned EINTR: clear `immediate_exit`, *then* take the posted requests
-    /// (see `kicker` for why this order loses none).
-    void take_requests() noexcept {
-        std::atomic_ref<std::uint8_t>(map_.run->immediate_exit).store(0, std::memory_order_seq_cst);
-        requests_ = kick_->requests.exchange(0, std::memory_order_seq_cst);
-        // When the vCPU thread blocks the kick signal, KVM_SET_SIGNAL_MASK lets it interrupt
-        // KVM_RUN, but KVM restores the thread's mask before returning: the signal stays
-        // pending and would end every later KVM_RUN at once. Consume it here (QEMU does the
-        // same with sigtimedwait after KVM_RUN).
-        if (const int sig = kick_->signal.load(std::memory_order_relaxed); sig != 0) {
-            sigset_t set;
-            sigemptyset(&set);
-            sigaddset(&set, sig);
-            const timespec now{};
-            while (::sigtimedwait(&set, nullptr, &now) == sig) {
-            }
-        }
-    }
-
     /// The error of any use of a moved-from vCPU.
     [[nodiscard]] static error moved_from(const char* op) noexcept {
         return error{op, EBADF, "this vCPU was moved from"};
@@ -699,7 +457,7 @@ private:
         // kvm_run::s holds the arch's kvm_sync_regs, whose members the block
         // layouts are asserted identical to (x86_64_abi.hpp); the mapping spans
         // sizeof(kvm_run) (checked in create()).
-        return reinterpret_cast<typename B::layout*>(reinterpret_cast<std::byte*>(&map_.run->s) +
+        return reinterpret_cast<typename B::layout*>(reinterpret_cast<std::byte*>(&run()->s) +
                                                      block_traits<B>::sync_offset);
     }
 
@@ -713,15 +471,15 @@ private:
         auto& c = std::get<detail::block_cache<B>>(caches_);
         typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
         if (synced<B>()) {
-            used_ |= block_traits<B>::sync_bit;
+            sync_.use(block_traits<B>::sync_bit);
             before_entry_ = true;
-            if (ran_ && (run_valid_ & block_traits<B>::sync_bit) != 0)
+            if (ran_ && sync_.stored(block_traits<B>::sync_bit))
                 return p; // KVM stored it at the last exit
         }
         if ((valid_blocks_ & block_bit<B>()) == 0) {
             // A synced block with a write still pending (kvm_dirty_regs) holds the newest values:
             // fetching it from KVM would drop them.
-            if (synced<B>() && (map_.run->kvm_dirty_regs & block_traits<B>::sync_bit) != 0) {
+            if (synced<B>() && (run()->kvm_dirty_regs & block_traits<B>::sync_bit) != 0) {
                 valid_blocks_ |= block_bit<B>();
                 return p;
             }
@@ -730,30 +488,6 @@ private:
             valid_blocks_ |= block_bit<B>();
         }
         return p;
-    }
-
-    /// Drops from `kvm_valid_regs` the synced blocks idle for `idle_limit_`
-    /// exits, puts back those accessed since the last entry; remembers what
-    /// this KVM_RUN will store.
-    void adapt_sync() noexcept {
-        std::uint64_t valid = run_valid_;
-        for (std::uint64_t m = (used_ | counting_) & tracked_sync_bits; m != 0; m &= m - 1) {
-            const auto b = static_cast<unsigned>(__builtin_ctzll(m));
-            const std::uint64_t bit = std::uint64_t{1} << b;
-            if ((used_ & bit) != 0) {
-                idle_[b] = 0;
-                valid |= bit;
-                if (idle_limit_ != 0) counting_ |= bit;
-            } else if (++idle_[b] >= idle_limit_) {
-                valid &= ~bit;
-                counting_ &= ~bit;
-            }
-        }
-        used_ = 0;
-        if (valid != run_valid_) {
-            map_.run->kvm_valid_regs = valid;
-            run_valid_ = valid;
-        }
     }
 
     /// The work `enter()` does before `KVM_RUN` when `before_entry_` says there is some: SET
@@ -766,14 +500,14 @@ private:
         }
         completed_ = false; // the exit about to come is a new one
         if (auto f = flush(); !f) return f;
-        adapt_sync();
+        sync_.adapt(*run());
         if (!ran_) {
             // Keep the boot state the first KVM_RUN is to apply: if that run fails, KVM may have
             // overwritten it in kvm_run (failed_run() puts it back and explains the failure).
-            first_dirty_ = map_.run->kvm_dirty_regs;
+            first_dirty_ = run()->kvm_dirty_regs;
             std::apply([&](auto&... c) { (keep_first(c), ...); }, caches_);
         }
-        before_entry_ = counting_ != 0 || !ran_;
+        before_entry_ = sync_.counting() || !ran_;
         return ok();
     }
 
@@ -796,7 +530,7 @@ private:
         const char* why = nullptr;
         if (!ran_ && first_dirty_ != 0) {
             std::apply([&](auto&... c) { (restore_first(c, why), ...); }, caches_);
-            map_.run->kvm_dirty_regs |= first_dirty_;
+            run()->kvm_dirty_regs |= first_dirty_;
         }
         before_entry_ = true;
         return error{ioctls::vcpu::run.name, err, why != nullptr ? why : ""}.with("vcpu_id", id_);
@@ -878,8 +612,8 @@ private:
     /// evicted them, and a line per block cost ~1% of a PVM exit.
     template <class B>
     static constexpr std::uint32_t block_bit() noexcept {
-        static_assert(detail::block_index<B, typename Arch::register_blocks>::value < 32);
-        return std::uint32_t{1} << detail::block_index<B, typename Arch::register_blocks>::value;
+        static_assert(list_index_v<B, typename Arch::register_blocks> < 32);
+        return std::uint32_t{1} << list_index_v<B, typename Arch::register_blocks>;
     }
     void invalidate_unsynced() noexcept {
         valid_blocks_ = 0;
@@ -902,32 +636,25 @@ private:
     }
 
     basic_fd<Sys> fd_;
-    detail::run_mapping<Sys> map_; ///< after fd_: unmapped before the fd closes
+    run_mapping<Sys> map_; ///< after fd_: unmapped before the fd closes
+    coalesced_ring ring_;  ///< a view into map_
     std::unique_ptr<detail::kick_state> kick_;
-    std::size_t dropped_ = 0;
-    std::uint64_t sync_mask_ = 0;
     int system_fd_ = -1;
     bool ran_ = false; ///< KVM_RUN has stored synced blocks at least once
     typename caches_t::type caches_{};
     std::uint32_t valid_blocks_ = 0; ///< blocks whose storage holds the vCPU's current values
     std::uint32_t dirty_blocks_ = 0; ///< unsynced blocks modified since the last enter()
-    std::uint32_t idle_limit_ = 0;   ///< vcpu_options::sync_idle_exits
-    std::uint64_t run_valid_ = 0;    ///< kvm_valid_regs of the last KVM_RUN (only we write it)
-    std::uint64_t used_ = 0;         ///< synced blocks accessed since the last enter()
-    std::uint64_t counting_ = 0;     ///< synced blocks in kvm_valid_regs, idle count running
-    bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used_ or counting_
+    detail::sync_tracker sync_;      ///< which synced blocks KVM stores at each exit
+    bool before_entry_ = false;      ///< prepare_entry() has work: dirty, used or counting blocks
     bool completed_ = false;         ///< complete_pending_io() ran since the last exit
     std::uint64_t first_dirty_ = 0;  ///< kvm_dirty_regs the first KVM_RUN was given
     std::uint32_t requests_ = 0;     ///< kick requests taken at the last interrupted exit
     std::uint32_t held_blocks_ = 0;  ///< blocks a handler wrote during an uncompleted exit
     std::size_t held_regs_ = 0;      ///< ONE_REG writes held back, in held_
     std::array<detail::held_one_reg, 8> held_{};
-    std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
-    unsigned id_ = 0;                     ///< KVM_CREATE_VCPU id, for errors
+    unsigned id_ = 0;                ///< KVM_CREATE_VCPU id, for errors
     /// `KVM_RUN` re-issued after `EAGAIN` at most this often in one `enter()`.
     static constexpr unsigned max_again = 1024;
-    /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.
-    static constexpr std::uint64_t tracked_sync_bits = 0xff;
 };
 
 } // namespace vcpu::kvm

@@ -9,6 +9,7 @@
 #include <kvm/fd.hpp>
 #include <kvm/hal.hpp>
 #include <kvm/ioctls.hpp>
+#include <kvm/mapping.hpp>
 #include <kvm/sys.hpp>
 #include <kvm/vcpu.hpp>
 #include <vcpu/basic_vcpu.hpp>
@@ -32,7 +33,7 @@ namespace vcpu::kvm {
 
 /// Anonymous, private guest RAM: `mmap(MAP_PRIVATE | MAP_ANONYMOUS |
 /// MAP_NORESERVE)`, so a 1 GiB guest costs only the pages it touches.
-/// Move-only; unmapped on destruction (after the VM stops using it: destroy
+/// Move-only (a `basic_mapping`); unmapped on destruction (after the VM stops using it: destroy
 /// or remove the slot first, or keep the RAM alive as long as the VM).
 template <class Sys>
 class basic_guest_ram {
@@ -41,47 +42,24 @@ public:
     /// Errors: "mmap guest RAM" with errno; EINVAL for 0 bytes.
     [[nodiscard]] static result<basic_guest_ram> allocate(std::size_t bytes) noexcept {
         if (bytes == 0) return error{"mmap guest RAM", EINVAL, "size is zero"}.with("size", bytes);
-        void* p = Sys::mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
-                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) return last_error("mmap guest RAM").with("size", bytes);
-        // A fresh anonymous mapping of `bytes` readable, writable bytes.
-        return basic_guest_ram(static_cast<std::byte*>(p), bytes);
+        auto m = basic_mapping<Sys>::map("mmap guest RAM", bytes, PROT_READ | PROT_WRITE,
+                                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+        if (!m) return m.err();
+        return basic_guest_ram(std::move(*m));
     }
-
-    /// Takes the mapping from `o`, leaving it empty.
-    basic_guest_ram(basic_guest_ram&& o) noexcept
-        : p_(std::exchange(o.p_, nullptr)), n_(std::exchange(o.n_, 0)) {}
-    /// Unmaps this mapping, then takes `o`'s.
-    basic_guest_ram& operator=(basic_guest_ram&& o) noexcept {
-        if (this != &o) {
-            release();
-            p_ = std::exchange(o.p_, nullptr);
-            n_ = std::exchange(o.n_, 0);
-        }
-        return *this;
-    }
-    basic_guest_ram(const basic_guest_ram&) = delete;
-    basic_guest_ram& operator=(const basic_guest_ram&) = delete;
-    ~basic_guest_ram() { release(); }
 
     /// The host view of the RAM.
-    [[nodiscard]] std::span<std::byte> bytes() const noexcept { return {p_, n_}; }
+    [[nodiscard]] std::span<std::byte> bytes() const noexcept { return map_.bytes(); }
     /// Size in bytes.
-    [[nodiscard]] std::size_t size() const noexcept { return n_; }
+    [[nodiscard]] std::size_t size() const noexcept { return map_.size(); }
     /// This RAM as a `vcpu::guest_region` at guest physical address `gpa`.
     [[nodiscard]] guest_region region(std::uint64_t gpa, bool read_only = false) const noexcept {
         return guest_region{gpa, bytes(), read_only};
     }
 
 private:
-    basic_guest_ram(std::byte* p, std::size_t n) noexcept : p_(p), n_(n) {}
-    void release() noexcept {
-        if (p_ != nullptr) (void)Sys::munmap(p_, n_);
-        p_ = nullptr;
-        n_ = 0;
-    }
-    std::byte* p_ = nullptr;
-    std::size_t n_ = 0;
+    explicit basic_guest_ram(basic_mapping<Sys> m) noexcept : map_(std::move(m)) {}
+    basic_mapping<Sys> map_;
 };
 
 /// Production guest RAM.

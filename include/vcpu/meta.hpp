@@ -7,6 +7,7 @@
 #include <vcpu/config.hpp>
 
 #include <cstddef>
+#include <tuple>
 #include <type_traits>
 
 namespace vcpu {
@@ -22,6 +23,21 @@ namespace detail {
 template <class T, class List> struct list_contains;
 template <class T, class... Ts>
 struct list_contains<T, type_list<Ts...>> : std::bool_constant<(std::is_same_v<T, Ts> || ...)> {};
+
+template <class T, class List> struct list_index;
+template <class T, class... Ts> struct list_index<T, type_list<Ts...>> {
+    static constexpr std::size_t value = [] {
+        constexpr bool match[] = {std::is_same_v<T, Ts>..., false};
+        std::size_t i = 0;
+        while (i < sizeof...(Ts) && !match[i]) ++i;
+        return i;
+    }();
+};
+
+template <class List> struct layout_tuple;
+template <class... Ts> struct layout_tuple<type_list<Ts...>> {
+    using type = std::tuple<typename Ts::layout...>;
+};
 
 template <class A, class B> struct list_concat;
 template <class... A, class... B> struct list_concat<type_list<A...>, type_list<B...>> {
@@ -44,8 +60,20 @@ using list_filter_t = typename detail::list_filter<type_list<>, List, Keep...>::
 template <class T, class List>
 inline constexpr bool list_contains_v = detail::list_contains<T, List>::value;
 
+/// Position of `T` in `List` (the first one); `List::size` when absent. Indexes the storage
+/// HALs keep per register block or keyed bank (a tuple, or a bit in a mask).
+template <class T, class List>
+inline constexpr std::size_t list_index_v = detail::list_index<T, List>::value;
+
+/// A `std::tuple` of one `T::layout` per type of `List`: the in-process images of an arch's
+/// `register_blocks`, for HALs that keep register state themselves (the mock, trace replay).
+template <class List>
+using layout_tuple_t = typename detail::layout_tuple<List>::type;
+
 /// `type_list<A..., B...>`.
 template <class A, class B>
 using list_concat_t = typename detail::list_concat<A, B>::type;
+
+static_assert(list_index_v<int, type_list<char, int, int>> == 1 && list_index_v<long, type_list<char>> == 1);
 
 } // namespace vcpu

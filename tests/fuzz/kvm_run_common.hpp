@@ -21,20 +21,9 @@
 
 namespace vcpu_fuzz {
 
-/// Position of `T` in a `vcpu::type_list` (the list's size when absent).
+/// Position of `T` in a `vcpu::type_list` (the list's size when absent): the core's `list_index_v`.
 template <class T, class List>
-struct index_of;
-template <class T, class... Ts>
-struct index_of<T, vcpu::type_list<Ts...>> {
-    static constexpr std::size_t value = [] {
-        constexpr bool m[] = {std::is_same_v<T, Ts>..., false};
-        for (std::size_t i = 0; i < sizeof...(Ts); ++i)
-            if (m[i]) return i;
-        return sizeof...(Ts);
-    }();
-};
-template <class T, class List>
-inline constexpr std::size_t index_of_v = index_of<T, List>::value;
+inline constexpr std::size_t index_of_v = vcpu::list_index_v<T, List>;
 
 /// Largest mapping a record is given (three pages: run page, port-data page, spare, as the mock
 /// and the replay HAL lay it out).

@@ -69,7 +69,7 @@ void vcpu_fuzz::seeds(seed_set& out) {
     out.add("mock_session", std::vector<std::uint8_t>(p, p + t.size()));
     out.add("header_only", std::vector<std::uint8_t>(p, p + vcpu::kvm::trace::header_bytes));
     auto bad_version = std::vector<std::uint8_t>(p, p + t.size());
-    bad_version[8] = 9;
+    bad_version[offsetof(vcpu::kvm::trace::file_header, version)] = 9;
     out.add("bad_version", bad_version);
     auto bad_len = std::vector<std::uint8_t>(p, p + t.size());
     bad_len[vcpu::kvm::trace::header_bytes] = 0xff; // first record's length

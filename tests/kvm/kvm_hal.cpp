@@ -583,6 +583,66 @@ TEST_CASE("irqfd: remove_irqfd detaches the eventfd, so it can be attached again
     CHECK(std::string(bad.err().op) == "KVM_IRQFD");
 }
 
+TEST_CASE("reg_list: KVM_GET_REG_LIST through the vCPU, its storage checks and the kernel's answer") {
+    auto t = make_tiny(out42_hlt);
+    auto& h = t.cpu.hal();
+    std::array<std::uint64_t, 1024> storage{};
+    auto none = h.reg_list({});
+    REQUIRE_FALSE(none);
+    CHECK(none.err().code == EINVAL);
+    CHECK(std::string(none.err().op) == "KVM_GET_REG_LIST");
+    auto r = h.reg_list(storage);
+    if (r) {
+        // An arch with a register list (arm64, riscv64; x86 from the kernel that adds one):
+        // every id is a ONE_REG id, readable with get_one_reg, and a short buffer says how
+        // much it needs.
+        REQUIRE_FALSE(r->empty());
+        std::array<std::byte, 16> buf{};
+        CHECK(h.get_one_reg(r->front(), buf));
+        std::array<std::uint64_t, 2> small{};
+        auto s = h.reg_list(small);
+        REQUIRE_FALSE(s);
+        CHECK(s.err().code == E2BIG);
+        CHECK(s.err().value("needed") == r->size() + 1);
+    } else {
+        // x86 KVM has no register list: the kernel's EINVAL, named and with the vCPU id.
+        MESSAGE("KVM_GET_REG_LIST: " << r.err().message());
+        CHECK(r.err().code == EINVAL);
+        CHECK(std::string(r.err().op) == "KVM_GET_REG_LIST");
+        CHECK(r.err().value("vcpu_id") == 0);
+    }
+    auto moved = std::move(t.cpu);
+    auto bad = t.cpu.hal().reg_list(storage);
+    REQUIRE_FALSE(bad);
+    CHECK(bad.err().code == EBADF);
+}
+
+TEST_CASE("moves: the kvm_run mapping and the coalesced ring go to the new owner, the old one is detached") {
+    auto t = make_tiny(out42_hlt);
+    auto& old = t.cpu.hal();
+    ::kvm_run* const mapped = old.run();
+    const std::size_t size = old.mmap_size();
+    const std::uint32_t ring = old.coalesced_ring_capacity();
+    auto moved = std::move(t.cpu);
+    CHECK(moved.hal().run() == mapped);
+    CHECK(moved.hal().mmap_size() == size);
+    CHECK(moved.hal().coalesced_ring_capacity() == ring);
+    // The moved-from vCPU shows a zeroed, never-null kvm_run and an empty ring of capacity 0.
+    CHECK(old.run() != nullptr);
+    CHECK(old.run() != mapped);
+    CHECK(old.run()->exit_reason == 0);
+    CHECK(old.mmap_size() == sizeof(::kvm_run));
+    CHECK(old.coalesced_ring_capacity() == 0);
+    CHECK(old.drain_coalesced([](vcpu::coalesced_write&) { return false; }));
+    auto* run = enter(moved);
+    CHECK(run == mapped);
+    CHECK(run->exit_reason == KVM_EXIT_IO);
+    // Move-assigning over a live vCPU unmaps its mapping first (no leak, no double unmap).
+    auto other = make_tiny(out42_hlt);
+    other.cpu = std::move(moved);
+    CHECK(other.cpu.hal().run() == mapped);
+}
+
 TEST_CASE("drain_coalesced survives corrupt ring indices") {
     auto t = make_tiny(out42_hlt);
     auto& h = t.cpu.hal();

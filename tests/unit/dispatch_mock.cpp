@@ -262,3 +262,40 @@ TEST_CASE("mock: string port I/O carries up to a page per exit, and more is an e
     CHECK(h.err().code == E2BIG);
     CHECK(h.err().message().find("longer than one exit carries") != std::string::npos);
 }
+
+TEST_CASE("mock: string port I/O is never truncated silently: E2BIG or EINVAL naming the op and exit") {
+    auto refused = [](vcpu::kvm::mock::script s, int code, const char* why) {
+        auto cpu = make(std::move(s));
+        auto r = cpu.run(vcpu::allow_unused([](vcpu::port_io&) {}), [](vcpu::halt) {});
+        REQUIRE_FALSE(r);
+        CHECK(r.err().code == code);
+        CHECK(std::string(r.err().op) == "mock enter");
+        CHECK_MESSAGE(r.err().message().find(why) != std::string::npos, r.err().message());
+        CHECK(r.err().value("exit") == 1);
+        CHECK(r.err().value("port") == 0x3f8);
+    };
+    // An IN whose size * count exceeds the data page (a `rep insw` of 2049 words).
+    vcpu::kvm::mock::script in;
+    in.hlt().io_in(0x3f8, 2, 2049);
+    refused(std::move(in), E2BIG, "longer than one exit carries");
+    // OUT data that is not a whole number of units: 5 bytes of `rep outsw`.
+    const std::byte five[5] = {};
+    vcpu::kvm::mock::script ragged;
+    ragged.hlt().io_string_out(0x3f8, 2, five);
+    refused(std::move(ragged), EINVAL, "not a whole number of size-byte units");
+    // A size of 0 with data.
+    vcpu::kvm::mock::script zero;
+    zero.hlt().io_string_out(0x3f8, 0, five);
+    refused(std::move(zero), EINVAL, "not a whole number");
+    // The largest string IN that fits is played whole, and its answer is the handler's bytes.
+    vcpu::kvm::mock::script page;
+    page.io_in(0x3f8, 4, vcpu::kvm::mock::pio_data_bytes / 4).hlt();
+    auto cpu = make(std::move(page));
+    std::size_t seen = 0;
+    auto r = cpu.run([&](vcpu::port_io& io) {
+        seen = io.data.size();
+        for (auto& b : io.data) b = std::byte{0x5a};
+    }, [](vcpu::halt) { return action::stop; });
+    REQUIRE(r);
+    CHECK(seen == vcpu::kvm::mock::pio_data_bytes);
+}
