@@ -1,11 +1,12 @@
 # Checks that the code snippets of a Markdown page are excerpts of compiled example sources, so a
 # documented example cannot drift from one that builds and runs (ctest docs.snippets.<page>):
-#   cmake -DROOT=<repo> -DDOC=<page.md, relative to ROOT> -P snippets.cmake
+#   cmake -DROOT=<repo> -DDOC=<page.md, relative to ROOT> [-DSTRICT=ON] -P snippets.cmake
 # A snippet is a fenced code block right after a line that is
 #   <!-- snippet: <source path, relative to ROOT> -->
 # Its text, cut into fragments at lines that are only "// ...", must appear fragment by fragment
 # in that source, in order, line for line (leading indentation aside). At least one snippet is
-# required, so the check cannot pass by finding none.
+# required, so the check cannot pass by finding none. With STRICT (docs/guides/), every fenced
+# block of the page must be such a snippet, and a page without any code block passes.
 cmake_minimum_required(VERSION 3.21)
 foreach(var ROOT DOC)
     if(NOT DEFINED ${var})
@@ -22,6 +23,36 @@ endfunction()
 
 file(READ ${ROOT}/${DOC} doc)
 set(doc "\n${doc}")
+
+# STRICT: the line before every opening fence is a snippet marker. Lines are walked as a list, so
+# ';' (a list separator) and '[' / ']' (which would group list items) are masked first.
+set(blocks 0)
+if(STRICT)
+    string(REPLACE ";" "@SC@" lines "${doc}")
+    string(REPLACE "[" "@LB@" lines "${lines}")
+    string(REPLACE "]" "@RB@" lines "${lines}")
+    string(REPLACE "\n" ";" lines "${lines}")
+    set(inside FALSE)
+    set(previous "")
+    set(number 0)
+    foreach(line IN LISTS lines)
+        if(line MATCHES "^```")
+            if(NOT inside)
+                math(EXPR blocks "${blocks} + 1")
+                if(NOT previous MATCHES "^<!-- snippet: .* -->$")
+                    message(FATAL_ERROR "${DOC}:${number}: code block not marked as a snippet: "
+                                        "every code block of this page must be preceded by "
+                                        "'<!-- snippet: <source> -->' and be an excerpt of it")
+                endif()
+                set(inside TRUE)
+            else()
+                set(inside FALSE)
+            endif()
+        endif()
+        set(previous "${line}")
+        math(EXPR number "${number} + 1")
+    endforeach()
+endif()
 set(marker "\n<!-- snippet: ") # at the start of a line (a page may mention the syntax)
 set(count 0)
 while(TRUE)
@@ -91,6 +122,8 @@ while(TRUE)
     math(EXPR count "${count} + 1")
     message(STATUS "${DOC}: snippet ${count}: ${n} fragment(s) of ${source} found verbatim")
 endwhile()
-if(count EQUAL 0)
+if(count EQUAL 0 AND STRICT AND blocks EQUAL 0)
+    message(STATUS "${DOC}: no code blocks")
+elseif(count EQUAL 0)
     message(FATAL_ERROR "${DOC}: no '<!-- snippet: <source> -->' code block")
 endif()

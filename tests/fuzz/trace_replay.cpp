@@ -1,5 +1,6 @@
 // Fuzzes the exit-trace parser and the replay HAL (kvm/trace.hpp, kvm/replay.hpp) with
-// arbitrary trace bytes; the seeds include tests/data/hello.trace, recorded on /dev/kvm.
+// arbitrary trace bytes; the seeds include tests/data/hello.trace, recorded on /dev/kvm
+// (examples/guides/record_replay.cpp).
 //
 // Input: the trace file.
 // Invariants: trace::parse either accepts every byte as header + records (record lengths adding

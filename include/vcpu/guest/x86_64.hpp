@@ -17,33 +17,12 @@
 /// elsewhere this header declares nothing but the macros.
 
 #include <vcpu/config.hpp>
+#include <vcpu/guest/calls.hpp>
 #include <vcpu/guest/ucall.hpp>
 
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
-
-/// Marks a function that runs in the guest: general-purpose registers only (no SSE/MMX, so the
-/// compiler never vectorises guest code: SSE needs CPUID, CR4.OSFXSR and XCR0 support that not
-/// every KVM host gives a guest — on a kvm-pvm host `pxor` in the guest fails KVM's emulator),
-/// and no sanitizer instrumentation (the ASan, TSan and UBSan runtimes exist only in the
-/// host process). Put it on every function you run in the guest; such a function cannot use
-/// floating point.
-#if defined(__x86_64__) && (defined(__clang__) || defined(__GNUC__))
-#define VCPU_GUEST_CODE __attribute__((target("no-sse,no-sse2,no-mmx"), no_sanitize("address", "thread", "undefined")))
-#elif defined(__clang__) || defined(__GNUC__)
-#define VCPU_GUEST_CODE __attribute__((no_sanitize("address", "thread", "undefined")))
-#else
-#define VCPU_GUEST_CODE
-#endif
-
-/// In guest code: when `expr` is false, reports the expression, this file and line and up to
-/// eight integer values to the host (`vcpu::guest::assert_fail`) and never returns.
-#define VCPU_GUEST_ASSERT(expr, ...)                                                                \
-    do {                                                                                            \
-        if (!(expr)) [[unlikely]]                                                                   \
-            ::vcpu::guest::ucall::assert_failed(#expr, __FILE__, __LINE__ __VA_OPT__(, ) __VA_ARGS__); \
-    } while (0)
 
 #if defined(__x86_64__)
 
@@ -58,32 +37,6 @@ inline constexpr std::uint16_t ucall_sync_port = 0x1001;
 /// Values a `sync` carries in registers.
 inline constexpr std::size_t max_register_values = 6;
 
-namespace detail {
-/// A ucall value: integers (sign-extended), enums, pointers (their address), bool.
-template <class T>
-VCPU_GUEST_CODE constexpr std::uint64_t to_value(T v) noexcept {
-    if constexpr (std::is_pointer_v<T> || std::is_null_pointer_v<T>)
-        return static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(v));
-    else if constexpr (std::is_enum_v<T>)
-        return to_value(static_cast<std::underlying_type_t<T>>(v));
-    else if constexpr (std::is_signed_v<T>)
-        return static_cast<std::uint64_t>(static_cast<std::int64_t>(v));
-    else
-        return static_cast<std::uint64_t>(v);
-}
-/// Value `I` of `v...` as a ucall value, 0 past the end.
-template <std::size_t I, class... T>
-VCPU_GUEST_CODE constexpr std::uint64_t nth_value(T... v) noexcept {
-    std::uint64_t r = 0;
-    std::size_t i = 0;
-    ((r = (i++ == I ? to_value(v) : r)), ...);
-    (void)i;
-    return r;
-}
-template <class T>
-concept ucall_value = std::is_integral_v<T> || std::is_enum_v<T> || std::is_pointer_v<T> ||
-                      std::is_null_pointer_v<T>;
-} // namespace detail
 
 /// Calls to the host, made from guest code.
 namespace ucall {
@@ -95,24 +48,6 @@ VCPU_GUEST_CODE inline void send(ucall_record& r) noexcept {
                  :
                  : "a"(static_cast<std::uint32_t>(reinterpret_cast<std::uintptr_t>(&r))), "Nd"(ucall_port)
                  : "memory");
-}
-
-/// A record of kind `k`. Filled field by field, never by aggregate initialisation: a compiler may
-/// turn that into a call to the C library's `memset`, which is not mapped in the guest. Values
-/// past `count` are left as they are (the host reads only `count`).
-template <class... T>
-VCPU_GUEST_CODE inline void fill(ucall_record& r, ucall_kind k, const char* text, const char* file,
-                                 std::uint64_t line, T... v) noexcept {
-    static_assert(sizeof...(T) <= max_values, "vcpu::guest::ucall: at most eight values");
-    r.magic = ucall_magic;
-    r.kind = static_cast<std::uint16_t>(k);
-    r.count = static_cast<std::uint16_t>(sizeof...(T));
-    r.text = detail::to_value(text);
-    r.file = detail::to_value(file);
-    r.line = line;
-    std::size_t i = 0;
-    ((r.values[i++] = detail::to_value(v)), ...);
-    (void)i;
 }
 
 /// Hands up to eight integer values to the host (`vcpu::guest::sync`); returns when the host
@@ -175,33 +110,12 @@ VCPU_GUEST_CODE inline void sync(T... v) noexcept {
     }
 }
 
-/// Tells the host the guest is finished (`vcpu::guest::done`). Never returns: resumed, it says
-/// so again.
-[[noreturn]] VCPU_GUEST_CODE inline void done() noexcept {
-    ucall_record r;
-    fill(r, ucall_kind::done, nullptr, nullptr, 0);
-    for (;;) send(r);
-}
-
-/// printf-style output formatted by the host (`vcpu::guest::print`); `%s` arguments are guest
-/// strings.
-template <detail::ucall_value... T>
-VCPU_GUEST_CODE inline void print(const char* fmt, T... v) noexcept {
-    ucall_record r;
-    fill(r, ucall_kind::print, fmt, nullptr, 0, v...);
-    send(r);
-}
-
-/// What `VCPU_GUEST_ASSERT` calls. Never returns.
-template <detail::ucall_value... T>
-[[noreturn]] VCPU_GUEST_CODE inline void assert_failed(const char* expr, const char* file, unsigned line,
-                                                      T... v) noexcept {
-    ucall_record r;
-    fill(r, ucall_kind::assert_fail, expr, file, line, v...);
-    for (;;) send(r);
-}
-
 } // namespace ucall
+} // namespace vcpu::guest
+
+#include <vcpu/guest/detail/record_calls.hpp>
+
+namespace vcpu::guest {
 
 /// Guest-side x86-64 helpers.
 namespace x86_64 {

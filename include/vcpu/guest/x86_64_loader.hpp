@@ -24,6 +24,7 @@
 /// Setup code: may fail with a `vcpu::error`; no allocation. Compiled only on x86-64 Linux.
 
 #include <vcpu/config.hpp>
+#include <vcpu/guest/call.hpp>
 #include <vcpu/guest/ucall.hpp>
 #include <vcpu/guest/x86_64.hpp>
 #include <vcpu/memory.hpp>
@@ -75,35 +76,9 @@ inline constexpr std::uint16_t data = 0x10;
 inline constexpr std::uint16_t tss = 0x18;
 } // namespace selector
 
-/// A guest function and its (at most six) integer arguments, for `space::enter`.
-struct call {
-    /// `a` as parameter type `P` in a register: a pointer parameter also takes an integer (a
-    /// guest address).
-    template <class P, class A>
-    static std::uint64_t arg_value(A a) noexcept {
-        if constexpr (std::is_pointer_v<P> && std::is_integral_v<A>)
-            return static_cast<std::uint64_t>(a);
-        else
-            return ::vcpu::guest::detail::to_value(static_cast<P>(a));
-    }
-
-    std::uint64_t entry = 0;
-    std::array<std::uint64_t, 6> args{};
-    std::uint8_t count = 0;
-
-    /// `fn(args...)`: the argument count must match, each converted to `fn`'s parameter type
-    /// (integers, enums, pointers: SysV passes each in one 64-bit register).
-    template <class R, class... P, class... A>
-    call(R (*fn)(P...), A... a) noexcept
-        : entry(static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(fn))),
-          args{arg_value<P>(a)...},
-          count(static_cast<std::uint8_t>(sizeof...(A))) {
-        static_assert(sizeof...(P) == sizeof...(A), "vcpu::guest::call: wrong number of arguments");
-        static_assert(sizeof...(P) <= 6, "vcpu::guest::call: at most six arguments (RDI..R9)");
-        static_assert((::vcpu::guest::detail::ucall_value<P> && ...),
-                      "vcpu::guest::call: arguments must be integers, enums or pointers");
-    }
-};
+/// A guest function and its (at most six) integer arguments, for `space::enter` (SysV: RDI, RSI,
+/// RDX, RCX, R8, R9).
+using call = ::vcpu::guest::call;
 
 /// The guest address space of one loaded executable; models `UcallSpace` for `guest::run`.
 class space {
