@@ -8,6 +8,7 @@
 // the Sys seam on real KVM) is reported by name.
 #include "support.hpp"
 
+#include <arch/x86_64/registers.hpp>
 #include <kvm/x86_64_state.hpp>
 
 #include <algorithm>
@@ -41,6 +42,25 @@ VCPU_GUEST_CODE void stepwise_checksum(const std::uint8_t* buf, u64 len, u64* ta
         }
     }
     ucall::sync(final_marker, sum, x);
+}
+
+constexpr std::uint16_t in_port = 0x10;
+constexpr std::uint32_t in_answer = 0xa1b2c3d4;
+constexpr u64 rbx_value = 0x1234'5678'9abc;
+
+/// `in eax, dx` with RBX zeroed just before and read right after; asserts both.
+VCPU_GUEST_CODE void pending_in() {
+    std::uint32_t value = 0;
+    u64 rbx = 0;
+    asm volatile("xor %%ebx, %%ebx\n\t"
+                 "inl %w2, %0\n\t"
+                 "mov %%rbx, %1"
+                 : "=&a"(value), "=r"(rbx)
+                 : "d"(in_port)
+                 : "rbx", "memory");
+    VCPU_GUEST_ASSERT(value == in_answer, value);
+    VCPU_GUEST_ASSERT(rbx == rbx_value, rbx);
+    ucall::sync(value, rbx);
 }
 
 // ---- host -----------------------------------------------------------------------------------
@@ -132,6 +152,18 @@ outcome restore_and_finish(const stopped& st, const kvm::x86_64_vcpu_state& stat
     std::copy(st.ram.begin(), st.ram.end(), ram.begin());
     auto l = kvm::load_state(m->vcpus[0], state);
     REQUIRE_MESSAGE(l, l.err().message());
+    // Read back before running: what KVM now holds is what was loaded (MSRs and LAPIC aside:
+    // the TSC and the APIC timer count move on).
+    auto again = kvm::save_state(m->vcpus[0]);
+    REQUIRE_MESSAGE(again, again.err().message());
+    CHECK(std::memcmp(&again->regs, &state.regs, sizeof state.regs) == 0);
+    CHECK(std::memcmp(&again->sregs, &state.sregs, sizeof state.sregs) == 0);
+    CHECK(again->xsave.words == state.xsave.words);
+    CHECK(std::memcmp(&again->xcrs, &state.xcrs, sizeof state.xcrs) == 0);
+    CHECK(std::memcmp(&again->debugregs, &state.debugregs, sizeof state.debugregs) == 0);
+    CHECK(std::memcmp(&again->events, &state.events, sizeof state.events) == 0);
+    CHECK(again->mp_state == state.mp_state);
+    CHECK(again->msrs.size() == state.msrs.size());
     return finish(*m, *space, st.table);
 }
 
@@ -147,6 +179,50 @@ TEST_CASE("guest x86-64 state: a vCPU saved mid-run finishes in a second VM with
     CHECK(resumed.sum == st.uninterrupted.sum);
     CHECK(resumed.x == st.uninterrupted.x);
     CHECK(resumed.table == st.uninterrupted.table);
+}
+
+TEST_CASE("guest x86-64 state: saved during an IN exit, the answer and a handler's RBX write survive") {
+    // The host answers the IN and writes RBX, then stops without resuming: save() must complete
+    // the exit first (KVM_RUN with immediate_exit), or the answer never reaches RAX.
+    auto m = make_machine();
+    REQUIRE_MESSAGE(m, m.err().message());
+    auto space = vcpu::guest::x86_64::space::load(m->memory, reinterpret_cast<const void*>(&pending_in));
+    REQUIRE_MESSAGE(space, space.err().message());
+    auto& cpu = m->vcpus[0];
+    REQUIRE(space->enter(cpu, vcpu::guest::x86_64::call(&pending_in)));
+    auto r = vcpu::guest::run(cpu, *space,
+                              [&](vcpu::port_io& io) {
+                                  REQUIRE(io.port == in_port);
+                                  io.set(in_answer);
+                                  CHECK(cpu.set(vcpu::x86_64::rbx, rbx_value));
+                                  return vcpu::action::stop;
+                              },
+                              guest_test::fail_on_guest_assert());
+    REQUIRE_MESSAGE(r, r.err().message());
+    REQUIRE(std::holds_alternative<vcpu::port_io>(*r));
+    auto saved = kvm::save_state(cpu);
+    REQUIRE_MESSAGE(saved, saved.err().message());
+    CHECK((saved->regs.rax & 0xffffffff) == in_answer);
+    CHECK(saved->regs.rbx == rbx_value);
+    const auto blob = saved->serialize();
+
+    auto m2 = make_machine();
+    REQUIRE_MESSAGE(m2, m2.err().message());
+    auto space2 = vcpu::guest::x86_64::space::load(m2->memory, reinterpret_cast<const void*>(&pending_in));
+    REQUIRE_MESSAGE(space2, space2.err().message());
+    const auto from = m->ram.bytes();
+    std::copy(from.begin(), from.end(), m2->ram.bytes().begin());
+    auto back = kvm::x86_64_vcpu_state::deserialize(blob);
+    REQUIRE_MESSAGE(back, back.err().message());
+    auto l = kvm::load_state(m2->vcpus[0], *back);
+    REQUIRE_MESSAGE(l, l.err().message());
+    auto r2 = vcpu::guest::run(m2->vcpus[0], *space2, [](vcpu::guest::sync&) { return vcpu::action::stop; },
+                               guest_test::fail_on_guest_assert());
+    REQUIRE_MESSAGE(r2, r2.err().message());
+    const auto* s = std::get_if<vcpu::guest::sync>(&*r2);
+    REQUIRE(s != nullptr);
+    CHECK((*s)[0] == in_answer);
+    CHECK((*s)[1] == rbx_value);
 }
 
 TEST_CASE("guest x86-64 state: round trip through the serialized blob") {
