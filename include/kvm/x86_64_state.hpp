@@ -39,7 +39,7 @@ struct x86_64_state_header {
     std::uint32_t msr_count = 0;   ///< 16-byte MSR entries in the last section
     std::uint32_t tsc_khz = 0;     ///< guest TSC frequency (0: not saved)
     std::uint64_t body_size = 0;   ///< bytes after the header
-    std::uint64_t body_hash = 0;   ///< FNV-1a 64 of those bytes
+    std::uint64_t body_hash = 0;   ///< FNV-1a 64 of the header (this field 0) and the body
 
     static constexpr std::array<char, 8> magic_v{'v', 'c', 'p', 'u', 'x', '8', '6', 's'};
     static constexpr std::uint32_t current_version = 1;
@@ -216,7 +216,8 @@ struct x86_64_vcpu_state {
         put(&events, sizeof events);
         put(&debugregs, sizeof debugregs);
         put(msrs.data(), msrs.size() * sizeof(::vcpu::x86_64::msr_entry));
-        h.body_hash = fnv1a(std::span<const std::byte>(out).subspan(sizeof h));
+        std::memcpy(out.data(), &h, sizeof h); // body_hash still 0: hashed as such
+        h.body_hash = fnv1a(out);
         std::memcpy(out.data(), &h, sizeof h);
         return out;
     }
@@ -224,8 +225,9 @@ struct x86_64_vcpu_state {
     /// Parses `serialize`'s output. Every size is checked before a byte is copied: a blob that
     /// is truncated, has trailing bytes, another magic (not an x86-64 vCPU state), another
     /// version, unknown flags, an XSAVE size that is not a multiple of 4 in [4096, 1 MiB], or
-    /// a body whose hash does not match is an error (op "x86_64_vcpu_state::deserialize";
-    /// EINVAL, EPROTO for a version mismatch, EBADMSG for a hash mismatch) naming what is wrong.
+    /// a hash over header and body that does not match is an error (op
+    /// "x86_64_vcpu_state::deserialize"; EINVAL, EPROTO for a version mismatch, EBADMSG for a
+    /// hash mismatch) naming what is wrong.
     [[nodiscard]] static result<x86_64_vcpu_state> deserialize(std::span<const std::byte> blob) {
         constexpr const char* op = "x86_64_vcpu_state::deserialize";
         x86_64_state_header h;
@@ -249,7 +251,13 @@ struct x86_64_vcpu_state {
         if (blob.size() - sizeof h > want)
             return error{op, EINVAL, "trailing bytes after the state"}.with("size", blob.size()).with("expected", sizeof h + want);
         const auto body = blob.subspan(sizeof h);
-        if (fnv1a(body) != h.body_hash) return error{op, EBADMSG, "corrupt: body hash mismatch"};
+        {
+            x86_64_state_header zeroed = h;
+            zeroed.body_hash = 0;
+            std::array<std::byte, sizeof zeroed> head{};
+            std::memcpy(head.data(), &zeroed, sizeof zeroed);
+            if (fnv1a(body, fnv1a(head)) != h.body_hash) return error{op, EBADMSG, "corrupt: hash mismatch"};
+        }
 
         x86_64_vcpu_state s;
         const std::byte* p = body.data();
@@ -290,8 +298,9 @@ private:
         n += std::uint64_t{h.msr_count} * sizeof(::vcpu::x86_64::msr_entry);
         return n;
     }
-    [[nodiscard]] static std::uint64_t fnv1a(std::span<const std::byte> b) noexcept {
-        std::uint64_t x = 0xcbf29ce484222325ull;
+    /// FNV-1a 64 of `b`, continuing from `x` (the offset basis by default).
+    [[nodiscard]] static std::uint64_t fnv1a(std::span<const std::byte> b,
+                                             std::uint64_t x = 0xcbf29ce484222325ull) noexcept {
         for (auto c : b) x = (x ^ static_cast<std::uint8_t>(c)) * 0x100000001b3ull;
         return x;
     }
