@@ -108,9 +108,9 @@ struct x86_64_vcpu_state {
             if (!f) return f.err();
             s.fpu = *f;
         }
-        auto has_xcrs = Sys::ioctl(cpu.system_fd(), ioctls::system::check_extension.code, detail::int_arg(KVM_CAP_XCRS));
-        if (has_xcrs < 0) return last_error(ioctls::system::check_extension.name).with("cap", KVM_CAP_XCRS);
-        if (has_xcrs > 0) {
+        const int xcrs_cap = Sys::ioctl(cpu.system_fd(), ioctls::system::check_extension.code, detail::int_arg(KVM_CAP_XCRS));
+        if (xcrs_cap < 0) return last_error(ioctls::system::check_extension.name).with("cap", KVM_CAP_XCRS);
+        if (xcrs_cap > 0) {
             auto x = get_xcrs(cpu);
             if (!x) return x.err();
             s.xcrs = *x;
