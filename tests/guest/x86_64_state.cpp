@@ -12,6 +12,7 @@
 #include <kvm/x86_64_state.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -130,7 +131,10 @@ stopped run_and_save(u64 stop_after) {
     const auto at = run_until(m->vcpus[0], *space, stop_after);
     REQUIRE(at[0] == stop_after);
     st.stopped_at = at[0];
+    const auto t0 = std::chrono::steady_clock::now();
     auto saved = kvm::save_state(m->vcpus[0]);
+    MESSAGE("save_state: " << std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count()
+                           << " us");
     REQUIRE_MESSAGE(saved, saved.err().message());
     st.state = std::move(*saved);
     const auto ram = m->ram.bytes();
@@ -150,7 +154,10 @@ outcome restore_and_finish(const stopped& st, const kvm::x86_64_vcpu_state& stat
     const auto ram = m->ram.bytes();
     REQUIRE(ram.size() == st.ram.size());
     std::copy(st.ram.begin(), st.ram.end(), ram.begin());
+    const auto t0 = std::chrono::steady_clock::now();
     auto l = kvm::load_state(m->vcpus[0], state);
+    MESSAGE("load_state: " << std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count()
+                           << " us");
     REQUIRE_MESSAGE(l, l.err().message());
     // Read back before running: what KVM now holds is what was loaded (MSRs and LAPIC aside:
     // the TSC and the APIC timer count move on).
