@@ -5,17 +5,18 @@
 /// handler writes back for KVM to complete the exit at the next `KVM_RUN` (KVM API 5 "The
 /// kvm_run structure", each exit's "userspace should put the result in ..." field):
 ///
-/// | exit                    | answer, in order                                            |
-/// | ----------------------- | ----------------------------------------------------------- |
-/// | `KVM_EXIT_IO`, IN       | `size * count` bytes at `io.data_offset` (the data page)    |
-/// | `KVM_EXIT_MMIO`, read   | `mmio.data[0 .. len)`                                       |
-/// | `KVM_EXIT_HYPERCALL`    | `hypercall.ret` (x86; arm64 SMCCC answers in registers)     |
-/// | `KVM_EXIT_X86_RDMSR`    | `msr.data`, then `msr.error`                                |
-/// | `KVM_EXIT_X86_WRMSR`    | `msr.error`                                                 |
-/// | `KVM_EXIT_RISCV_SBI`    | `riscv_sbi.ret[0]` (SBI error), `riscv_sbi.ret[1]` (value)  |
-/// | `KVM_EXIT_RISCV_CSR`    | `riscv_csr.ret_value`                                       |
+/// | exit                  | arch    | answer, in order                                           |
+/// | --------------------- | ------- | ---------------------------------------------------------- |
+/// | `KVM_EXIT_IO`, IN     | x86_64  | `size * count` bytes at `io.data_offset` (the data page)   |
+/// | `KVM_EXIT_MMIO`, read | all     | `mmio.data[0 .. len)`                                      |
+/// | `KVM_EXIT_HYPERCALL`  | x86_64  | `hypercall.ret` (arm64 SMCCC calls answer in registers)    |
+/// | `KVM_EXIT_X86_RDMSR`  | x86_64  | `msr.data`, then `msr.error`                               |
+/// | `KVM_EXIT_X86_WRMSR`  | x86_64  | `msr.error`                                                |
+/// | `KVM_EXIT_RISCV_SBI`  | riscv64 | `riscv_sbi.ret[0]` (SBI error), `riscv_sbi.ret[1]` (value) |
+/// | `KVM_EXIT_RISCV_CSR`  | riscv64 | `riscv_csr.ret_value`                                      |
 ///
-/// Every other exit takes no answer in `kvm_run`.
+/// Every other exit, and an exit of another arch's (which that arch's decoder reports as
+/// `unknown`, so no handler answers it), takes no answer in `kvm_run`.
 
 #include <kvm/run.hpp>
 #include <vcpu/config.hpp>
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <string_view>
 
 namespace vcpu::kvm {
 
@@ -81,27 +83,42 @@ template <class T>
 }
 } // namespace detail
 
-/// Where the VMM's answer to the exit in `v` lives (the table above); empty when the exit
-/// takes none, when `v` is not a mapped `kvm_run`, or when its sizes are ones the decoders
-/// reject (a malformed exit nobody answers).
-[[nodiscard]] inline answer_area answer_of(const run_view& v) noexcept {
+/// Where the VMM's answer to the exit in `v` of an `Arch` vCPU lives (the table above, by
+/// `Arch::name`); empty when the exit takes none on `Arch`, when `v` is not a mapped
+/// `kvm_run`, or when its sizes are ones the decoders reject (a malformed exit nobody answers).
+template <class Arch>
+[[nodiscard]] answer_area answer_of(const run_view& v) noexcept {
+    constexpr std::string_view arch = Arch::name;
+    constexpr bool x86 = arch == "x86_64";
+    constexpr bool riscv = arch == "riscv64";
     if (v.run == nullptr || v.mapped < sizeof(::kvm_run)) return {};
     ::kvm_run& r = *v.run;
     switch (r.exit_reason) {
     case KVM_EXIT_IO:
+        if (!x86) return {};
         if (r.io.direction != KVM_EXIT_IO_IN || (r.io.size != 1 && r.io.size != 2 && r.io.size != 4)) return {};
         return {{v.at(r.io.data_offset, std::uint64_t{r.io.size} * r.io.count), {}}};
     case KVM_EXIT_MMIO:
         if (r.mmio.is_write || r.mmio.len > sizeof(r.mmio.data)) return {};
         return {{std::as_writable_bytes(std::span(r.mmio.data)).first(r.mmio.len), {}}};
-    case KVM_EXIT_HYPERCALL: return {{detail::field_bytes(r.hypercall.ret), {}}};
+    case KVM_EXIT_HYPERCALL:
+        if (!x86) return {};
+        return {{detail::field_bytes(r.hypercall.ret), {}}};
 #ifdef KVM_EXIT_X86_RDMSR
-    case KVM_EXIT_X86_RDMSR: return {{detail::field_bytes(r.msr.data), detail::field_bytes(r.msr.error)}};
-    case KVM_EXIT_X86_WRMSR: return {{detail::field_bytes(r.msr.error), {}}};
+    case KVM_EXIT_X86_RDMSR:
+        if (!x86) return {};
+        return {{detail::field_bytes(r.msr.data), detail::field_bytes(r.msr.error)}};
+    case KVM_EXIT_X86_WRMSR:
+        if (!x86) return {};
+        return {{detail::field_bytes(r.msr.error), {}}};
 #endif
 #ifdef KVM_EXIT_RISCV_SBI
-    case KVM_EXIT_RISCV_SBI: return {{std::as_writable_bytes(std::span(r.riscv_sbi.ret)), {}}};
-    case KVM_EXIT_RISCV_CSR: return {{detail::field_bytes(r.riscv_csr.ret_value), {}}};
+    case KVM_EXIT_RISCV_SBI:
+        if (!riscv) return {};
+        return {{std::as_writable_bytes(std::span(r.riscv_sbi.ret)), {}}};
+    case KVM_EXIT_RISCV_CSR:
+        if (!riscv) return {};
+        return {{detail::field_bytes(r.riscv_csr.ret_value), {}}};
 #endif
     default: return {};
     }

@@ -434,7 +434,7 @@ private:
     /// the exit trace uses) before the next one overwrites it.
     void record_answer() noexcept {
         if (runs_ == 0) return;
-        const auto a = kvm::answer_of(exit_record());
+        const auto a = kvm::answer_of<Arch>(exit_record());
         if (a.empty()) return;
         log({event::kind::answer, {}, current_, 0, a.first_u64()});
     }

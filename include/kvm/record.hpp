@@ -178,7 +178,7 @@ public:
 private:
     void record_answer() noexcept {
         has_exit_ = false;
-        const auto a = kvm::answer_of(inner_.exit_record());
+        const auto a = kvm::answer_of<Arch>(inner_.exit_record());
         if (a.empty() || a.size() > trace::max_pio_bytes) return;
         if (std::byte* p = reserve(trace::record_head_bytes + trace::answer_head_bytes + a.size(),
                                    trace::record_type::answer, index_ - 1)) {

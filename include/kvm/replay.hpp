@@ -218,7 +218,7 @@ private:
         entered_ = false;
         const entry& e = exits_[current_];
         if (!e.has_answer) return ok();
-        const auto got = kvm::answer_of(exit_record());
+        const auto got = kvm::answer_of<Arch>(exit_record());
         const std::span<const std::byte> want(trace_.data() + e.answer_off, e.answer_len);
         if (got.equals(want)) return ok();
         std::size_t at = 0;

@@ -41,9 +41,14 @@ template <class... B> struct block_caches<type_list<B...>> {
 };
 
 /// Which synced blocks KVM stores in `kvm_run::s.regs` at the next exit (`kvm_valid_regs`),
-/// adapted to what handlers use: a block idle for `idle_limit` exits in a row drops out, the
-/// next access puts it back. Only the vCPU writes `kvm_valid_regs`, so the last value written
-/// is kept here and the shared page is written only when it changes.
+/// adapted to what handlers use: a block no handler accessed during `idle_limit` exits in a row
+/// drops out, the next access puts it back. Only the vCPU writes `kvm_valid_regs`, so the last
+/// value written is kept here and the shared page is written only when it changes.
+///
+/// Idleness is kept as the entry count of each block's last access, not as a counter bumped at
+/// every entry: an access is one store, and the vCPU has work before `KVM_RUN` only when a block
+/// must come back (`use` says so) or when the earliest possible drop is due (`due()`, one
+/// compare), so a handler that reads registers at every exit costs no per-entry bookkeeping.
 class sync_tracker {
 public:
     /// Sync bits whose idleness is tracked (0..7); blocks beyond them are always stored.
@@ -54,7 +59,9 @@ public:
     /// `idle_limit`: `vcpu_options::sync_idle_exits` (0: never drop a block).
     sync_tracker(std::uint64_t mask, std::uint32_t idle_limit) noexcept
         : mask_(mask), idle_limit_(idle_limit), run_valid_(mask),
-          counting_(idle_limit != 0 ? mask & tracked_bits : 0) {}
+          counting_(idle_limit != 0 ? mask & tracked_bits : 0) {
+        recompute_next_check();
+    }
 
     /// `KVM_SYNC_*` bits in effect.
     [[nodiscard]] std::uint64_t mask() const noexcept { return mask_; }
@@ -62,28 +69,33 @@ public:
     [[nodiscard]] bool synced(std::uint64_t bit) const noexcept { return (mask_ & bit) != 0; }
     /// True when the last `KVM_RUN` stored the block with sync bit `bit`.
     [[nodiscard]] bool stored(std::uint64_t bit) const noexcept { return (run_valid_ & bit) != 0; }
-    /// Notes an access to the block with sync bit `bit` since the last entry.
-    void use(std::uint64_t bit) noexcept { used_ |= bit; }
-    /// True when some block's idle count runs (the next entry has to `adapt`).
-    [[nodiscard]] bool counting() const noexcept { return counting_ != 0; }
+    /// Notes an access to the block with sync bit `bit` during the current exit. True when the
+    /// block is not in `kvm_valid_regs` and the next entry has to put it back (`adapt`).
+    bool use(std::uint64_t bit) noexcept {
+        if ((bit & tracked_bits) != 0) last_use_[static_cast<unsigned>(__builtin_ctzll(bit))] = entries_;
+        if ((run_valid_ & bit) != 0) return false;
+        wanted_ |= bit;
+        return true;
+    }
+    /// True when a block may have been idle long enough to drop: the next entry has to `adapt`.
+    [[nodiscard]] bool due() const noexcept { return entries_ >= next_check_; }
+    /// Counts a `KVM_RUN` entry (called right before the ioctl).
+    void entered() noexcept { ++entries_; }
 
-    /// Before a `KVM_RUN`: drops from `kvm_valid_regs` the blocks idle for `idle_limit` exits,
-    /// puts back those accessed since the last entry.
+    /// Before a `KVM_RUN`: puts back the blocks accessed while out of `kvm_valid_regs`, drops
+    /// those not accessed during the last `idle_limit` exits.
     void adapt(::kvm_run& run) noexcept {
-        std::uint64_t valid = run_valid_;
-        for (std::uint64_t m = (used_ | counting_) & tracked_bits; m != 0; m &= m - 1) {
+        std::uint64_t valid = run_valid_ | wanted_;
+        for (std::uint64_t m = counting_ & ~wanted_; m != 0; m &= m - 1) {
             const auto b = static_cast<unsigned>(__builtin_ctzll(m));
-            const std::uint64_t bit = std::uint64_t{1} << b;
-            if ((used_ & bit) != 0) {
-                idle_[b] = 0;
-                valid |= bit;
-                if (idle_limit_ != 0) counting_ |= bit;
-            } else if (++idle_[b] >= idle_limit_) {
-                valid &= ~bit;
-                counting_ &= ~bit;
+            if (entries_ - last_use_[b] >= idle_limit_) {
+                valid &= ~(std::uint64_t{1} << b);
+                counting_ &= ~(std::uint64_t{1} << b);
             }
         }
-        used_ = 0;
+        if (idle_limit_ != 0) counting_ |= wanted_ & tracked_bits;
+        wanted_ = 0;
+        recompute_next_check();
         if (valid != run_valid_) {
             run.kvm_valid_regs = valid;
             run_valid_ = valid;
@@ -91,12 +103,25 @@ public:
     }
 
 private:
+    /// The earliest entry count at which a counting block can reach the idle limit.
+    void recompute_next_check() noexcept {
+        std::uint64_t next = ~std::uint64_t{0};
+        for (std::uint64_t m = counting_; m != 0; m &= m - 1) {
+            const auto b = static_cast<unsigned>(__builtin_ctzll(m));
+            const std::uint64_t at = last_use_[b] + idle_limit_;
+            if (at < next) next = at;
+        }
+        next_check_ = next;
+    }
+
     std::uint64_t mask_ = 0;
     std::uint32_t idle_limit_ = 0;        ///< vcpu_options::sync_idle_exits
     std::uint64_t run_valid_ = 0;         ///< kvm_valid_regs of the last KVM_RUN
-    std::uint64_t used_ = 0;              ///< synced blocks accessed since the last entry
-    std::uint64_t counting_ = 0;          ///< synced blocks in kvm_valid_regs, idle count running
-    std::array<std::uint32_t, 8> idle_{}; ///< exits without access, per sync bit 0..7
+    std::uint64_t wanted_ = 0;            ///< blocks accessed while out of kvm_valid_regs
+    std::uint64_t counting_ = 0;          ///< tracked blocks in kvm_valid_regs that can go idle
+    std::uint64_t entries_ = 0;           ///< KVM_RUN entries so far
+    std::uint64_t next_check_ = ~std::uint64_t{0}; ///< `entries_` at which a drop may be due
+    std::array<std::uint64_t, 8> last_use_{}; ///< `entries_` at the last access, per sync bit 0..7
 };
 
 /// True when the exit in `r` leaves work for KVM to finish at the next `KVM_RUN` that uses or

@@ -122,9 +122,10 @@ public:
     /// failing SET ioctl's name.
     /// No allocation; one ioctl per call when only synced blocks were modified.
     [[nodiscard]] result<void> enter() noexcept {
-        if (before_entry_) [[unlikely]] {
+        if (before_entry_ || sync_.due()) [[unlikely]] {
             if (auto f = prepare_entry(); !f) return f;
         }
+        sync_.entered();
         int rc = Sys::ioctl(fd_.get(), ioctls::vcpu::run.code, nullptr);
         int err = 0;
         if (rc < 0) [[unlikely]] {
@@ -487,18 +488,29 @@ private:
                                                      block_traits<B>::sync_offset);
     }
 
+    /// Block `B` for reading or writing: inline when KVM stored it at the last exit (the common
+    /// case with sync regs: a pointer into `kvm_run::s.regs`), else `fetch_slow`.
     template <class B>
-    [[nodiscard]] result<typename B::layout*> fetch() noexcept {
+    [[nodiscard, gnu::always_inline]] inline result<typename B::layout*> fetch() noexcept {
         static_assert(list_contains_v<B, typename Arch::register_blocks>,
                       "kvm: B is not one of Arch::register_blocks");
         static_assert(KvmBlock<B>, "kvm: no block_traits<B> for this host (see kvm/traits.hpp)");
+        constexpr std::uint64_t bit = block_traits<B>::sync_bit;
+        if (ran_ && sync_.stored(bit) && synced<B>() && fd_) [[likely]] {
+            sync_.use(bit); // stored: nothing to put back
+            return sync_area<B>();
+        }
+        return fetch_slow<B>();
+    }
+
+    template <class B>
+    [[nodiscard, gnu::noinline]] result<typename B::layout*> fetch_slow() noexcept {
         if (!fd_) [[unlikely]]
             return moved_from(block_traits<B>::get.name);
         auto& c = std::get<detail::block_cache<B>>(caches_);
         typename B::layout* p = synced<B>() ? sync_area<B>() : &c.local;
         if (synced<B>()) {
-            sync_.use(block_traits<B>::sync_bit);
-            before_entry_ = true;
+            if (sync_.use(block_traits<B>::sync_bit)) before_entry_ = true; // put it back
             if (ran_ && sync_.stored(block_traits<B>::sync_bit))
                 return p; // KVM stored it at the last exit
         }
@@ -518,8 +530,9 @@ private:
 
     /// The work `enter()` does before `KVM_RUN` when `before_entry_` says there is some: SET
     /// ioctls for dirty unsynced blocks, then the sync-register adaptation. In the steady state
-    /// (no register touched, every idle block already out of kvm_valid_regs) `enter()` skips it
-    /// with one test.
+    /// (no unsynced block written, the synced blocks a handler reads already stored, no idle
+    /// block due to drop) `enter()` skips it with two tests, also when handlers read and write
+    /// synced registers at every exit (the tracker then adapts once per `sync_idle_exits`).
     [[nodiscard, gnu::noinline]] result<void> prepare_entry() noexcept {
         if (held_blocks_ != 0 || held_regs_ != 0) {
             if (auto c = complete_pending_io(); !c) return c;
@@ -533,7 +546,7 @@ private:
             first_dirty_ = run()->kvm_dirty_regs;
             std::apply([&](auto&... c) { (keep_first(c), ...); }, caches_);
         }
-        before_entry_ = sync_.counting() || !ran_;
+        before_entry_ = !ran_;
         return ok();
     }
 

@@ -4,6 +4,8 @@
 // itself, so a session and its replay can be compared exit by exit.
 #include "kvm_run_common.hpp" // index_of_v
 
+#include <arch/riscv64/arch.hpp>
+#include <arch/riscv64/exits.hpp>
 #include <arch/x86_64/arch.hpp>
 #include <vcpu/basic_vcpu.hpp>
 
@@ -15,13 +17,15 @@ namespace vcpu_fuzz {
 using trace_arch = vcpu::arch::x86_64;
 using trace_list = trace_arch::exit_types;
 
-struct session_log {
+/// The exit log of a session of `List`'s exits (an arch's `exit_types`).
+template <class List>
+struct basic_session_log {
     std::vector<std::uint64_t> words;
     std::size_t exits = 0;
 
     template <class E>
     void operator()(E& e) {
-        words.push_back(0xe0000000u + index_of_v<E, trace_list>);
+        words.push_back(0xe0000000u + index_of_v<E, List>);
         if constexpr (!std::is_same_v<E, vcpu::coalesced_write>) ++exits;
         if constexpr (std::is_same_v<E, vcpu::port_io>) {
             words.insert(words.end(), {e.port, e.size, e.count, e.is_in()});
@@ -61,14 +65,36 @@ struct session_log {
         } else if constexpr (std::is_same_v<E, vcpu::x86_64::emulation_failure>) {
             words.push_back(e.flags);
             words.insert(words.end(), e.insn.begin(), e.insn.end());
+        } else if constexpr (std::is_same_v<E, vcpu::riscv64::csr_access>) {
+            // RISC-V answers in kvm_run (kvm::answer_of): the CSR's old value.
+            words.insert(words.end(), {e.id, e.is_read(), e.new_value, e.write_mask});
+            e.answer(e.id * 13 + exits);
+        } else if constexpr (std::is_same_v<E, vcpu::riscv64::console_write>) {
+            words.insert(words.end(), {e.in_memory, e.legacy, e.byte, e.address, e.length});
+            if ((exits & 1) != 0) e.done(e.length);
+            else e.fail(-3);
+        } else if constexpr (std::is_same_v<E, vcpu::riscv64::console_read>) {
+            words.insert(words.end(), {e.legacy, e.address, e.length});
+            if (e.legacy) e.legacy_char(static_cast<int>(exits & 0xff));
+            else e.done(exits);
+        } else if constexpr (std::is_same_v<E, vcpu::riscv64::sbi_call>) {
+            words.insert(words.end(), {e.nr, e.function});
+            words.insert(words.end(), e.args.begin(), e.args.end());
+            e.answer(e.nr ^ e.function ^ exits);
+        } else if constexpr (requires { e.answer(std::uint64_t{}); }) {
+            // Other SBI calls answered in ret[0..1] (probe, HSM status, ...).
+            e.answer(exits * 7);
         }
     }
 };
 
+/// The x86-64 session log (the arch the trace harnesses' hostile traces are read as).
+using session_log = basic_session_log<trace_list>;
+
 /// Runs `cpu` until its HAL fails (end of script / trace, or a replay mismatch), logging every
 /// exit. Returns the error that ended it.
-template <class Cpu>
-vcpu::error run_session(Cpu& cpu, session_log& log) {
+template <class Cpu, class List>
+vcpu::error run_session(Cpu& cpu, basic_session_log<List>& log) {
     for (;;) {
         auto r = cpu.run([&](auto& e) { log(e); });
         if (!r) return r.err();

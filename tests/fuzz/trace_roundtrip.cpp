@@ -3,7 +3,8 @@
 // that answers every read; the trace it writes must parse, and replaying it through the same VMM
 // must deliver the same exits with the same fields, OUT data and coalesced writes, accept every
 // answer (the replay HAL checks each one against the recording) and end exactly after the last
-// exit.
+// exit. Every input is played twice: as x86_64 exits, and as riscv64 exits (whose SBI and CSR
+// answers also live in kvm_run, kvm/answer.hpp).
 //
 // Input: a sequence of exits, each: u8 kind (selects a KVM_EXIT_* reason, or takes a raw u32
 // next), u8 n and n bytes written over the kvm_run exit union, u8 OUT-data length (<= 64) and
@@ -18,17 +19,24 @@
 #include <kvm/trace.hpp>
 
 #include <algorithm>
+#include <iterator>
 
 namespace {
 using namespace vcpu_fuzz;
 
-constexpr std::uint32_t reasons[] = {KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTR,
-                                     KVM_EXIT_HYPERCALL, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR,
-                                     KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_DEBUG,
-                                     KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_NMI, KVM_EXIT_UNKNOWN};
-constexpr std::size_t nreasons = sizeof reasons / sizeof reasons[0];
+constexpr std::uint32_t x86_reasons[] = {KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_HLT, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTR,
+                                         KVM_EXIT_HYPERCALL, KVM_EXIT_X86_RDMSR, KVM_EXIT_X86_WRMSR,
+                                         KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_DEBUG,
+                                         KVM_EXIT_EXCEPTION, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_NMI, KVM_EXIT_UNKNOWN};
+// The same positions for riscv64 where an exit exists there (IN/OUT stay: they decode as unknown).
+constexpr std::uint32_t rv_reasons[] = {KVM_EXIT_IO, KVM_EXIT_MMIO, KVM_EXIT_RISCV_SBI, KVM_EXIT_SHUTDOWN, KVM_EXIT_INTR,
+                                        KVM_EXIT_RISCV_CSR, KVM_EXIT_RISCV_SBI, KVM_EXIT_RISCV_CSR,
+                                        KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_INTERNAL_ERROR, KVM_EXIT_DEBUG,
+                                        KVM_EXIT_RISCV_SBI, KVM_EXIT_FAIL_ENTRY, KVM_EXIT_RISCV_CSR, KVM_EXIT_UNKNOWN};
+static_assert(std::size(x86_reasons) == std::size(rv_reasons));
+constexpr std::size_t nreasons = std::size(x86_reasons);
 
-vcpu::kvm::mock::script script_from(input& in) {
+vcpu::kvm::mock::script script_from(input& in, const std::uint32_t (&reasons)[nreasons]) {
     vcpu::kvm::mock::script s;
     for (int n = 0; n < 24 && in.left() > 0; ++n) {
         const auto k = in.get<std::uint8_t>();
@@ -118,27 +126,31 @@ void vcpu_fuzz::seeds(seed_set& out) {
     out.add("empty", std::vector<std::uint8_t>{});
 }
 
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+namespace {
+/// Records the session of `data` as `Arch` exits over the mock, replays the trace, compares.
+template <class Arch>
+void roundtrip(const std::uint8_t* data, std::size_t size, const std::uint32_t (&reasons)[nreasons]) {
     input in(data, size);
-    const auto script = script_from(in);
+    const auto script = script_from(in, reasons);
     const std::size_t n = script.exits().size();
 
     using rec = vcpu::kvm::record::hal<vcpu::kvm::mock::hal>;
-    vcpu::basic_vcpu<trace_arch, rec> a{rec::vcpu<trace_arch>(vcpu::kvm::mock::hal::vcpu<trace_arch>(script))};
-    session_log recorded;
+    using log_t = basic_session_log<typename Arch::exit_types>;
+    vcpu::basic_vcpu<Arch, rec> a{typename rec::template vcpu<Arch>(vcpu::kvm::mock::hal::vcpu<Arch>(script))};
+    log_t recorded;
     const vcpu::error end_a = run_session(a, recorded);
     VCPU_FUZZ_CHECK(std::string_view(end_a.op) == "mock enter" && end_a.code == ENODATA);
     VCPU_FUZZ_CHECK(recorded.exits == n && a.hal().exits() == n);
     VCPU_FUZZ_CHECK(a.hal().finish().has_value());
     const auto t = a.hal().bytes();
 
-    auto made = vcpu::kvm::replay::hal::vcpu<trace_arch>::make(std::vector<std::byte>(t.begin(), t.end()));
+    auto made = vcpu::kvm::replay::hal::vcpu<Arch>::make(std::vector<std::byte>(t.begin(), t.end()));
     VCPU_FUZZ_CHECK(made.has_value());
     VCPU_FUZZ_CHECK(made->size() == n);
-    vcpu::basic_vcpu<trace_arch, vcpu::kvm::replay::hal> b(std::move(*made));
-    session_log replayed;
+    vcpu::basic_vcpu<Arch, vcpu::kvm::replay::hal> b(std::move(*made));
+    log_t replayed;
     const vcpu::error end_b = run_session(b, replayed);
-    if (end_b.code != ENODATA) std::fprintf(stderr, "replay: %s\n", end_b.message().c_str());
+    if (end_b.code != ENODATA) std::fprintf(stderr, "replay (%s): %s\n", Arch::name.data(), end_b.message().c_str());
     VCPU_FUZZ_CHECK(std::string_view(end_b.op) == "replay" && end_b.code == ENODATA);
     VCPU_FUZZ_CHECK(b.hal().verify_last().has_value());
     VCPU_FUZZ_CHECK(replayed.exits == n);
@@ -146,14 +158,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         const std::size_t k = std::min(replayed.words.size(), recorded.words.size());
         std::size_t i = 0;
         while (i < k && replayed.words[i] == recorded.words[i]) ++i;
-        std::fprintf(stderr, "logs differ at word %zu of %zu/%zu: recorded 0x%llx, replayed 0x%llx\n", i,
-                     recorded.words.size(), replayed.words.size(),
+        std::fprintf(stderr, "%s: logs differ at word %zu of %zu/%zu: recorded 0x%llx, replayed 0x%llx\n",
+                     Arch::name.data(), i, recorded.words.size(), replayed.words.size(),
                      static_cast<unsigned long long>(i < recorded.words.size() ? recorded.words[i] : 0),
                      static_cast<unsigned long long>(i < replayed.words.size() ? replayed.words[i] : 0));
         for (std::size_t j = i >= 6 ? i - 6 : 0; j < i; ++j)
             std::fprintf(stderr, "  word %zu: 0x%llx\n", j, static_cast<unsigned long long>(recorded.words[j]));
     }
     VCPU_FUZZ_CHECK(replayed.words == recorded.words);
-    note("roundtrip: %zu exits, %zu trace bytes, %zu logged words", n, t.size(), recorded.words.size());
+    note("roundtrip %s: %zu exits, %zu trace bytes, %zu logged words", Arch::name.data(), n, t.size(),
+         recorded.words.size());
+}
+} // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    roundtrip<trace_arch>(data, size, x86_reasons);
+    roundtrip<vcpu::arch::riscv64>(data, size, rv_reasons);
     return 0;
 }
