@@ -58,6 +58,15 @@ inline constexpr std::size_t c_flex_header_size = 2 * sizeof(std::uint32_t);
 /// __u8 sigset[]; }` (KVM_SET_SIGNAL_MASK): the set starts right after `len`.
 inline constexpr std::size_t signal_mask_header_size = sizeof(std::uint32_t);
 
+/// Size, in the kernel's C layout, of `struct kvm_msr_list { __u32 nmsrs; __u32 indices[]; }`'s
+/// header (KVM_GET_MSR_INDEX_LIST).
+inline constexpr std::size_t msr_list_header_size = sizeof(std::uint32_t);
+
+/// Size, in the kernel's C layout, of `struct kvm_xsave { __u32 region[1024]; __u32 extra[]; }`
+/// (KVM_GET/SET_XSAVE, KVM_GET_XSAVE2): 4096. In C++ the UAPI flexible-array wrapper makes it
+/// 4100, and the request codes built from it would be refused.
+inline constexpr std::size_t xsave_header_size = 4096;
+
 /// `req` with its `_IOC_SIZE` field set to `c_flex_header_size`.
 ///
 /// Why: UAPI headers without the C++ variant of `__DECLARE_FLEX_ARRAY`
@@ -101,6 +110,10 @@ inline constexpr auto get_vcpu_mmap_size = VCPU_KVM_IOCTL(system, KVM_GET_VCPU_M
 #if defined(__x86_64__)
 /// 4.46 KVM_GET_SUPPORTED_CPUID.
 inline constexpr auto get_supported_cpuid = VCPU_KVM_IOCTL_FLEX(system, KVM_GET_SUPPORTED_CPUID);
+/// 4.3 KVM_GET_MSR_INDEX_LIST: `struct kvm_msr_list { __u32 nmsrs; __u32 indices[]; }`, whose C
+/// header is 4 bytes (the UAPI C++ sizeof says 8).
+inline constexpr auto get_msr_index_list =
+    VCPU_KVM_IOCTL_FLEX_HEADER(system, KVM_GET_MSR_INDEX_LIST, ::vcpu::kvm::detail::msr_list_header_size);
 #endif
 } // namespace system
 
@@ -166,6 +179,10 @@ inline constexpr ioctl_def<fd_kind::vcpu> arm_vcpu_init{
     _IOW(KVMIO, 0xae, ::vcpu::aarch64::vcpu_init), "KVM_ARM_VCPU_INIT"};
 /// arm64, 4.120 KVM_ARM_VCPU_FINALIZE (after init with SVE).
 inline constexpr auto arm_vcpu_finalize = VCPU_KVM_IOCTL(vcpu, KVM_ARM_VCPU_FINALIZE);
+/// 4.38 KVM_GET_MP_STATE.
+inline constexpr auto get_mp_state = VCPU_KVM_IOCTL(vcpu, KVM_GET_MP_STATE);
+/// 4.39 KVM_SET_MP_STATE.
+inline constexpr auto set_mp_state = VCPU_KVM_IOCTL(vcpu, KVM_SET_MP_STATE);
 #if defined(__x86_64__)
 /// 4.11 KVM_GET_REGS.
 inline constexpr auto get_regs = VCPU_KVM_IOCTL(vcpu, KVM_GET_REGS);
@@ -189,6 +206,31 @@ inline constexpr auto get_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_GET_MSRS);
 inline constexpr auto set_msrs = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_MSRS);
 /// KVM_SET_CPUID2 (KVM API section "KVM_SET_CPUID2", x86 vcpu ioctl).
 inline constexpr auto set_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_SET_CPUID2);
+/// 4.22 KVM_GET_FPU.
+inline constexpr auto get_fpu = VCPU_KVM_IOCTL(vcpu, KVM_GET_FPU);
+/// 4.23 KVM_SET_FPU.
+inline constexpr auto set_fpu = VCPU_KVM_IOCTL(vcpu, KVM_SET_FPU);
+/// 4.42 KVM_GET_XSAVE (4096 bytes; the code carries the C size, see `detail::xsave_header_size`).
+inline constexpr auto get_xsave =
+    VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_GET_XSAVE, ::vcpu::kvm::detail::xsave_header_size);
+/// 4.43 KVM_SET_XSAVE (reads as many bytes as KVM_CAP_XSAVE2 reports, at least 4096).
+inline constexpr auto set_xsave =
+    VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_SET_XSAVE, ::vcpu::kvm::detail::xsave_header_size);
+/// 4.136 KVM_GET_XSAVE2 (writes as many bytes as KVM_CAP_XSAVE2 reports).
+inline constexpr auto get_xsave2 =
+    VCPU_KVM_IOCTL_FLEX_HEADER(vcpu, KVM_GET_XSAVE2, ::vcpu::kvm::detail::xsave_header_size);
+/// 4.44 KVM_GET_XCRS.
+inline constexpr auto get_xcrs = VCPU_KVM_IOCTL(vcpu, KVM_GET_XCRS);
+/// 4.45 KVM_SET_XCRS.
+inline constexpr auto set_xcrs = VCPU_KVM_IOCTL(vcpu, KVM_SET_XCRS);
+/// 4.57 KVM_GET_LAPIC (needs the in-kernel irqchip, else ENXIO).
+inline constexpr auto get_lapic = VCPU_KVM_IOCTL(vcpu, KVM_GET_LAPIC);
+/// 4.58 KVM_SET_LAPIC.
+inline constexpr auto set_lapic = VCPU_KVM_IOCTL(vcpu, KVM_SET_LAPIC);
+/// 4.55 KVM_GET_TSC_KHZ: the frequency is the ioctl's return value.
+inline constexpr auto get_tsc_khz = VCPU_KVM_IOCTL(vcpu, KVM_GET_TSC_KHZ);
+/// 4.56 KVM_SET_TSC_KHZ: the frequency is the integer argument.
+inline constexpr auto set_tsc_khz = VCPU_KVM_IOCTL(vcpu, KVM_SET_TSC_KHZ);
 #endif
 } // namespace vcpu
 
@@ -211,7 +253,7 @@ using table = std::array<ioctl_def<K>, N>;
 inline constexpr auto system_table = std::to_array<ioctl_def<fd_kind::system>>({
     system::get_api_version, system::create_vm, system::check_extension, system::get_vcpu_mmap_size,
 #if defined(__x86_64__)
-    system::get_supported_cpuid,
+    system::get_supported_cpuid, system::get_msr_index_list,
 #endif
 });
 
@@ -228,11 +270,12 @@ inline constexpr auto vm_table = std::to_array<ioctl_def<fd_kind::vm>>({
 /// Every vCPU-fd ioctl the library issues (checked unique at compile time).
 inline constexpr auto vcpu_table = std::to_array<ioctl_def<fd_kind::vcpu>>({
     vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg, vcpu::set_signal_mask, vcpu::get_reg_list,
-    vcpu::interrupt, vcpu::arm_vcpu_init, vcpu::arm_vcpu_finalize,
+    vcpu::interrupt, vcpu::arm_vcpu_init, vcpu::arm_vcpu_finalize, vcpu::get_mp_state, vcpu::set_mp_state,
 #if defined(__x86_64__)
     vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs, vcpu::set_sregs, vcpu::get_vcpu_events,
     vcpu::set_vcpu_events, vcpu::get_debugregs, vcpu::set_debugregs, vcpu::get_msrs, vcpu::set_msrs,
-    vcpu::set_cpuid2,
+    vcpu::set_cpuid2, vcpu::get_fpu, vcpu::set_fpu, vcpu::get_xsave, vcpu::set_xsave, vcpu::get_xsave2,
+    vcpu::get_xcrs, vcpu::set_xcrs, vcpu::get_lapic, vcpu::set_lapic, vcpu::get_tsc_khz, vcpu::set_tsc_khz,
 #endif
 });
 
@@ -270,6 +313,15 @@ static_assert(_IOC_SIZE(system::get_supported_cpuid.code) == 8 &&
 static_assert(_IOC_SIZE(vcpu::get_msrs.code) == 8 && _IOC_NR(vcpu::get_msrs.code) == _IOC_NR(KVM_GET_MSRS));
 static_assert(_IOC_SIZE(vcpu::set_msrs.code) == 8 && _IOC_NR(vcpu::set_msrs.code) == _IOC_NR(KVM_SET_MSRS));
 static_assert(_IOC_SIZE(vcpu::set_cpuid2.code) == 8 && _IOC_NR(vcpu::set_cpuid2.code) == _IOC_NR(KVM_SET_CPUID2));
+static_assert(_IOC_SIZE(system::get_msr_index_list.code) == 4 &&
+              _IOC_NR(system::get_msr_index_list.code) == _IOC_NR(KVM_GET_MSR_INDEX_LIST) &&
+              _IOC_DIR(system::get_msr_index_list.code) == _IOC_DIR(KVM_GET_MSR_INDEX_LIST));
+static_assert(_IOC_SIZE(vcpu::get_xsave.code) == 4096 && _IOC_NR(vcpu::get_xsave.code) == _IOC_NR(KVM_GET_XSAVE) &&
+              _IOC_DIR(vcpu::get_xsave.code) == _IOC_DIR(KVM_GET_XSAVE));
+static_assert(_IOC_SIZE(vcpu::set_xsave.code) == 4096 && _IOC_NR(vcpu::set_xsave.code) == _IOC_NR(KVM_SET_XSAVE) &&
+              _IOC_DIR(vcpu::set_xsave.code) == _IOC_DIR(KVM_SET_XSAVE));
+static_assert(_IOC_SIZE(vcpu::get_xsave2.code) == 4096 && _IOC_NR(vcpu::get_xsave2.code) == _IOC_NR(KVM_GET_XSAVE2) &&
+              _IOC_DIR(vcpu::get_xsave2.code) == _IOC_DIR(KVM_GET_XSAVE2));
 #endif
 
 } // namespace vcpu::kvm::ioctls

@@ -15,3 +15,5 @@
 #include <kvm/vm.hpp>
 #include <kvm/x86_64.hpp>
 #include <kvm/x86_64_abi.hpp>
+#include <kvm/x86_64_calls.hpp>
+#include <kvm/x86_64_state.hpp>

@@ -284,6 +284,32 @@ public:
         return *p;
     }
 
+    /// Writes block `B` now with its SET ioctl (not deferred to the next `KVM_RUN` as `modify`
+    /// is), so a caller restoring state controls the order of the SETs (kvm/x86_64_state.hpp).
+    /// The cached copy becomes `v` and a pending `modify` of `B` is dropped. Precondition: no
+    /// exit awaits completion (call `complete_pending_io` first). Errors: the SET ioctl's name,
+    /// errno and the vCPU id; on failure the cache is unchanged.
+    template <class B>
+    [[nodiscard]] result<void> store(const typename B::layout& v) noexcept {
+        static_assert(list_contains_v<B, typename Arch::register_blocks>,
+                      "kvm: B is not one of Arch::register_blocks");
+        static_assert(KvmBlock<B>, "kvm: no block_traits<B> for this host (see kvm/traits.hpp)");
+        constexpr auto io = block_traits<B>::set;
+        if (!fd_) [[unlikely]]
+            return moved_from(io.name);
+        typename B::layout copy = v; // the SET ioctls only read their argument
+        if (Sys::ioctl(fd_.get(), io.code, &copy) < 0) return failed(io.name);
+        if (synced<B>()) {
+            *sync_area<B>() = v;
+            run()->kvm_dirty_regs &= ~block_traits<B>::sync_bit;
+        } else {
+            std::get<detail::block_cache<B>>(caches_).local = v;
+            dirty_blocks_ &= ~block_bit<B>();
+        }
+        valid_blocks_ |= block_bit<B>();
+        return ok();
+    }
+
     /// True when block `B` travels through `kvm_run::s.regs`.
     template <class B>
     [[nodiscard]] bool synced() const noexcept {
@@ -413,6 +439,9 @@ public:
         if (rc < 0) return failed(io.name);
         return rc;
     }
+    /// The `/dev/kvm` fd this vCPU's VM came from (not owned), for system queries such as
+    /// KVM_GET_MSR_INDEX_LIST and KVM_CHECK_EXTENSION.
+    [[nodiscard]] int system_fd() const noexcept { return system_fd_; }
     /// The `KVM_CREATE_VCPU` id.
     [[nodiscard]] unsigned id() const noexcept { return id_; }
 
