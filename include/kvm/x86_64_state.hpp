@@ -41,10 +41,13 @@ struct x86_64_state_header {
     std::uint64_t body_size = 0;   ///< bytes after the header
     std::uint64_t body_hash = 0;   ///< FNV-1a 64 of the header (this field 0) and the body
 
+    /// The first 8 bytes of every blob: "vcpux86s".
     static constexpr std::array<char, 8> magic_v{'v', 'c', 'p', 'u', 'x', '8', '6', 's'};
+    /// The format version this library writes and reads (others are refused).
     static constexpr std::uint32_t current_version = 1;
     static constexpr std::uint32_t flag_xcrs = 1u << 0;  ///< an XCRS section is present
     static constexpr std::uint32_t flag_lapic = 1u << 1; ///< a LAPIC section is present
+    /// Every flag this version defines; a blob with others is refused.
     static constexpr std::uint32_t known_flags = flag_xcrs | flag_lapic;
 };
 static_assert(std::is_standard_layout_v<x86_64_state_header> && std::is_trivially_copyable_v<x86_64_state_header>);
@@ -57,17 +60,17 @@ static_assert(sizeof(x86_64_state_header) == 48 && offsetof(x86_64_state_header,
 
 /// Everything KVM holds for one x86-64 vCPU (without nested state, which remains to do).
 struct x86_64_vcpu_state {
-    ::vcpu::x86_64::regs_layout regs{};
-    ::vcpu::x86_64::sregs_layout sregs{};
+    ::vcpu::x86_64::regs_layout regs{};   ///< general-purpose registers, RIP, RFLAGS (KVM_GET_REGS)
+    ::vcpu::x86_64::sregs_layout sregs{}; ///< segments, control registers, EFER, APIC base (KVM_GET_SREGS)
     xsave_area xsave;     ///< empty when the host has no `KVM_CAP_XSAVE` (then `fpu`)
     ::kvm_fpu fpu{};      ///< only when `xsave` is empty
-    bool has_xcrs = false;
-    ::kvm_xcrs xcrs{};
+    bool has_xcrs = false; ///< `xcrs` was saved (the host has KVM_CAP_XCRS)
+    ::kvm_xcrs xcrs{};     ///< extended control registers, XCR0 (KVM_GET_XCRS)
     bool has_lapic = false; ///< false without the in-kernel irqchip (KVM_GET_LAPIC: ENXIO)
-    ::kvm_lapic_state lapic{};
-    std::uint32_t mp_state = 0;
-    ::vcpu::x86_64::events_layout events{};
-    ::vcpu::x86_64::debugregs_layout debugregs{};
+    ::kvm_lapic_state lapic{}; ///< the in-kernel local APIC's register page (KVM_GET_LAPIC)
+    std::uint32_t mp_state = 0; ///< `KVM_MP_STATE_*` (running, halted, waiting for SIPI...)
+    ::vcpu::x86_64::events_layout events{}; ///< pending exception, interrupt, NMI, SMI (KVM_GET_VCPU_EVENTS)
+    ::vcpu::x86_64::debugregs_layout debugregs{}; ///< DR0-DR3, DR6, DR7 (KVM_GET_DEBUGREGS)
     std::vector<::vcpu::x86_64::msr_entry> msrs; ///< every MSR of the index list KVM could read
     std::uint32_t tsc_khz = 0;                   ///< 0 when KVM_GET_TSC_KHZ is not available
 
