@@ -216,5 +216,7 @@ static_assert(std::is_trivially_copyable_v<vcpu::kvm::run_view> &&
 
 // The arch-specific HAL operations are named concept steps the mock and the KVM HAL model.
 static_assert(vcpu::x86_64::CpuidHal<vcpu::kvm::mock::hal::vcpu<vcpu::arch::x86_64>>);
+#if defined(__x86_64__) // the KVM HAL's CPUID calls exist on x86 hosts only
 static_assert(vcpu::x86_64::CpuidHal<vcpu::kvm::hal::vcpu<vcpu::arch::x86_64>>);
+#endif
 static_assert(!vcpu::x86_64::ReportsSupportedCpuid<int>);
