@@ -24,6 +24,7 @@
 
 #include <vcpu/config.hpp>
 #include <vcpu/guest/call.hpp>
+#include <vcpu/guest/loaded_image.hpp>
 #include <vcpu/guest/calls.hpp>
 #include <vcpu/guest/ucall.hpp>
 #include <vcpu/memory.hpp>
@@ -37,7 +38,6 @@
 #include <span>
 #include <type_traits>
 
-#include <link.h>
 
 namespace vcpu::guest {
 
@@ -187,48 +187,22 @@ private:
         std::uint64_t lo = 0, hi = 0;
         bool writable = false;
     };
-    static constexpr std::size_t max_segments = 16;
+    static constexpr std::size_t max_segments = loaded_image::max_segments;
 
     static constexpr unsigned index(std::uint64_t va, unsigned level) noexcept {
         return static_cast<unsigned>((va >> (12 + 9 * level)) & 511);
     }
 
     result<void> find_image(const void* code, const char* op) noexcept {
-        struct finder {
-            std::uintptr_t addr;
-            image_space* s;
-            bool found;
-        } f{reinterpret_cast<std::uintptr_t>(code), this, false};
-        ::dl_iterate_phdr(
-            [](dl_phdr_info* info, std::size_t, void* data) -> int {
-                auto& f = *static_cast<finder*>(data);
-                bool mine = false;
-                for (int i = 0; i < info->dlpi_phnum; ++i) {
-                    const auto& p = info->dlpi_phdr[i];
-                    const std::uintptr_t a = info->dlpi_addr + p.p_vaddr;
-                    if (p.p_type == PT_LOAD && f.addr >= a && f.addr - a < p.p_memsz) mine = true;
-                }
-                if (!mine) return 0;
-                f.found = true;
-                auto& s = *f.s;
-                s.nsegments_ = 0;
-                s.lo_ = ~std::uint64_t{0};
-                s.hi_ = 0;
-                for (int i = 0; i < info->dlpi_phnum; ++i) {
-                    const auto& p = info->dlpi_phdr[i];
-                    if (p.p_type != PT_LOAD || p.p_memsz == 0 || s.nsegments_ == max_segments) continue;
-                    const std::uint64_t a = info->dlpi_addr + p.p_vaddr;
-                    segment_range g{a & ~std::uint64_t{0xfff}, (a + p.p_memsz + 0xfff) & ~std::uint64_t{0xfff},
-                                    (p.p_flags & PF_W) != 0};
-                    s.segments_[s.nsegments_++] = g;
-                    if (g.lo < s.lo_) s.lo_ = g.lo;
-                    if (g.hi > s.hi_) s.hi_ = g.hi;
-                }
-                return 1;
-            },
-            &f);
-        if (!f.found || nsegments_ == 0)
-            return error{op, ENOENT, "no loaded object holds the guest code"}.with_hex("code", f.addr);
+        loaded_image img;
+        const bool found = loaded_image::containing(code, img);
+        nsegments_ = img.count;
+        for (std::size_t k = 0; k < img.count; ++k)
+            segments_[k] = segment_range{img.segments[k].lo, img.segments[k].hi, img.segments[k].writable};
+        lo_ = img.lo;
+        hi_ = img.hi;
+        if (!found)
+            return error{op, ENOENT, "no loaded object holds the guest code"}.with_hex("code", reinterpret_cast<std::uintptr_t>(code));
         if (hi_ > (std::uint64_t{1} << 47))
             return error{op, ERANGE, "the executable lies above the 48-bit lower half the tables map"}.with_hex(
                 "end", hi_);
