@@ -18,7 +18,8 @@ namespace vcpu::guest {
 struct loaded_image {
     /// One `PT_LOAD` segment, widened to whole 4 KiB pages.
     struct segment {
-        std::uint64_t lo = 0, hi = 0; ///< [lo, hi), page aligned
+        std::uint64_t lo = 0;  ///< first byte, page aligned
+        std::uint64_t hi = 0;  ///< one past the last byte, page aligned
         bool writable = false;        ///< `PF_W`
     };
     /// Segments kept per object; further ones are ignored.
