@@ -114,19 +114,9 @@ namespace vcpu::guest {
 /// Guest-side AArch64 helpers.
 namespace aarch64 {
 
-/// A `T`-sized load from (guest virtual = physical, identity-mapped) `addr`; an address no memory
-/// slot backs is an MMIO exit on the host. One `LDR` with a base register only (valid ISV).
-template <class T>
-VCPU_GUEST_CODE inline T mmio_read(std::uint64_t addr) noexcept {
-    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
-    return *reinterpret_cast<const volatile T*>(static_cast<std::uintptr_t>(addr));
-}
-/// A `T`-sized store to `addr` (see `mmio_read`).
-template <class T>
-VCPU_GUEST_CODE inline void mmio_write(std::uint64_t addr, T v) noexcept {
-    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
-    *reinterpret_cast<volatile T*>(static_cast<std::uintptr_t>(addr)) = v;
-}
+/// MMIO loads and stores: the same on every architecture (vcpu/guest/calls.hpp).
+using ::vcpu::guest::mmio_read;
+using ::vcpu::guest::mmio_write;
 
 /// Unmask / mask IRQs (PSTATE.I). The loader starts guest code with DAIF all masked.
 VCPU_GUEST_CODE inline void enable_irq() noexcept { asm volatile("msr daifclr, #2" ::: "memory"); }

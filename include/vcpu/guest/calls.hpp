@@ -95,3 +95,23 @@ VCPU_GUEST_CODE inline void fill(ucall_record& r, ucall_kind k, const char* text
 
 } // namespace ucall
 } // namespace vcpu::guest
+
+namespace vcpu::guest {
+
+/// A `T`-sized load from (guest virtual = physical in the identity map) `addr`, as one load
+/// instruction with a plain base register (on AArch64 the data abort then has a valid syndrome,
+/// ISV = 1); an address no memory slot backs is an MMIO exit on the host. The same on every
+/// architecture; each arch's guest namespace re-exports it.
+template <class T>
+VCPU_GUEST_CODE inline T mmio_read(std::uint64_t addr) noexcept {
+    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
+    return *reinterpret_cast<const volatile T*>(static_cast<std::uintptr_t>(addr));
+}
+/// A `T`-sized store to `addr` (see `mmio_read`).
+template <class T>
+VCPU_GUEST_CODE inline void mmio_write(std::uint64_t addr, T v) noexcept {
+    static_assert(std::is_integral_v<T> && sizeof(T) <= 8);
+    *reinterpret_cast<volatile T*>(static_cast<std::uintptr_t>(addr)) = v;
+}
+
+} // namespace vcpu::guest
