@@ -5,10 +5,12 @@
 /// maps into the guest at the same addresses.
 
 #include <vcpu/config.hpp>
+#include <vcpu/memory.hpp>
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 
 #include <link.h>
 
@@ -67,5 +69,31 @@ struct loaded_image {
         return f.found && out.count != 0;
     }
 };
+
+/// Host bytes from guest virtual address `gva` to the end of its mapping in a guest address
+/// space laid out as the loaders build it: the executable's range `[lo, hi)` copied to guest
+/// physical `image`, and an identity map of the first `identity_gib` GiB. Empty when `gva` is in
+/// neither or its guest physical address is not in `mem`.
+[[nodiscard]] inline std::span<const std::byte> image_space_bytes(const guest_memory* mem, std::uint64_t image,
+                                                                  unsigned identity_gib, std::uint64_t lo,
+                                                                  std::uint64_t hi, std::uint64_t gva) noexcept {
+    if (mem == nullptr) return {};
+    std::uint64_t gpa = 0, end = 0;
+    if (gva >= lo && gva < hi) {
+        gpa = image + (gva - lo);
+        end = image + (hi - lo);
+    } else if (gva < (std::uint64_t{identity_gib} << 30)) {
+        gpa = gva;
+        end = std::uint64_t{identity_gib} << 30;
+    } else {
+        return {};
+    }
+    for (const auto& r : mem->regions())
+        if (r.contains(gpa, 1)) {
+            const std::uint64_t stop = end < r.gpa + r.size() ? end : r.gpa + r.size();
+            return r.host.subspan(static_cast<std::size_t>(gpa - r.gpa), static_cast<std::size_t>(stop - gpa));
+        }
+    return {};
+}
 
 } // namespace vcpu::guest

@@ -231,23 +231,7 @@ public:
     }
     /// Host bytes from `gva` to the end of its mapping (the image copy, or identity-mapped RAM).
     [[nodiscard]] std::span<const std::byte> contiguous(std::uint64_t gva) const noexcept {
-        if (mem_ == nullptr) return {};
-        std::uint64_t gpa = 0, end = 0;
-        if (gva >= lo_ && gva < hi_) {
-            gpa = layout_.image + (gva - lo_);
-            end = layout_.image + (hi_ - lo_);
-        } else if (gva < (std::uint64_t{layout_.identity_gib} << 30)) {
-            gpa = gva;
-            end = std::uint64_t{layout_.identity_gib} << 30;
-        } else {
-            return {};
-        }
-        for (const auto& r : mem_->regions())
-            if (r.contains(gpa, 1)) {
-                const std::uint64_t stop = end < r.gpa + r.size() ? end : r.gpa + r.size();
-                return r.host.subspan(static_cast<std::size_t>(gpa - r.gpa), static_cast<std::size_t>(stop - gpa));
-            }
-        return {};
+        return image_space_bytes(mem_, layout_.image, layout_.identity_gib, lo_, hi_, gva);
     }
     /// The record address of a ucall (an OUT of 4 bytes to `ucall_port`), else nullopt.
     [[nodiscard]] std::optional<std::uint64_t> ucall_address(const ::vcpu::port_io& io) const noexcept {
