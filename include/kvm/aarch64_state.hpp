@@ -18,6 +18,7 @@
 #include <arch/aarch64/abi.hpp>
 #include <arch/aarch64/arch.hpp>
 #include <arch/aarch64/registers.hpp>
+#include <kvm/aarch64.hpp>
 #include <kvm/reg_list_state.hpp>
 #include <kvm/vcpu.hpp>
 #include <vcpu/basic_vcpu.hpp>

@@ -19,6 +19,7 @@
 #include <arch/riscv64/abi.hpp>
 #include <arch/riscv64/arch.hpp>
 #include <kvm/reg_list_state.hpp>
+#include <kvm/riscv64.hpp>
 #include <kvm/vcpu.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/config.hpp>
