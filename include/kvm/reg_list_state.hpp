@@ -166,14 +166,15 @@ struct basic_reg_list_state {
 
     /// Saves `cpu`'s state: first completes an exit KVM has not finished (`complete_pending_io`,
     /// KVM API 4.10: an MMIO read's data, an SBI call's return must reach the registers before
-    /// they are read), then `KVM_GET_REG_LIST` (sized by its E2BIG answer), `KVM_GET_ONE_REG` of
+    /// they are read; an MMIO write's instruction must be skipped, else the restored vCPU issues
+    /// it again — measured: arm64 re-sent the ucall it was saved at), then `KVM_GET_REG_LIST` (sized by its E2BIG answer), `KVM_GET_ONE_REG` of
     /// every id at its size, and `KVM_GET_MP_STATE`. On arm64 with SVE the vCPU must be finalized
     /// (before, KVM_GET_REG_LIST fails with EPERM, KVM API 4.84). Errors: the failing ioctl's name,
     /// errno, the register and the vCPU id.
     template <class Sys, class Arch>
     [[nodiscard]] static result<basic_reg_list_state> save(hal_vcpu<Sys, Arch>& cpu) {
         basic_reg_list_state s;
-        VCPU_TRY_VOID(cpu.complete_pending_io());
+        VCPU_TRY_VOID(cpu.complete_pending_io(true));
         auto list = reg_list_of(cpu);
         if (!list) return list.err();
         s.ids = std::move(*list);
@@ -212,7 +213,7 @@ struct basic_reg_list_state {
     [[nodiscard]] result<void> load(hal_vcpu<Sys, Arch>& cpu) const {
         const char* op = load_op();
         if (auto c = check_sizes(op); !c) return c;
-        VCPU_TRY_VOID(cpu.complete_pending_io());
+        VCPU_TRY_VOID(cpu.complete_pending_io(true));
         auto have = reg_list_of(cpu);
         if (!have) return have.err();
         {

@@ -40,7 +40,8 @@ namespace vcpu::kvm {
 /// | 1 | the other config registers (`zicbom/zicboz_block_size`, `mvendorid`, `marchid`, `mimpid`, `satp_mode`), `KVM_REG_RISCV_ISA_EXT`, `KVM_REG_RISCV_SBI_EXT` | write if differs | fixed at the first `KVM_RUN` (EBUSY after) or only accepted at the host's value (block sizes, `satp_mode`: EINVAL otherwise) |
 /// | 2 | core (pc, x1-x31, mode), CSRs (general, AIA, Smstateen), F and D, vector, SBI state | write | |
 /// | 3 | timer `frequency` | read only | KVM refuses every write (EOPNOTSUPP before Linux 6.6, EINVAL for another value since): the saved value is compared, a different one (another host's timebase) is an error |
-/// | 4, 5, 6 | timer `time`, then `compare`, then `state` | write | `time` sets the guest's time offset, `compare` is an absolute guest time, and writing `state` = ON arms KVM's timer for `compare` against that time (vcpu_timer.c): last, so a timer pending at save is pending after load and one armed ahead fires after the same remaining ticks |
+/// | 4, 5 | timer `time`, then `compare` | write | `time` sets the guest's time offset and `compare` is an absolute guest time measured against it (with Sstc it is the guest's `vstimecmp`, which KVM reloads from it when the vCPU runs) |
+/// | 6 | timer `state` | write if differs | writing ON arms KVM's software timer for `compare` against that time (vcpu_timer.c), so it comes last: a timer pending at save is pending after load and one armed ahead fires after the same remaining ticks. Writing OFF to a timer that is off is refused (EINVAL, measured on 6.12: `kvm_riscv_vcpu_timer_cancel` of an unarmed timer); with Sstc the state reads OFF while `vstimecmp` is armed |
 struct riscv64_state_rules {
     /// "vcpurv6s".
     static constexpr std::array<char, 8> magic{'v', 'c', 'p', 'u', 'r', 'v', '6', 's'};
@@ -66,7 +67,7 @@ struct riscv64_state_rules {
             case a::timer_index::frequency: return {3, reg_restore::read_only};
             case a::timer_index::time: return {4, reg_restore::write};
             case a::timer_index::compare: return {5, reg_restore::write};
-            default: return {6, reg_restore::write}; // state
+            default: return {6, reg_restore::write_if_differs}; // state
             }
         }
         return {2, reg_restore::write};
