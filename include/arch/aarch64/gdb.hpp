@@ -12,7 +12,7 @@
 
 namespace vcpu::aarch64 {
 
-namespace gdb_detail {
+namespace detail::gdb {
 inline constexpr const char* core = "org.gnu.gdb.aarch64.core";
 inline constexpr const char* fpu = "org.gnu.gdb.aarch64.fpu";
 inline constexpr std::array<::vcpu::gdb::register_desc, 68> registers{{
@@ -47,7 +47,7 @@ inline constexpr std::array<::vcpu::gdb::register_desc, 68> registers{{
     {"fpsr", 32, "int", fpu, "float"}, {"fpcr", 32, "int", fpu, "float"},
 }};
 inline constexpr std::array<std::byte, 4> brk0{std::byte{0x00}, std::byte{0x00}, std::byte{0x20}, std::byte{0xd4}};
-} // namespace gdb_detail
+} // namespace detail::gdb
 
 /// gdb's register numbers for AArch64 (indices into `gdb_arch.registers`).
 enum class gdb_reg : std::size_t {
@@ -61,6 +61,6 @@ enum class gdb_reg : std::size_t {
 };
 
 /// AArch64 for the GDB stub.
-inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"aarch64", gdb_detail::registers, gdb_detail::brk0};
+inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"aarch64", detail::gdb::registers, detail::gdb::brk0};
 
 } // namespace vcpu::aarch64

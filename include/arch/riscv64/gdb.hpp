@@ -13,7 +13,7 @@
 
 namespace vcpu::riscv64 {
 
-namespace gdb_detail {
+namespace detail::gdb {
 inline constexpr const char* cpu = "org.gnu.gdb.riscv.cpu";
 inline constexpr const char* fpu = "org.gnu.gdb.riscv.fpu";
 inline constexpr std::array<::vcpu::gdb::register_desc, 68> registers{{
@@ -42,7 +42,7 @@ inline constexpr std::array<::vcpu::gdb::register_desc, 68> registers{{
     {"frm", 32, "int", fpu, "float"}, {"fcsr", 32, "int", fpu, "float"},
 }};
 inline constexpr std::array<std::byte, 4> ebreak{std::byte{0x73}, std::byte{0x00}, std::byte{0x10}, std::byte{0x00}};
-} // namespace gdb_detail
+} // namespace detail::gdb
 
 /// gdb's register numbers for RISC-V 64 (indices into `gdb_arch.registers`).
 enum class gdb_reg : std::size_t {
@@ -55,6 +55,6 @@ enum class gdb_reg : std::size_t {
 };
 
 /// RISC-V 64 for the GDB stub.
-inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"riscv:rv64", gdb_detail::registers, gdb_detail::ebreak};
+inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"riscv:rv64", detail::gdb::registers, detail::gdb::ebreak};
 
 } // namespace vcpu::riscv64

@@ -13,7 +13,7 @@
 
 namespace vcpu::x86_64 {
 
-namespace gdb_detail {
+namespace detail::gdb {
 inline constexpr const char* core = "org.gnu.gdb.i386.core";
 inline constexpr const char* sse = "org.gnu.gdb.i386.sse";
 inline constexpr std::array<::vcpu::gdb::register_desc, 57> registers{{
@@ -45,7 +45,7 @@ inline constexpr std::array<::vcpu::gdb::register_desc, 57> registers{{
     {"mxcsr", 32, "int", sse, "vector"},
 }};
 inline constexpr std::array<std::byte, 1> int3{std::byte{0xcc}};
-} // namespace gdb_detail
+} // namespace detail::gdb
 
 /// gdb's register numbers for x86-64 (indices into `gdb_arch.registers`).
 enum class gdb_reg : std::size_t {
@@ -60,7 +60,7 @@ enum class gdb_reg : std::size_t {
 };
 
 /// x86-64 for the GDB stub.
-inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"i386:x86-64", gdb_detail::registers, gdb_detail::int3};
+inline constexpr ::vcpu::gdb::arch_desc gdb_arch{"i386:x86-64", detail::gdb::registers, detail::gdb::int3};
 static_assert(gdb_arch.register_bytes() == 536, "gdb's amd64 g packet is 536 bytes");
 
 } // namespace vcpu::x86_64
