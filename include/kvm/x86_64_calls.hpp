@@ -383,12 +383,14 @@ struct translation {
     std::uint64_t gva = 0;       ///< the address asked about
     std::uint64_t gpa = 0;       ///< its guest physical address (meaningful when `valid`)
     bool valid = false;          ///< the page is mapped (present at every level)
-    bool writeable = false;      ///< writable through the whole walk
-    bool usermode = false;       ///< accessible at CPL 3
+    bool writeable = false;      ///< as KVM reports it: x86 KVM always says 1 (it does not check)
+    bool usermode = false;       ///< as KVM reports it: x86 KVM always says 0
 };
 
 /// Translates `gva` with the vCPU's current CR3/paging mode as KVM holds it (KVM API
-/// "KVM_TRANSLATE"). An unmapped address is not an error: `valid` is false. Precondition:
+/// "KVM_TRANSLATE"). An unmapped address is not an error: `valid` is false. x86 KVM walks
+/// the tables for a supervisor read and fills `writeable`/`usermode` with constants (1, 0):
+/// only `valid` and `gpa` carry information. Precondition:
 /// control registers written with `modify` reach KVM only at the next KVM_RUN; translate after
 /// a run (or after `store<sregs_block>`). Errors: "KVM_TRANSLATE" with errno and the address.
 template <class Sys, class Arch>
