@@ -60,6 +60,17 @@ public:
         return ok();
     }
 
+    /// Removes every breakpoint (see `remove`); stops at the first write that fails.
+    template <class Write>
+    [[nodiscard]] result<void> remove_all(Write&& write) {
+        for (auto& e : entries_) {
+            if (!e.used) continue;
+            if (auto w = write(e.address, std::span<const std::byte>(e.original.data(), e.length)); !w) return w.err();
+            e.used = false;
+        }
+        return ok();
+    }
+
     /// Replaces trap bytes in `data` (guest memory read from `address`) by the bytes they hide.
     void hide(std::uint64_t address, std::span<std::byte> data) const noexcept {
         for (const auto& e : entries_) {
