@@ -276,6 +276,16 @@ std::string le_hex(std::uint64_t v) {
     gdb::append_hex(s, std::as_bytes(std::span(&v, 1)));
     return s;
 }
+/// Joins the run-loop thread however the test case ends: shuts the debugger's end down first, so
+/// a stub waiting for a packet sees the connection close.
+struct loop_joiner {
+    std::thread& thread;
+    int fd;
+    ~loop_joiner() {
+        ::shutdown(fd, SHUT_RDWR);
+        if (thread.joinable()) thread.join();
+    }
+};
 std::string hex_digits(std::uint64_t v) {
     std::string s;
     gdb::append_hex_number(s, v);
@@ -307,6 +317,13 @@ TEST_CASE("guest x86-64 debug: the stub's packets against a real guest (breakpoi
         gdb::session s{gdb::stream(fds[0])};
         serve_guest(s, target, cpu, *space, log, loop_error, synced);
     });
+    loop_joiner joiner{vmm, fds[1]};
+    INFO("run loop error: " << loop_error);
+    INFO("run loop: " << [&] {
+        std::string s;
+        for (const auto& e : log) s += e + " ";
+        return s;
+    }());
     scripted_gdb g{fds[1]};
     const auto work = reinterpret_cast<std::uint64_t>(&vcpu_gdb_work);
     const auto counter = reinterpret_cast<std::uint64_t>(&vcpu_gdb_counter);
@@ -351,8 +368,9 @@ TEST_CASE("guest x86-64 debug: the stub's packets against a real guest (breakpoi
         MESSAGE("SKIPPED: the watchpoint part: data breakpoints do not fire on this host (PVM)");
     }
     CHECK(g.ask("c") == "W00");
-    ::close(fds[1]);
+    ::shutdown(fds[1], SHUT_RDWR);
     vmm.join();
+    ::close(fds[1]);
     CHECK(loop_error.empty());
     CHECK(synced == ((7 * 3 + 1) * 3 + 1) * 3 + 1);
     const std::vector<std::string> want_log =
