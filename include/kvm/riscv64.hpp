@@ -193,9 +193,11 @@ template <class Cpu>
     return *r != 0;
 }
 /// Gives the vCPU ISA extension `e` or takes it away (`KVM_SET_ONE_REG` of
-/// `KVM_REG_RISCV_ISA_EXT | e`), before its first `KVM_RUN`: the guest then sees, or traps on,
-/// the extension's instructions and CSRs. Errors: "KVM_SET_ONE_REG" with EBUSY (after the first
-/// run), ENOENT (unknown to the kernel) or EINVAL (the host cannot), saying so.
+/// `KVM_REG_RISCV_ISA_EXT | e`); call it before the first `KVM_RUN` (KVM sizes the vCPU's
+/// registers by it: without F and D, no FP registers are listed; Linux 6.12 still accepted a
+/// switch after the first run, measured, while the `isa` config register is then EBUSY). Errors:
+/// "KVM_SET_ONE_REG" with EBUSY (after the first run), ENOENT (unknown to the kernel) or EINVAL
+/// (the host cannot hide or give it: Sstc, measured), saying so.
 template <class Cpu>
 [[nodiscard]] result<void> set_isa_extension(Cpu& cpu, riscv64::abi::kvm_isa_ext e, bool on) noexcept {
     if (auto r = cpu.set(riscv64::isa_extension(e), on ? 1 : 0); !r)
@@ -210,9 +212,10 @@ template <class Cpu>
     if (!r) return r.err();
     return *r != 0;
 }
-/// Turns KVM's SBI extension `e` on or off for the vCPU, before its first `KVM_RUN` (a disabled
-/// extension answers the guest SBI_ERR_NOT_SUPPORTED; the vendor and DBCN ones reach user space
-/// when on). Errors as `set_isa_extension`.
+/// Turns KVM's SBI extension `e` on or off for the vCPU, normally before its first `KVM_RUN` (a
+/// disabled extension answers the guest SBI_ERR_NOT_SUPPORTED; the vendor and DBCN ones reach user
+/// space when on; Linux 6.12 accepted a switch after the first run, measured). Errors as
+/// `set_isa_extension`.
 template <class Cpu>
 [[nodiscard]] result<void> set_sbi_extension(Cpu& cpu, riscv64::abi::kvm_sbi_ext e, bool on) noexcept {
     if (auto r = cpu.set(riscv64::sbi_extension_enable(e), on ? 1 : 0); !r)

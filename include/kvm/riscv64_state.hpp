@@ -37,7 +37,7 @@ namespace vcpu::kvm {
 /// | phase | registers | how | why |
 /// | --- | --- | --- | --- |
 /// | 0 | config `isa` | write if differs | the ISA bitmap decides which other registers exist (F/D, vector); KVM refuses a change after the first `KVM_RUN` (EBUSY) |
-/// | 1 | the other config registers (`zicbom/zicboz_block_size`, `mvendorid`, `marchid`, `mimpid`, `satp_mode`), `KVM_REG_RISCV_ISA_EXT`, `KVM_REG_RISCV_SBI_EXT` | write if differs | fixed at the first `KVM_RUN` (EBUSY after) or only accepted at the host's value (block sizes, `satp_mode`: EINVAL otherwise) |
+/// | 1 | the other config registers (`zicbom/zicboz_block_size`, `mvendorid`, `marchid`, `mimpid`, `satp_mode`), `KVM_REG_RISCV_ISA_EXT`, `KVM_REG_RISCV_SBI_EXT` | write if differs | the configuration is fixed at the first `KVM_RUN` (`isa`: EBUSY after; the single ISA-extension switches were still accepted on 6.12, measured) or only accepted at the host's value (block sizes, `satp_mode`: EINVAL otherwise; an extension KVM cannot hide, e.g. Sstc: EINVAL); the SBI switches were still accepted after the first run on 6.12 (measured), but they decide which other registers exist (SBI state), so they go early too |
 /// | 2 | core (pc, x1-x31, mode), CSRs (general, AIA, Smstateen), F and D, vector, SBI state | write | |
 /// | 3 | timer `frequency` | read only | KVM refuses every write (EOPNOTSUPP before Linux 6.6, EINVAL for another value since): the saved value is compared, a different one (another host's timebase) is an error |
 /// | 4, 5 | timer `time`, then `compare` | write | `time` sets the guest's time offset and `compare` is an absolute guest time measured against it (with Sstc it is the guest's `vstimecmp`, which KVM reloads from it when the vCPU runs) |
