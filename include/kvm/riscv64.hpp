@@ -194,8 +194,8 @@ template <class Cpu>
 }
 /// Gives the vCPU ISA extension `e` or takes it away (`KVM_SET_ONE_REG` of
 /// `KVM_REG_RISCV_ISA_EXT | e`); call it before the first `KVM_RUN` (KVM sizes the vCPU's
-/// registers by it: without F and D, no FP registers are listed; Linux 6.12 still accepted a
-/// switch after the first run, measured, while the `isa` config register is then EBUSY). Errors:
+/// registers by it: without F and D, no FP registers are listed; KVM documents EBUSY after the
+/// first run, yet Linux 6.12 in the emulated machine accepted a switch then, measured). Errors:
 /// "KVM_SET_ONE_REG" with EBUSY (after the first run), ENOENT (unknown to the kernel) or EINVAL
 /// (the host cannot hide or give it: Sstc, measured), saying so.
 template <class Cpu>
