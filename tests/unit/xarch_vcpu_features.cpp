@@ -86,9 +86,17 @@ struct fake {
         if (fd == dev_fd) {
             auto* a = static_cast<::kvm_device_attr*>(arg);
             const auto key = std::make_pair(a->group, a->attr);
-            auto* p = reinterpret_cast<std::uint64_t*>(static_cast<std::uintptr_t>(a->addr));
+            // NR_IRQS and the distributor/redistributor registers are 32-bit, the rest 64-bit
+            // (devices/arm-vgic-v3.rst), as the kernel copies them.
+            const std::size_t size = (a->group == 1 || a->group == 3 || a->group == 5) ? 4 : 8;
+            auto* p = reinterpret_cast<std::byte*>(static_cast<std::uintptr_t>(a->addr));
             if (req == KVM_SET_DEVICE_ATTR) {
-                attrs[key] = p != nullptr ? *p : 1;
+                std::uint64_t v = 1;
+                if (p != nullptr) {
+                    v = 0;
+                    std::memcpy(&v, p, size);
+                }
+                attrs[key] = v;
                 return 0;
             }
             if (req == KVM_GET_DEVICE_ATTR) {
@@ -97,7 +105,7 @@ struct fake {
                     errno = ENXIO;
                     return -1;
                 }
-                *p = it->second;
+                std::memcpy(p, &it->second, size);
                 return 0;
             }
             errno = ENXIO;
