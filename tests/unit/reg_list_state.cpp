@@ -46,6 +46,9 @@ struct fake_vcpu {
     std::set<std::uint64_t> read_only;             // SET: EINVAL when the value differs
     std::set<std::uint64_t> locked_after_run;      // SET: EBUSY after a KVM_RUN
     bool ran = false;
+    bool mmio_pending = false;                     // an MMIO-write exit KVM has not completed
+    std::uint64_t pc_id = 0;                       // the register a completion advances by 4
+    ::kvm_run* run = nullptr;                      // this vCPU's mapping
     std::uint32_t mp_state = KVM_MP_STATE_RUNNABLE;
     std::vector<std::uint64_t> writes;             // ids SET, in order; ~0 = SET_MP_STATE
 };
@@ -58,10 +61,12 @@ struct fake_kernel {
     static inline unsigned long fail_req = 0;   // this request fails...
     static inline int fail_errno = 0;           // ...with this errno
     static inline int fail_skip = 0;            // after this many successful calls of it
+    static inline int next_map = 0;             // kvm_run mappings handed out, in vCPU order
 
     static void reset() {
         cpus = {};
         next_vcpu = 0;
+        next_map = 0;
         fail_req = 0;
         fail_errno = 0;
         fail_skip = 0;
@@ -71,7 +76,9 @@ struct fake_kernel {
     static int close(int) noexcept { return 0; }
     static int eventfd(unsigned, int) noexcept { return -1; }
     static void* mmap(void* a, std::size_t n, int prot, int, int, off_t) noexcept {
-        return ::mmap(a, n, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* p = ::mmap(a, n, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p != MAP_FAILED && next_map < 2) cpus[static_cast<std::size_t>(next_map++)].run = static_cast<::kvm_run*>(p);
+        return p;
     }
     static int munmap(void* a, std::size_t n) noexcept { return ::munmap(a, n); }
 
@@ -91,7 +98,25 @@ struct fake_kernel {
         }
         auto& c = cpus[static_cast<std::size_t>(fd - vcpu_fd0)];
         if (req == KVM_RUN) {
+            // As KVM: an MMIO write's instruction is skipped at the next KVM_RUN, before
+            // immediate_exit is looked at; a normal run stops at an MMIO write.
+            if (c.mmio_pending) {
+                auto& pc = c.regs.at(c.pc_id);
+                std::uint64_t v = 0;
+                std::memcpy(&v, pc.data(), 8);
+                v += 4;
+                std::memcpy(pc.data(), &v, 8);
+                c.mmio_pending = false;
+            }
+            if (c.run->immediate_exit != 0) {
+                c.run->exit_reason = KVM_EXIT_INTR;
+                errno = EINTR;
+                return -1;
+            }
             c.ran = true;
+            c.run->exit_reason = KVM_EXIT_MMIO;
+            c.run->mmio.is_write = 1;
+            c.mmio_pending = c.pc_id != 0;
             return 0;
         }
         if (req == KVM_GET_REG_LIST) {
@@ -413,6 +438,20 @@ TEST_CASE("reg-list state blob: round trip; every truncation and every changed b
     CHECK(!kvm::aarch64_vcpu_state::deserialize(longer));
 }
 
+namespace {
+constexpr std::size_t ids_at = sizeof(kvm::reg_list_state_header); // the first id of a blob
+std::uint64_t get64(const std::vector<std::byte>& b, std::size_t at) {
+    REQUIRE(b.size() >= at + 8);
+    std::uint64_t v = 0;
+    for (std::size_t i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<std::uint8_t>(b[at + i])} << (8 * i);
+    return v;
+}
+void put64(std::vector<std::byte>& b, std::size_t at, std::uint64_t v) {
+    REQUIRE(b.size() >= at + 8);
+    for (std::size_t i = 0; i < 8; ++i) b[at + i] = static_cast<std::byte>(v >> (8 * i));
+}
+} // namespace
+
 TEST_CASE("reg-list state blob: another architecture, another version, a hostile but hashed body") {
     const auto blob = a64_sample().serialize();
     auto other = kvm::riscv64_vcpu_state::deserialize(blob);
@@ -448,10 +487,8 @@ TEST_CASE("reg-list state blob: another architecture, another version, a hostile
     {
         // A riscv64 id in an arm64 state, hash recomputed: refused by the id check.
         auto b = blob;
-        std::uint64_t id = 0;
-        std::memcpy(&id, b.data() + sizeof(kvm::reg_list_state_header), 8);
-        id = (id & ~std::uint64_t{KVM_REG_ARCH_MASK}) | rv::reg_riscv;
-        std::memcpy(b.data() + sizeof(kvm::reg_list_state_header), &id, 8);
+        const std::uint64_t id = get64(b, ids_at);
+        put64(b, ids_at, (id & ~std::uint64_t{KVM_REG_ARCH_MASK}) | rv::reg_riscv);
         auto r = kvm::aarch64_vcpu_state::deserialize(rehash(b));
         REQUIRE(!r);
         CHECK(std::string(r.err().detail).find("another architecture") != std::string::npos);
@@ -459,7 +496,7 @@ TEST_CASE("reg-list state blob: another architecture, another version, a hostile
     {
         // The same id twice (sizes still add up): refused.
         auto b = blob;
-        std::memcpy(b.data() + sizeof(kvm::reg_list_state_header) + 8, b.data() + sizeof(kvm::reg_list_state_header), 8);
+        put64(b, ids_at + 8, get64(b, ids_at));
         auto r = kvm::aarch64_vcpu_state::deserialize(rehash(b));
         REQUIRE(!r);
         CHECK(std::string(r.err().detail).find("twice") != std::string::npos);
@@ -467,10 +504,7 @@ TEST_CASE("reg-list state blob: another architecture, another version, a hostile
     {
         // A size field claiming 2^15 bytes: refused before anything is read at that size.
         auto b = blob;
-        std::uint64_t id = 0;
-        std::memcpy(&id, b.data() + sizeof(kvm::reg_list_state_header), 8);
-        id |= KVM_REG_SIZE_MASK;
-        std::memcpy(b.data() + sizeof(kvm::reg_list_state_header), &id, 8);
+        put64(b, ids_at, get64(b, ids_at) | KVM_REG_SIZE_MASK);
         auto r = kvm::aarch64_vcpu_state::deserialize(rehash(b));
         REQUIRE(!r);
         CHECK(r.err().code == EINVAL);
@@ -483,5 +517,34 @@ TEST_CASE("reg-list state blob: another architecture, another version, a hostile
         auto r = kvm::aarch64_vcpu_state::deserialize(rehash(b));
         REQUIRE(!r);
         CHECK(std::string(r.err().detail).find("implausible") != std::string::npos);
+    }
+}
+
+TEST_CASE("reg-list state: save at an MMIO-write exit completes it first, so the saved PC is past the write") {
+    for (bool riscv : {false, true}) {
+        CAPTURE(riscv);
+        fake_kernel::reset();
+        if (riscv) rv_regs(fake_kernel::cpus[0], 5);
+        else a64_regs(fake_kernel::cpus[0], 5);
+        const std::uint64_t pc = riscv ? rv_pc : a64_pc;
+        fake_kernel::cpus[0].pc_id = pc;
+        auto before = [&] { return kvm::detail::low_word(fake_kernel::cpus[0].regs.at(pc)); };
+        std::uint64_t saved = 0;
+        const std::uint64_t start = before();
+        if (riscv) {
+            auto cpu = make_cpu<vcpu::arch::riscv64>();
+            REQUIRE(cpu.hal().enter()); // stops at the MMIO write
+            auto st = kvm::save_state(cpu);
+            REQUIRE_MESSAGE(st, st.err().message());
+            saved = st->value_u64(pc);
+        } else {
+            auto cpu = make_cpu<vcpu::arch::aarch64>();
+            REQUIRE(cpu.hal().enter());
+            auto st = kvm::save_state(cpu);
+            REQUIRE_MESSAGE(st, st.err().message());
+            saved = st->value_u64(pc);
+        }
+        CHECK(saved == start + 4);
+        CHECK(!fake_kernel::cpus[0].mmio_pending);
     }
 }
