@@ -496,11 +496,16 @@ public:
             return error{"snapshot header", EINVAL, "truncated: shorter than the header"}.with("file_size", actual).with_text("path", path);
         VCPU_TRY_VOID(detail::pread_all(fd.get(), reinterpret_cast<std::byte*>(&h), sizeof h, 0));
         const std::size_t page = detail::host_page_size();
-        if (auto c = check_snapshot_header(h, arch, page, actual); !c) return error(c.err()).with_text("path", path);
+        // The error's one text names the path, unless it already names something (the arch).
+        auto with_path = [path](error e) {
+            if (e.text().empty()) e.with_text("path", path);
+            return e;
+        };
+        if (auto c = check_snapshot_header(h, arch, page, actual); !c) return with_path(c.err());
         std::vector<std::byte> m(h.metadata_size);
         VCPU_TRY_VOID(detail::pread_all(fd.get(), m.data(), m.size(), 0));
         auto md = parse_snapshot_metadata(m, arch, page, actual);
-        if (!md) return error(md.err()).with_text("path", path);
+        if (!md) return with_path(md.err());
         return basic_snapshot_file(std::move(fd), std::move(*md));
     }
 
