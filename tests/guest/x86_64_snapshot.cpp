@@ -412,3 +412,79 @@ TEST_CASE("guest x86-64 snapshot: bad files are refused with a clear error and c
     const auto r = restore_and_run(path.c_str(), o.space, snapshot_at + 1);
     CHECK_MESSAGE(r.ok, r.why);
 }
+
+namespace {
+/// Real KVM and files, but one step fails: the ioctl `fail_code`, or (`fail_file_mmap`) an mmap of
+/// a file (the snapshot's memory), with `fail_errno`.
+struct failing_sys : vcpu::kvm::linux_sys {
+    static inline unsigned long fail_code = 0;
+    static inline bool fail_file_mmap = false;
+    static inline int fail_errno = EIO;
+    static int ioctl(int fd, unsigned long req, void* arg) noexcept {
+        if (req == fail_code) {
+            errno = fail_errno;
+            return -1;
+        }
+        return vcpu::kvm::linux_sys::ioctl(fd, req, arg);
+    }
+    static void* mmap(void* addr, std::size_t len, int prot, int flags, int fd, off_t off) noexcept {
+        if (fail_file_mmap && fd >= 0 && (flags & MAP_PRIVATE) != 0) {
+            errno = fail_errno;
+            return MAP_FAILED;
+        }
+        return vcpu::kvm::linux_sys::mmap(addr, len, prot, flags, fd, off);
+    }
+};
+} // namespace
+
+TEST_CASE("guest x86-64 snapshot: a failing step of save or restore is reported by name") {
+    namespace io = vcpu::kvm::ioctls;
+    temp_dir dir;
+    const auto path = dir.file("vm.snap");
+    auto m = kvm::vm_init_x86_64<failing_sys>(machine_options(), vcpu::x86_64::cpuid_setup<>{});
+    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE(kvm::save_x86_64_snapshot(path.c_str(), *m));
+
+    struct injected {
+        unsigned long code;
+        const char* name;
+    };
+    // Save: a failing GET leaves no file behind (nor a temporary one).
+    const auto other = dir.file("other.snap");
+    for (const auto& g : {injected{io::vm::get_irqchip.code, "KVM_GET_IRQCHIP"}, injected{io::vm::get_clock.code, "KVM_GET_CLOCK"},
+                          injected{io::vcpu::get_sregs.code, "KVM_GET_SREGS"}}) {
+        CAPTURE(g.name);
+        auto fresh = kvm::vm_init_x86_64<failing_sys>(machine_options(), vcpu::x86_64::cpuid_setup<>{});
+        REQUIRE(fresh);
+        failing_sys::fail_code = g.code;
+        failing_sys::fail_errno = EFAULT;
+        auto w = kvm::save_x86_64_snapshot(other.c_str(), *fresh);
+        failing_sys::fail_code = 0;
+        REQUIRE(!w);
+        CHECK(std::string(w.err().op) == g.name);
+        CHECK(w.err().code == EFAULT);
+        CHECK(::access(other.c_str(), F_OK) != 0);
+        CHECK(::access((other + ".tmp").c_str(), F_OK) != 0);
+    }
+    // Restore: each failing SET names itself.
+    for (const auto& s : {injected{io::vm::set_irqchip.code, "KVM_SET_IRQCHIP"}, injected{io::vm::set_pit2.code, "KVM_SET_PIT2"},
+                          injected{io::vm::set_clock.code, "KVM_SET_CLOCK"}, injected{io::vm::set_user_memory_region.code, "KVM_SET_USER_MEMORY_REGION"},
+                          injected{io::vcpu::set_lapic.code, "KVM_SET_LAPIC"}}) {
+        CAPTURE(s.name);
+        failing_sys::fail_code = s.code;
+        failing_sys::fail_errno = EINVAL;
+        auto r = kvm::restore_x86_64_snapshot<failing_sys>(path.c_str(), machine_options(), vcpu::x86_64::cpuid_setup<>{});
+        failing_sys::fail_code = 0;
+        REQUIRE(!r);
+        CHECK(std::string(r.err().op) == s.name);
+        CHECK(r.err().code == EINVAL);
+    }
+    failing_sys::fail_file_mmap = true;
+    failing_sys::fail_errno = ENOMEM;
+    auto r = kvm::restore_x86_64_snapshot<failing_sys>(path.c_str(), machine_options(), vcpu::x86_64::cpuid_setup<>{});
+    failing_sys::fail_file_mmap = false;
+    REQUIRE(!r);
+    CHECK(std::string(r.err().op) == "mmap snapshot memory");
+    CHECK(r.err().code == ENOMEM);
+    REQUIRE(kvm::restore_x86_64_snapshot<failing_sys>(path.c_str(), machine_options(), vcpu::x86_64::cpuid_setup<>{}));
+}
