@@ -12,6 +12,7 @@
 ///                 snapshot_slot[n]      slot number, flags, guest address, size, file offset
 ///                 snapshot_vcpu_entry[m] vCPU id and state size
 ///                 VM state blob         (VmState::serialize, may be empty)
+///                 device state blob     the VMM's own device models, opaque here (may be empty)
 ///                 vCPU state blobs      in entry order (VcpuState::serialize)
 ///  memory_offset  slot contents         page aligned, one after the other; all-zero pages are
 ///                                       holes (never written), so they cost no disk space
@@ -78,6 +79,7 @@ struct snapshot_header {
     std::uint32_t vcpu_count = 0;    ///< `snapshot_vcpu_entry` records after the slots
     std::uint32_t flags = 0;         ///< none defined in version 1 (must be 0)
     std::uint64_t vm_state_size = 0; ///< bytes of the VM state blob
+    std::uint64_t device_state_size = 0; ///< bytes of the device state blob (the VMM's, opaque)
     std::uint64_t metadata_size = 0; ///< bytes from offset 0 to the end of the last vCPU blob
     std::uint64_t memory_offset = 0; ///< page-aligned start of the slot contents
     std::uint64_t file_size = 0;     ///< the whole file's size (end of the last slot)
@@ -95,10 +97,11 @@ struct snapshot_header {
     static constexpr std::uint64_t max_metadata = std::uint64_t{256} << 20;
 };
 static_assert(std::is_standard_layout_v<snapshot_header> && std::is_trivially_copyable_v<snapshot_header>);
-static_assert(sizeof(snapshot_header) == 88 && offsetof(snapshot_header, arch) == 16 &&
+static_assert(sizeof(snapshot_header) == 96 && offsetof(snapshot_header, arch) == 16 &&
                   offsetof(snapshot_header, page_size) == 32 && offsetof(snapshot_header, vm_state_size) == 48 &&
-                  offsetof(snapshot_header, metadata_size) == 56 && offsetof(snapshot_header, memory_offset) == 64 &&
-                  offsetof(snapshot_header, file_size) == 72 && offsetof(snapshot_header, metadata_hash) == 80,
+                  offsetof(snapshot_header, device_state_size) == 56 && offsetof(snapshot_header, metadata_size) == 64 &&
+                  offsetof(snapshot_header, memory_offset) == 72 && offsetof(snapshot_header, file_size) == 80 &&
+                  offsetof(snapshot_header, metadata_hash) == 88,
               "kvm: snapshot_header is a file format: its layout must not change within a version");
 
 /// One memory slot in a snapshot file.
@@ -233,7 +236,8 @@ struct file_closer {
 } // namespace detail
 
 /// Writes a snapshot file at `path`: `arch` (the `Arch::name` of the VM), the memory `ram`, the
-/// VM state blob and the vCPU blobs, laid out as the file comment shows. The file is written
+/// VM state blob, the vCPU blobs and the VMM's `device_state` blob (its device models, opaque to
+/// the library; empty when there is none), laid out as the file comment shows. The file is written
 /// as `path` + ".tmp" and renamed over `path` at the end, so a failed write leaves any earlier
 /// snapshot at `path` untouched. All-zero pages are skipped (holes) unless
 /// `o.skip_zero_pages` is false. Precondition: the vCPUs are stopped (not in KVM_RUN) and the
@@ -245,6 +249,7 @@ struct file_closer {
                                                                       std::span<const snapshot_region> ram,
                                                                       std::span<const std::byte> vm_state,
                                                                       std::span<const snapshot_vcpu_blob> vcpus,
+                                                                      std::span<const std::byte> device_state = {},
                                                                       const snapshot_write_options& o = {}) {
     constexpr const char* op = "write_snapshot_file";
     const std::size_t page = detail::host_page_size();
@@ -263,9 +268,10 @@ struct file_closer {
     h.slot_count = static_cast<std::uint32_t>(ram.size());
     h.vcpu_count = static_cast<std::uint32_t>(vcpus.size());
     h.vm_state_size = vm_state.size();
+    h.device_state_size = device_state.size();
 
     std::uint64_t meta = sizeof h + ram.size() * sizeof(snapshot_slot) + vcpus.size() * sizeof(snapshot_vcpu_entry) +
-                         vm_state.size();
+                         vm_state.size() + device_state.size();
     for (const auto& v : vcpus) meta += v.state.size();
     if (meta > snapshot_header::max_metadata)
         return error{op, EINVAL, "metadata too large"}.with("metadata_size", meta).with("max", snapshot_header::max_metadata);
@@ -304,6 +310,7 @@ struct file_closer {
         put(&e, sizeof e);
     }
     put(vm_state.data(), vm_state.size());
+    put(device_state.data(), device_state.size());
     for (const auto& v : vcpus) put(v.state.data(), v.state.size());
     h.metadata_hash = detail::snapshot_fnv1a(m);
     std::memcpy(m.data(), &h, sizeof h);
@@ -361,10 +368,15 @@ struct snapshot_metadata {
     std::vector<std::byte> bytes;             ///< the metadata bytes [0, metadata_size)
     std::vector<std::uint64_t> vcpu_offsets;  ///< where each vCPU blob starts in `bytes`
     std::uint64_t vm_state_offset = 0;        ///< where the VM state blob starts in `bytes`
+    std::uint64_t device_state_offset = 0;    ///< where the device state blob starts in `bytes`
 
     /// The VM state blob.
     [[nodiscard]] std::span<const std::byte> vm_state() const noexcept {
         return std::span(bytes).subspan(vm_state_offset, header.vm_state_size);
+    }
+    /// The device state blob (the VMM's).
+    [[nodiscard]] std::span<const std::byte> device_state() const noexcept {
+        return std::span(bytes).subspan(device_state_offset, header.device_state_size);
     }
     /// vCPU `i`'s state blob (`i` < `vcpus.size()`).
     [[nodiscard]] std::span<const std::byte> vcpu_state(std::size_t i) const noexcept {
@@ -398,8 +410,11 @@ struct snapshot_metadata {
     const std::uint64_t tables = sizeof h + std::uint64_t{h.slot_count} * sizeof(snapshot_slot) +
                                  std::uint64_t{h.vcpu_count} * sizeof(snapshot_vcpu_entry);
     if (h.metadata_size > snapshot_header::max_metadata || h.metadata_size < tables ||
-        h.vm_state_size > h.metadata_size - tables)
-        return error{op, EINVAL, "bad metadata size"}.with("metadata_size", h.metadata_size).with("vm_state_size", h.vm_state_size);
+        h.vm_state_size > h.metadata_size - tables || h.device_state_size > h.metadata_size - tables - h.vm_state_size)
+        return error{op, EINVAL, "bad metadata size"}
+            .with("metadata_size", h.metadata_size)
+            .with("vm_state_size", h.vm_state_size)
+            .with("device_state_size", h.device_state_size);
     if (h.memory_offset != detail::round_up(h.metadata_size, page_size))
         return error{op, EINVAL, "memory section not where the metadata ends"}.with("memory_offset", h.memory_offset);
     if (h.file_size < h.memory_offset) return error{op, EINVAL, "bad file size"}.with("file_size", h.file_size);
@@ -446,7 +461,9 @@ struct snapshot_metadata {
     if (!out.vcpus.empty()) std::memcpy(out.vcpus.data(), m.data() + at, out.vcpus.size() * sizeof(snapshot_vcpu_entry));
     at += out.vcpus.size() * sizeof(snapshot_vcpu_entry);
     out.vm_state_offset = at;
-    at += h.vm_state_size; // checked against metadata_size by check_snapshot_header
+    at += h.vm_state_size; // both checked against metadata_size by check_snapshot_header
+    out.device_state_offset = at;
+    at += h.device_state_size;
     std::uint64_t expect = h.memory_offset;
     for (std::size_t i = 0; i < out.slots.size(); ++i) {
         const auto& s = out.slots[i];
@@ -515,6 +532,8 @@ public:
     [[nodiscard]] std::span<const snapshot_slot> slots() const noexcept { return md_.slots; }
     /// The VM state blob.
     [[nodiscard]] std::span<const std::byte> vm_state() const noexcept { return md_.vm_state(); }
+    /// The device state blob the VMM wrote (empty when it wrote none).
+    [[nodiscard]] std::span<const std::byte> device_state() const noexcept { return md_.device_state(); }
     /// The vCPU entries (ids and blob sizes).
     [[nodiscard]] std::span<const snapshot_vcpu_entry> vcpus() const noexcept { return md_.vcpus; }
     /// vCPU `i`'s state blob.
@@ -564,12 +583,13 @@ private:
 using snapshot_file = basic_snapshot_file<linux_sys>;
 
 /// Saves the VM-level state (`VmState::save(vm)`) and each vCPU's (`VcpuState::save(cpu.hal())`,
-/// which first completes pending I/O) and writes them with `ram` to `path`
-/// (`write_snapshot_file`), under `Cpu::arch_type::name`. Precondition: no vCPU is in KVM_RUN.
+/// which first completes pending I/O) and writes them with `ram` and the VMM's `device_state` to
+/// `path` (`write_snapshot_file`), under `Cpu::arch_type::name`. Precondition: no vCPU is in KVM_RUN.
 /// Errors: the first failing save, serialization or write.
 template <class VcpuState, class VmState, class Sys, class Cpu>
 [[nodiscard]] result<snapshot_write_stats> save_snapshot(const char* path, const basic_vm<Sys>& vm, std::span<Cpu> cpus,
                                                          std::span<const snapshot_region> ram,
+                                                         std::span<const std::byte> device_state = {},
                                                          const snapshot_write_options& o = {}) {
     std::vector<snapshot_vcpu_blob> blobs;
     blobs.reserve(cpus.size());
@@ -582,7 +602,7 @@ template <class VcpuState, class VmState, class Sys, class Cpu>
     auto v = VmState::save(vm);
     if (!v) return v.err();
     const auto vm_blob = v->serialize();
-    return write_snapshot_file(path, Cpu::arch_type::name, ram, vm_blob, blobs, o);
+    return write_snapshot_file(path, Cpu::arch_type::name, ram, vm_blob, blobs, device_state, o);
 }
 
 /// Loads a snapshot's VM state into `vm` (`VmState::load(vm, vm_args...)`), then vCPU `i`'s

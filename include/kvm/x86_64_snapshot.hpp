@@ -23,19 +23,23 @@
 #include <cerrno>
 #include <cstddef>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
 namespace vcpu::kvm {
 
-/// Writes machine `m` to `path`: its RAM as slot 0 at GPA 0, its VM device state and every
-/// vCPU's state. Precondition: no vCPU of `m` is in KVM_RUN (each vCPU's pending I/O is
-/// completed by the save). Errors: as `save_snapshot`.
+/// Writes machine `m` to `path`: its RAM as slot 0 at GPA 0, its VM device state, every vCPU's
+/// state, and `device_state`, the VMM's own device models (opaque; read back with
+/// `basic_snapshot_file::device_state`). Precondition: no vCPU of `m` is in KVM_RUN (each vCPU's
+/// pending I/O is completed by the save). Errors: as `save_snapshot`.
 template <class Sys>
 [[nodiscard]] result<snapshot_write_stats> save_x86_64_snapshot(const char* path, basic_x86_64_machine<Sys>& m,
+                                                                std::span<const std::byte> device_state = {},
                                                                 const snapshot_write_options& o = {}) {
     const snapshot_region ram[1]{snapshot_region{0, 0, m.ram.bytes(), false}};
-    return save_snapshot<x86_64_vcpu_state, x86_64_vm_state>(path, m.vm, std::span(m.vcpus), std::span(ram), o);
+    return save_snapshot<x86_64_vcpu_state, x86_64_vm_state>(path, m.vm, std::span(m.vcpus), std::span(ram),
+                                                             device_state, o);
 }
 
 /// Builds a new machine from the snapshot at `path`, as `vm_init_x86_64(o, init)` would build
@@ -51,10 +55,20 @@ template <class Sys>
 template <class Sys = linux_sys, class Init = reset_state>
 [[nodiscard]] result<basic_x86_64_machine<Sys>> restore_x86_64_snapshot(const char* path, const x86_64_options& o = {},
                                                                         const Init& init = {},
+                                                                        clock_restore how = clock_restore::exact);
+
+/// As `restore_x86_64_snapshot(path, ...)` from a snapshot file already opened (and so checked)
+/// with `basic_snapshot_file<Sys>::open(path, "x86_64")`, e.g. to read its `device_state` too.
+template <class Sys, class Init = reset_state>
+[[nodiscard]] result<basic_x86_64_machine<Sys>> restore_x86_64_snapshot(const basic_snapshot_file<Sys>& file,
+                                                                        const x86_64_options& o = {},
+                                                                        const Init& init = {},
                                                                         clock_restore how = clock_restore::exact) {
     constexpr const char* op = "restore_x86_64_snapshot";
-    auto f = basic_snapshot_file<Sys>::open(path, ::vcpu::arch::x86_64::name);
-    if (!f) return f.err();
+    const auto* f = &file;
+    if (std::string_view(f->header().arch.data()) != ::vcpu::arch::x86_64::name)
+        return error{op, EINVAL, "wrong arch: the snapshot is of another architecture"}.with_text(
+            "snapshot_arch", std::string_view(f->header().arch.data()));
     const auto slots = f->slots();
     if (slots.size() != 1 || slots[0].gpa != 0 || slots[0].size != o.ram_bytes || slots[0].slot != 0)
         return error{op, EINVAL, "memory layout mismatch: the machine's RAM is not the snapshot's"}
@@ -93,6 +107,14 @@ template <class Sys = linux_sys, class Init = reset_state>
     }
     VCPU_TRY_VOID((load_snapshot_state<x86_64_vcpu_state, x86_64_vm_state>(*f, *vm, std::span(cpus), how)));
     return basic_x86_64_machine<Sys>{std::move(*sys), std::move((*rams)[0]), std::move(*vm), mem, std::move(cpus)};
+}
+
+template <class Sys, class Init>
+[[nodiscard]] result<basic_x86_64_machine<Sys>> restore_x86_64_snapshot(const char* path, const x86_64_options& o,
+                                                                        const Init& init, clock_restore how) {
+    auto f = basic_snapshot_file<Sys>::open(path, ::vcpu::arch::x86_64::name);
+    if (!f) return f.err();
+    return restore_x86_64_snapshot<Sys, Init>(*f, o, init, how);
 }
 
 } // namespace vcpu::kvm

@@ -13,6 +13,7 @@
 
 #include <kvm/x86_64_snapshot.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdint>
@@ -166,9 +167,20 @@ resumed run_restored(Machine& m, const restored_space& space, u64 expect_next) {
     }
 }
 
-/// Restores `path` in this process and runs it to the end.
-resumed restore_and_run(const char* path, const restored_space& saved, u64 expect_next) {
-    auto m = kvm::restore_x86_64_snapshot(path, machine_options(), vcpu::x86_64::cpuid_setup<>{});
+/// The VMM's device-model state the snapshots carry (opaque to the library).
+const std::vector<std::byte> device_blob{std::byte{0xde}, std::byte{0xad}, std::byte{0x01}};
+
+/// Restores `path` in this process and runs it to the end (`opened`: through an opened
+/// `snapshot_file`, also checking the device state it carries).
+resumed restore_and_run(const char* path, const restored_space& saved, u64 expect_next, bool opened = false) {
+    auto m = [&]() -> vcpu::result<kvm::x86_64_machine> {
+        if (!opened) return kvm::restore_x86_64_snapshot(path, machine_options(), vcpu::x86_64::cpuid_setup<>{});
+        auto f = kvm::snapshot_file::open(path, "x86_64");
+        if (!f) return f.err();
+        if (!std::equal(f->device_state().begin(), f->device_state().end(), device_blob.begin(), device_blob.end()))
+            return vcpu::error{"test", EINVAL, "device state did not round-trip"};
+        return kvm::restore_x86_64_snapshot(*f, machine_options(), vcpu::x86_64::cpuid_setup<>{});
+    }();
     if (!m) return resumed{false, m.err().message()};
     restored_space space = saved;
     space.mem = &m->memory;
@@ -234,7 +246,7 @@ original run_and_snapshot(const std::string& path) {
         if (next == snapshot_at) break;
     }
     original o;
-    auto w = kvm::save_x86_64_snapshot(path.c_str(), *m);
+    auto w = kvm::save_x86_64_snapshot(path.c_str(), *m, device_blob);
     REQUIRE_MESSAGE(w, w.err().message());
     o.stats = *w;
     o.space.lo = space->image_va();
@@ -308,7 +320,7 @@ TEST_CASE("guest x86-64 snapshot: same-process restore into a second VM, twice f
     const auto before = read_file(path);
     for (int i = 0; i < 2; ++i) {
         CAPTURE(i);
-        const auto r = restore_and_run(path.c_str(), o.space, snapshot_at + 1);
+        const auto r = restore_and_run(path.c_str(), o.space, snapshot_at + 1, i == 1);
         CHECK_MESSAGE(r.ok, r.why);
         CHECK(r.first_count == snapshot_at + 1);
         CHECK(r.final_count == count_to);
@@ -382,6 +394,11 @@ TEST_CASE("guest x86-64 snapshot: bad files are refused with a clear error and c
     auto state = good;
     state[sizeof(kvm::snapshot_header) + sizeof(kvm::snapshot_slot) + sizeof(kvm::snapshot_vcpu_entry) + 40] ^= std::byte{1};
     refused(state, EBADMSG, "corrupt");
+    auto device = good;
+    device[sizeof(kvm::snapshot_header) + sizeof(kvm::snapshot_slot) + sizeof(kvm::snapshot_vcpu_entry) +
+           sizeof(kvm::x86_64_vm_state_header) + 3 * sizeof(::kvm_irqchip) + sizeof(::kvm_pit_state2) +
+           sizeof(::kvm_clock_data) + 1] ^= std::byte{1}; // inside the device state
+    refused(device, EBADMSG, "corrupt");
     // Wrong version.
     auto version = good;
     version[8] = std::byte{2};

@@ -77,6 +77,7 @@ const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 struct sample {
     fake_ram low{16 * page}, high{4 * page};
     std::vector<std::byte> vm = blob(100, 1);
+    std::vector<std::byte> devices = blob(57, 9); ///< the VMM's device models
     std::vector<kvm::snapshot_vcpu_blob> vcpus{{0, blob(300, 2)}, {3, blob(17, 3)}};
     sample() {
         for (std::size_t i = 0; i < low.n; i += page)
@@ -88,7 +89,7 @@ struct sample {
     }
     kvm::snapshot_write_stats write(const std::string& path, kvm::snapshot_write_options o = {}) const {
         const auto r = regions();
-        auto w = kvm::write_snapshot_file(path.c_str(), "testarch", r, vm, vcpus, o);
+        auto w = kvm::write_snapshot_file(path.c_str(), "testarch", r, vm, vcpus, devices, o);
         REQUIRE_MESSAGE(w, w.err().message());
         return *w;
     }
@@ -120,6 +121,7 @@ TEST_CASE("snapshot file: round trip of slots, state blobs and memory; zero page
     CHECK(f->slots()[1].gpa == 0x100000000ull);
     CHECK(f->slots()[1].flags == kvm::snapshot_slot::flag_read_only);
     CHECK(std::vector<std::byte>(f->vm_state().begin(), f->vm_state().end()) == s.vm);
+    CHECK(std::vector<std::byte>(f->device_state().begin(), f->device_state().end()) == s.devices);
     REQUIRE(f->vcpus().size() == 2);
     CHECK(f->vcpus()[1].id == 3);
     CHECK(std::vector<std::byte>(f->vcpu_state(0).begin(), f->vcpu_state(0).end()) == s.vcpus[0].state);
