@@ -16,7 +16,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <sys/mman.h>
@@ -291,4 +293,89 @@ TEST_CASE("no_vm_state: empty blob only") {
     CHECK(kvm::no_vm_state::deserialize({}));
     const std::byte one[1]{};
     CHECK(!kvm::no_vm_state::deserialize(one));
+}
+
+namespace {
+// Another architecture's vCPU state, shaped like x86_64_vcpu_state (save / load / serialize /
+// deserialize), on a stand-in HAL: the generic snapshot functions take it as a template argument.
+struct other_arch {
+    static constexpr std::string_view name = "aarch64";
+};
+struct other_hal {
+    unsigned vcpu_id = 0;
+    std::uint64_t pc = 0;
+    [[nodiscard]] unsigned id() const noexcept { return vcpu_id; }
+};
+struct other_cpu {
+    using arch_type = other_arch;
+    other_hal h;
+    other_hal& hal() noexcept { return h; }
+};
+struct other_state {
+    std::uint64_t pc = 0;
+    static vcpu::result<other_state> save(other_hal& h) { return other_state{h.pc}; }
+    vcpu::result<void> load(other_hal& h) const {
+        h.pc = pc;
+        return vcpu::ok();
+    }
+    [[nodiscard]] std::vector<std::byte> serialize() const {
+        std::vector<std::byte> b(sizeof pc);
+        std::memcpy(b.data(), &pc, sizeof pc);
+        return b;
+    }
+    static vcpu::result<other_state> deserialize(std::span<const std::byte> b) {
+        if (b.size() != sizeof(std::uint64_t)) return vcpu::error{"other_state::deserialize", EINVAL, "bad size"};
+        other_state s;
+        std::memcpy(&s.pc, b.data(), sizeof s.pc);
+        if (s.pc == 0xbad) return vcpu::error{"other_state::deserialize", EINVAL, "refused"};
+        return s;
+    }
+};
+} // namespace
+
+TEST_CASE("snapshot: generic over the arch: another arch's state type plugs in; mismatches change nothing") {
+    temp_dir d;
+    const auto path = d.file("other.snap");
+    fake_ram ram(4 * page);
+    std::memset(ram.p + page, 0x11, page);
+    const kvm::snapshot_region regions[1]{{0, 0x40000000, ram.bytes(), false}};
+    const kvm::basic_vm<kvm::linux_sys> no_vm(kvm::basic_fd<kvm::linux_sys>(-1), -1, 0); // no_vm_state never uses it
+    std::vector<other_cpu> cpus{{{0, 0x80001000}}, {{1, 0x80002000}}};
+    auto w = kvm::save_snapshot<other_state, kvm::no_vm_state>(path.c_str(), no_vm, std::span(cpus), std::span(regions));
+    REQUIRE_MESSAGE(w, w.err().message());
+
+    CHECK(!kvm::snapshot_file::open(path.c_str(), "x86_64")); // stored under the cpus' arch name
+    auto f = kvm::snapshot_file::open(path.c_str(), "aarch64");
+    REQUIRE_MESSAGE(f, f.err().message());
+    CHECK(f->slots()[0].gpa == 0x40000000);
+    CHECK(f->vm_state().empty());
+
+    std::vector<other_cpu> fresh{{{0, 0}}, {{1, 0}}};
+    auto l = kvm::load_snapshot_state<other_state, kvm::no_vm_state>(*f, no_vm, std::span(fresh));
+    REQUIRE_MESSAGE(l, l.err().message());
+    CHECK(fresh[0].h.pc == 0x80001000);
+    CHECK(fresh[1].h.pc == 0x80002000);
+
+    // Other vCPU ids or counts: refused, nothing loaded.
+    std::vector<other_cpu> ids{{{0, 0}}, {{2, 0}}};
+    auto bad_ids = kvm::load_snapshot_state<other_state, kvm::no_vm_state>(*f, no_vm, std::span(ids));
+    REQUIRE(!bad_ids);
+    CHECK(bad_ids.err().message().find("vCPU layout mismatch") != std::string::npos);
+    CHECK(ids[0].h.pc == 0);
+    std::vector<other_cpu> one{{{0, 0}}};
+    CHECK(!kvm::load_snapshot_state<other_state, kvm::no_vm_state>(*f, no_vm, std::span(one)));
+    CHECK(one[0].h.pc == 0);
+
+    // A state that does not deserialize: refused before any vCPU is loaded.
+    std::vector<other_cpu> bad{{{0, 0x1234}}, {{1, 0xbad}}};
+    const auto path2 = d.file("bad.snap");
+    REQUIRE(kvm::save_snapshot<other_state, kvm::no_vm_state>(path2.c_str(), no_vm, std::span(bad), std::span(regions)));
+    auto f2 = kvm::snapshot_file::open(path2.c_str(), "aarch64");
+    REQUIRE(f2);
+    std::vector<other_cpu> target{{{0, 7}}, {{1, 7}}};
+    auto r = kvm::load_snapshot_state<other_state, kvm::no_vm_state>(*f2, no_vm, std::span(target));
+    REQUIRE(!r);
+    CHECK(r.err().message().find("vcpu_id=1") != std::string::npos);
+    CHECK(target[0].h.pc == 7);
+    CHECK(target[1].h.pc == 7);
 }
