@@ -85,7 +85,7 @@ TEST_CASE("aarch64 vGICv3: create, configure, init after the vCPUs; KVM and the 
     auto typer_its = its->reg(0x8); // GITS_TYPER: Physical (bit 0) = 1, LPIs supported
     REQUIRE_MESSAGE(typer_its, typer_its.err().message());
     CHECK((*typer_its & 1) == 1);
-    MESSAGE("ITS at 0x", std::to_string(*b), " (decimal), GITS_TYPER low bits ", std::to_string(*typer_its & 0xff));
+    MESSAGE("ITS base ", std::to_string(*b), ", GITS_TYPER low byte ", std::to_string(*typer_its & 0xff));
 }
 
 TEST_CASE("aarch64 vGICv3: a misaligned address is refused, naming the attribute") {
