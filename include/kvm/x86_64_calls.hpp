@@ -343,20 +343,50 @@ template <class Sys, class Arch>
     return ok();
 }
 
+namespace detail {
+/// Makes KVM hold the register block `B` this vCPU would apply at its next KVM_RUN (a pending
+/// `modify`), so that an ioctl which reads or changes that state in KVM sees it. Only a block
+/// that differs from KVM's is written (a needless KVM_SET_REGS would drop a pending exception).
+template <class B, class Sys, class Arch>
+[[nodiscard]] result<void> push_block(hal_vcpu<Sys, Arch>& cpu) noexcept {
+    auto mine = cpu.template load<B>();
+    if (!mine) return mine.err();
+    typename B::layout kernel{};
+    if (auto r = cpu.ioctl(block_traits<B>::get, &kernel); !r) return r.err();
+    if (std::memcmp(&kernel, *mine, sizeof kernel) == 0) return ok();
+    const typename B::layout copy = **mine;
+    return cpu.template store<B>(copy);
+}
+/// Issues `io` (KVM_NMI, KVM_SMI: they change the pending events in KVM) with the vCPU's events
+/// block kept coherent: pending event writes go to KVM first, and the block is read back after,
+/// so `get_vcpu_events` and `save` see the queued event before the next run.
+template <class Sys, class Arch>
+[[nodiscard]] result<void> event_call(hal_vcpu<Sys, Arch>& cpu, ioctl_def<fd_kind::vcpu> io) noexcept {
+    using events = ::vcpu::x86_64::events_block;
+    VCPU_TRY_VOID(cpu.complete_pending_io());
+    VCPU_TRY_VOID(push_block<events>(cpu));
+    VCPU_TRY_VOID(vcpu_call(cpu, io, nullptr));
+    typename events::layout now{}; // KVM folds the queued NMI/SMI into what it reports
+    if (auto r = cpu.ioctl(block_traits<events>::get, &now); !r) return r.err();
+    return cpu.template store<events>(now);
+}
+} // namespace detail
+
 /// Queues a non-maskable interrupt on the vCPU (KVM API "KVM_NMI"); the guest takes it at its
 /// next entry unless NMIs are blocked. Works with and without the in-kernel irqchip (with it,
-/// LINT1 must be configured for NMI delivery by the guest, as on real hardware).
+/// LINT1 must be configured for NMI delivery by the guest, as on real hardware). The vCPU's
+/// events block is refreshed (`events.nmi.pending` shows it at once): a few extra ioctls.
 template <class Sys, class Arch>
 [[nodiscard]] result<void> inject_nmi(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    return detail::vcpu_call(cpu, ioctls::vcpu::nmi, nullptr);
+    return detail::event_call(cpu, ioctls::vcpu::nmi);
 }
 
 /// Queues a system-management interrupt (KVM API "KVM_SMI", needs `KVM_CAP_X86_SMM`); it shows
-/// as `events.smi.pending` until the vCPU enters SMM. Errors: "KVM_SMI" with errno (ENOTTY
-/// without SMM support).
+/// as `events.smi.pending` until the vCPU enters SMM (the events block is refreshed as for
+/// `inject_nmi`). Errors: "KVM_SMI" with errno (ENOTTY without SMM support).
 template <class Sys, class Arch>
 [[nodiscard]] result<void> inject_smi(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    return detail::vcpu_call(cpu, ioctls::vcpu::smi, nullptr);
+    return detail::event_call(cpu, ioctls::vcpu::smi);
 }
 
 /// Injects external interrupt `vector` (KVM API "KVM_INTERRUPT", x86 meaning): only for a VM
@@ -487,20 +517,6 @@ namespace detail {
     return d;
 }
 
-/// Makes KVM hold the register block `B` this vCPU would apply at its next KVM_RUN: a pending
-/// `modify` of RIP, RFLAGS or the segments must be in KVM before KVM_SET_GUEST_DEBUG reads them.
-/// Only a block that differs from KVM's is written (a needless KVM_SET_REGS would drop a
-/// pending exception).
-template <class B, class Sys, class Arch>
-[[nodiscard]] result<void> push_block(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    auto mine = cpu.template load<B>();
-    if (!mine) return mine.err();
-    typename B::layout kernel{};
-    if (auto r = cpu.ioctl(block_traits<B>::get, &kernel); !r) return r.err();
-    if (std::memcmp(&kernel, *mine, sizeof kernel) == 0) return ok();
-    const typename B::layout copy = **mine;
-    return cpu.template store<B>(copy);
-}
 } // namespace detail
 
 /// Sets host-side guest debugging (KVM API "KVM_SET_GUEST_DEBUG"): single-stepping, `int3` as
