@@ -1,31 +1,44 @@
 #pragma once
 /// \file
-/// x86-64 host glue, part 3: the vCPU state ioctls a VMM needs to save and restore a vCPU,
-/// typed. Each is a free function on a `hal_vcpu<Sys, Arch>` (reach it from a `basic_vcpu` with
-/// `.hal()`), goes through the ioctl table (kvm/ioctls.hpp) and the `Sys` seam, and returns
-/// `result<T>` whose error names the ioctl, the errno and the vCPU id.
+/// x86-64 host glue, part 3: the x86 vCPU ioctls a VMM needs beyond the exit loop — the state
+/// ioctls to save and restore a vCPU, event injection, address translation, guest debugging and
+/// nested state — typed. Each is a free function on a `hal_vcpu<Sys, Arch>` (reach it from a
+/// `basic_vcpu` with `.hal()`), goes through the ioctl table (kvm/ioctls.hpp) and the `Sys`
+/// seam, and returns `result<T>` whose error names the ioctl, the errno and the values that
+/// explain it (the vCPU id, the vector, the address, the capability...).
 ///
-/// | call                              | KVM API                                   |
-/// | --------------------------------- | ----------------------------------------- |
-/// | `get_fpu` / `set_fpu`             | 4.22/4.23 KVM_GET/SET_FPU                 |
-/// | `xsave_size`                      | 4.4 KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)    |
-/// | `get_xsave` / `set_xsave`         | 4.42/4.43 KVM_GET/SET_XSAVE, 4.136 XSAVE2  |
-/// | `get_xcrs` / `set_xcrs`           | 4.44/4.45 KVM_GET/SET_XCRS                |
-/// | `get_lapic` / `set_lapic`         | 4.57/4.58 KVM_GET/SET_LAPIC               |
-/// | `get_mp_state` / `set_mp_state`   | 4.38/4.39 KVM_GET/SET_MP_STATE            |
-/// | `get_vcpu_events` / `set_...`     | 4.31/4.32 KVM_GET/SET_VCPU_EVENTS         |
-/// | `get_debugregs` / `set_debugregs` | 4.33/4.34 KVM_GET/SET_DEBUGREGS           |
-/// | `get_msrs` / `set_msrs`           | 4.18/4.19 KVM_GET/SET_MSRS, in bulk       |
-/// | `msr_index_list`                  | 4.3 KVM_GET_MSR_INDEX_LIST (system fd)    |
-/// | `get_tsc_khz` / `set_tsc_khz`     | 4.55/4.56 KVM_GET/SET_TSC_KHZ             |
+/// | call                                  | KVM API                                   |
+/// | ------------------------------------- | ----------------------------------------- |
+/// | `get_fpu` / `set_fpu`                 | 4.22/4.23 KVM_GET/SET_FPU                 |
+/// | `xsave_size`                          | 4.4 KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)    |
+/// | `get_xsave` / `set_xsave`             | 4.42/4.43 KVM_GET/SET_XSAVE, 4.136 XSAVE2  |
+/// | `get_xcrs` / `set_xcrs`               | 4.44/4.45 KVM_GET/SET_XCRS                |
+/// | `get_lapic` / `set_lapic`             | 4.57/4.58 KVM_GET/SET_LAPIC               |
+/// | `get_mp_state` / `set_mp_state`       | 4.38/4.39 KVM_GET/SET_MP_STATE            |
+/// | `get_vcpu_events` / `set_...`         | 4.31/4.32 KVM_GET/SET_VCPU_EVENTS         |
+/// | `get_debugregs` / `set_debugregs`     | 4.33/4.34 KVM_GET/SET_DEBUGREGS           |
+/// | `get_msrs` / `set_msrs`               | 4.18/4.19 KVM_GET/SET_MSRS, in bulk       |
+/// | `msr_index_list`                      | 4.3 KVM_GET_MSR_INDEX_LIST (system fd)    |
+/// | `get_tsc_khz` / `set_tsc_khz`         | 4.55/4.56 KVM_GET/SET_TSC_KHZ             |
+/// | `get_cpuid2`                          | KVM_GET_CPUID2 (grown on E2BIG)           |
+/// | `kvmclock_ctrl`                       | KVM_KVMCLOCK_CTRL                         |
+/// | `inject_nmi` / `inject_smi`           | KVM_NMI / KVM_SMI (`KVM_CAP_X86_SMM`)     |
+/// | `inject_interrupt`                    | KVM_INTERRUPT (no in-kernel irqchip)      |
+/// | `translate`                           | KVM_TRANSLATE                             |
+/// | `set_guest_debug`                     | KVM_SET_GUEST_DEBUG (typed DR7)           |
+/// | `nested_state_size`                   | KVM_CHECK_EXTENSION(KVM_CAP_NESTED_STATE) |
+/// | `get_nested_state` / `set_...`        | KVM_GET/SET_NESTED_STATE                  |
+///
+/// vCPU `KVM_ENABLE_CAP` is `enable_cap` in kvm/caps.hpp (every arch); the system-fd calls
+/// (feature MSRs, emulated CPUID, typed capabilities) are members of `basic_system`.
 ///
 /// The kernel structs without an arch mirror (`kvm_fpu`, `kvm_xcrs`, `kvm_lapic_state`,
 /// `kvm_mp_state`) are used as they are: only this layer sees them. Events and debug registers
 /// are the arch's register blocks, moved through the vCPU's block cache (`load` / `store`), so a
 /// value read here agrees with what handlers see and wrote.
 ///
-/// Setup and state-transfer path: `get_msrs`, `msr_index_list` and the XSAVE buffer allocate.
-/// Compiled only on x86-64 hosts; elsewhere this header is empty.
+/// Setup and state-transfer path: `get_msrs`, `msr_index_list`, `get_cpuid2`, the XSAVE and
+/// nested-state buffers allocate. Compiled only on x86-64 hosts; elsewhere this header is empty.
 
 #include <kvm/ioctls.hpp>
 #include <kvm/sys.hpp>
