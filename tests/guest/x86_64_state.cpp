@@ -103,7 +103,7 @@ VCPU_GUEST_CODE void on_timer(gx::exception_frame&) {
 /// Loads known values into RBX, R12-R15, (when `x87`) the x87 stack and control word, (when
 /// `mxcsr`) MXCSR, XMM0-15 and (when `avx`) the upper halves of YMM0-15, reports (`sync(vector_sync_marker)`: the host saves here),
 /// then stores every one of them back: the only code between load and store is the OUT.
-VCPU_GUEST_CODE [[gnu::noinline]] void vector_roundtrip(vector_state* v, u64 avx, u64 x87, u64 mxcsr) {
+[[gnu::noinline]] VCPU_GUEST_CODE void vector_roundtrip(vector_state* v, u64 avx, u64 x87, u64 mxcsr) {
 #define VCPU_XMM(n) "movdqu " #n "*16+%c[xi](%[v]), %%xmm" #n "\n"
 #define VCPU_YMM(n) "vinsertf128 $1, " #n "*16+%c[yi](%[v]), %%ymm" #n ", %%ymm" #n "\n"
 #define VCPU_XMM_OUT(n) "movdqu %%xmm" #n ", " #n "*16+%c[xo](%[v])\n"
