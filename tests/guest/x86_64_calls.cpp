@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <variant>
 #include <vector>
@@ -495,23 +496,23 @@ TEST_CASE("x86 calls debug: single step, int3, hardware breakpoint and write wat
     // A hardware breakpoint that does not fire lets the guest run on to its next sync. Where that
     // is a known gap of the host (PVM: data breakpoints; QEMU TCG's SVM in the nested machine:
     // DR0-DR3 loaded by KVM are not armed), the part is skipped with the reason; elsewhere it fails.
-    auto expect_debug = [&](const char* what, bool host_gap, const char* reason, u64 next_stage) -> const vcpu::debug* {
-        static decltype(next_exit(*m, space)) e;
-        e = next_exit(*m, space);
+    auto expect_debug = [&](const char* what, bool host_gap, const char* reason,
+                            u64 next_stage) -> std::optional<vcpu::debug> {
+        auto e = next_exit(*m, space);
         if (const auto* s = std::get_if<vcpu::guest::sync>(&e); host_gap && s != nullptr && (*s)[0] == next_stage) {
             skipped(reason);
-            return nullptr;
+            return std::nullopt;
         }
         const auto* d = std::get_if<vcpu::debug>(&e);
         if (d == nullptr) FAIL(what << ": expected a debug exit, got variant index " << e.index());
-        return d;
+        return *d;
     };
     // 2. Hardware instruction breakpoint in DR0: a fault before the instruction.
     {
         kvm::guest_debug g;
         g.hw[0] = {true, addr(vcpu_dbg_hw_bp), kvm::breakpoint_type::execute, kvm::breakpoint_length::one};
         REQUIRE(kvm::set_guest_debug(hal, g));
-        if (const auto* d = expect_debug("hardware breakpoint", qemu_svm,
+        if (const auto d = expect_debug("hardware breakpoint", qemu_svm,
                                          "a hardware instruction breakpoint does not fire under QEMU TCG's SVM "
                                          "(nested machine)",
                                          3)) {
@@ -529,7 +530,7 @@ TEST_CASE("x86 calls debug: single step, int3, hardware breakpoint and write wat
         kvm::guest_debug g;
         g.hw[1] = {true, addr(&watched), kvm::breakpoint_type::write, kvm::breakpoint_length::eight};
         REQUIRE(kvm::set_guest_debug(hal, g));
-        if (const auto* d = expect_debug("watchpoint", pvm || qemu_svm,
+        if (const auto d = expect_debug("watchpoint", pvm || qemu_svm,
                                          pvm ? "a hardware write watchpoint does not fire on this host (PVM)"
                                              : "a hardware write watchpoint does not fire under QEMU TCG's SVM "
                                                "(nested machine)",
