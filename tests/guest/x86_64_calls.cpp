@@ -222,6 +222,10 @@ TEST_CASE("x86 calls: feature MSRs are listed and readable on the system fd; emu
         auto n = sys->get_feature_msrs(e);
         REQUIRE_MESSAGE(n, n.err().message());
         CHECK(*n == e.size()); // every listed feature MSR reads
+        // The save/restore list is a different one, also on the system fd.
+        auto saved = sys->msr_index_list();
+        REQUIRE_MESSAGE(saved, saved.err().message());
+        CHECK(std::find(saved->begin(), saved->end(), 0xc0000082u) != saved->end()); // MSR_LSTAR
     }
     auto em = sys->emulated_cpuid();
     REQUIRE_MESSAGE(em, em.err().message());

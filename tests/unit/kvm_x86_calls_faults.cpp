@@ -253,6 +253,9 @@ TEST_CASE("kvm x86 calls (fake kernel): CPUID lists grow on E2BIG; MSR feature l
     REQUIRE(!big);
     CHECK(big.err().code == E2BIG);
     CHECK(std::string(big.err().op) == "KVM_GET_EMULATED_CPUID");
+    auto all = f.sys.msr_index_list(); // same kvm_msr_list protocol, on the fake's feature list
+    CHECK(!all); // the fake has no KVM_GET_MSR_INDEX_LIST: ENOTTY, named
+    if (!all) CHECK(std::string(all.err().op) == "KVM_GET_MSR_INDEX_LIST");
     auto list = f.sys.msr_feature_index_list();
     REQUIRE_MESSAGE(list, list.err().message());
     CHECK(*list == std::vector<std::uint32_t>{0x10a, 0x345, 0xc0011029});
@@ -367,6 +370,15 @@ TEST_CASE("kvm x86 calls (fake kernel): every call, failing, names its ioctl wit
              return v(f.sys.get_feature_msrs(e));
          }},
         {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(kvm::nested_state_size(f.cpu)); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.max_vcpus()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.max_vcpu_id()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.nr_vcpus()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.nr_memslots()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.arm_vm_ipa_size()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.vm_types()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.guest_debug_hw_bps()); }},
+        {KVM_CHECK_EXTENSION, "KVM_CHECK_EXTENSION", "cap", [&](fixture& f) { return v(f.sys.guest_debug_hw_wps()); }},
+        {io::system::get_msr_index_list.code, "KVM_GET_MSR_INDEX_LIST", "", [&](fixture& f) { return v(f.sys.msr_index_list()); }},
         // The events block read around KVM_NMI: its failure is reported, by name.
         {KVM_GET_VCPU_EVENTS, "KVM_GET_VCPU_EVENTS", "vcpu_id", [](fixture& f) { return kvm::inject_nmi(f.cpu); }},
         {KVM_GET_REGS, "KVM_GET_REGS", "vcpu_id",
