@@ -12,6 +12,7 @@
 /// | `vm_types`                            | KVM_CAP_VM_TYPES (x86)                           |
 /// | `guest_debug_hw_bps` / `_wps`         | KVM_CAP_GUEST_DEBUG_HW_BPS / _WPS (arm64)        |
 /// | `require`                             | KVM_CHECK_EXTENSION for each capability needed   |
+/// | `msr_index_list`                      | 4.3 KVM_GET_MSR_INDEX_LIST (x86)                 |
 /// | `msr_feature_index_list`              | 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (x86)         |
 /// | `get_feature_msrs`                    | 4.18 KVM_GET_MSRS on the system fd (x86)         |
 /// | `emulated_cpuid`                      | KVM_GET_EMULATED_CPUID (x86)                     |
@@ -216,6 +217,12 @@ public:
     }
 
 #if defined(__x86_64__)
+    /// The MSR indices KVM can save and restore for a guest (KVM API 4.3
+    /// KVM_GET_MSR_INDEX_LIST; as the free `msr_index_list`). Allocates. Errors: the ioctl's
+    /// name and errno.
+    [[nodiscard]] result<std::vector<std::uint32_t>> msr_index_list() const {
+        return detail::msr_list<Sys>(fd_.get(), ioctls::system::get_msr_index_list);
+    }
     /// The MSRs that describe host features a VMM may expose to guests (KVM API 4.3
     /// KVM_GET_MSR_FEATURE_INDEX_LIST, `KVM_CAP_GET_MSR_FEATURES`): e.g. IA32_ARCH_CAPABILITIES,
     /// the VMX capability MSRs. Allocates. Errors: the ioctl's name and errno.

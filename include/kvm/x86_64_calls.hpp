@@ -1,31 +1,44 @@
 #pragma once
 /// \file
-/// x86-64 host glue, part 3: the vCPU state ioctls a VMM needs to save and restore a vCPU,
-/// typed. Each is a free function on a `hal_vcpu<Sys, Arch>` (reach it from a `basic_vcpu` with
-/// `.hal()`), goes through the ioctl table (kvm/ioctls.hpp) and the `Sys` seam, and returns
-/// `result<T>` whose error names the ioctl, the errno and the vCPU id.
+/// x86-64 host glue, part 3: the x86 vCPU ioctls a VMM needs beyond the exit loop — the state
+/// ioctls to save and restore a vCPU, event injection, address translation, guest debugging and
+/// nested state — typed. Each is a free function on a `hal_vcpu<Sys, Arch>` (reach it from a
+/// `basic_vcpu` with `.hal()`), goes through the ioctl table (kvm/ioctls.hpp) and the `Sys`
+/// seam, and returns `result<T>` whose error names the ioctl, the errno and the values that
+/// explain it (the vCPU id, the vector, the address, the capability...).
 ///
-/// | call                              | KVM API                                   |
-/// | --------------------------------- | ----------------------------------------- |
-/// | `get_fpu` / `set_fpu`             | 4.22/4.23 KVM_GET/SET_FPU                 |
-/// | `xsave_size`                      | 4.4 KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)    |
-/// | `get_xsave` / `set_xsave`         | 4.42/4.43 KVM_GET/SET_XSAVE, 4.136 XSAVE2  |
-/// | `get_xcrs` / `set_xcrs`           | 4.44/4.45 KVM_GET/SET_XCRS                |
-/// | `get_lapic` / `set_lapic`         | 4.57/4.58 KVM_GET/SET_LAPIC               |
-/// | `get_mp_state` / `set_mp_state`   | 4.38/4.39 KVM_GET/SET_MP_STATE            |
-/// | `get_vcpu_events` / `set_...`     | 4.31/4.32 KVM_GET/SET_VCPU_EVENTS         |
-/// | `get_debugregs` / `set_debugregs` | 4.33/4.34 KVM_GET/SET_DEBUGREGS           |
-/// | `get_msrs` / `set_msrs`           | 4.18/4.19 KVM_GET/SET_MSRS, in bulk       |
-/// | `msr_index_list`                  | 4.3 KVM_GET_MSR_INDEX_LIST (system fd)    |
-/// | `get_tsc_khz` / `set_tsc_khz`     | 4.55/4.56 KVM_GET/SET_TSC_KHZ             |
+/// | call                                  | KVM API                                   |
+/// | ------------------------------------- | ----------------------------------------- |
+/// | `get_fpu` / `set_fpu`                 | 4.22/4.23 KVM_GET/SET_FPU                 |
+/// | `xsave_size`                          | 4.4 KVM_CHECK_EXTENSION(KVM_CAP_XSAVE2)    |
+/// | `get_xsave` / `set_xsave`             | 4.42/4.43 KVM_GET/SET_XSAVE, 4.136 XSAVE2  |
+/// | `get_xcrs` / `set_xcrs`               | 4.44/4.45 KVM_GET/SET_XCRS                |
+/// | `get_lapic` / `set_lapic`             | 4.57/4.58 KVM_GET/SET_LAPIC               |
+/// | `get_mp_state` / `set_mp_state`       | 4.38/4.39 KVM_GET/SET_MP_STATE            |
+/// | `get_vcpu_events` / `set_...`         | 4.31/4.32 KVM_GET/SET_VCPU_EVENTS         |
+/// | `get_debugregs` / `set_debugregs`     | 4.33/4.34 KVM_GET/SET_DEBUGREGS           |
+/// | `get_msrs` / `set_msrs`               | 4.18/4.19 KVM_GET/SET_MSRS, in bulk       |
+/// | `msr_index_list`                      | 4.3 KVM_GET_MSR_INDEX_LIST (system fd)    |
+/// | `get_tsc_khz` / `set_tsc_khz`         | 4.55/4.56 KVM_GET/SET_TSC_KHZ             |
+/// | `get_cpuid2`                          | KVM_GET_CPUID2 (grown on E2BIG)           |
+/// | `kvmclock_ctrl`                       | KVM_KVMCLOCK_CTRL                         |
+/// | `inject_nmi` / `inject_smi`           | KVM_NMI / KVM_SMI (`KVM_CAP_X86_SMM`)     |
+/// | `inject_interrupt`                    | KVM_INTERRUPT (no in-kernel irqchip)      |
+/// | `translate`                           | KVM_TRANSLATE                             |
+/// | `set_guest_debug`                     | KVM_SET_GUEST_DEBUG (typed DR7)           |
+/// | `nested_state_size`                   | KVM_CHECK_EXTENSION(KVM_CAP_NESTED_STATE) |
+/// | `get_nested_state` / `set_...`        | KVM_GET/SET_NESTED_STATE                  |
+///
+/// vCPU `KVM_ENABLE_CAP` is `enable_cap` in kvm/caps.hpp (every arch); the system-fd calls
+/// (feature MSRs, emulated CPUID, typed capabilities) are members of `basic_system`.
 ///
 /// The kernel structs without an arch mirror (`kvm_fpu`, `kvm_xcrs`, `kvm_lapic_state`,
 /// `kvm_mp_state`) are used as they are: only this layer sees them. Events and debug registers
 /// are the arch's register blocks, moved through the vCPU's block cache (`load` / `store`), so a
 /// value read here agrees with what handlers see and wrote.
 ///
-/// Setup and state-transfer path: `get_msrs`, `msr_index_list` and the XSAVE buffer allocate.
-/// Compiled only on x86-64 hosts; elsewhere this header is empty.
+/// Setup and state-transfer path: `get_msrs`, `msr_index_list`, `get_cpuid2`, the XSAVE and
+/// nested-state buffers allocate. Compiled only on x86-64 hosts; elsewhere this header is empty.
 
 #include <kvm/ioctls.hpp>
 #include <kvm/sys.hpp>
@@ -343,20 +356,50 @@ template <class Sys, class Arch>
     return ok();
 }
 
+namespace detail {
+/// Makes KVM hold the register block `B` this vCPU would apply at its next KVM_RUN (a pending
+/// `modify`), so that an ioctl which reads or changes that state in KVM sees it. Only a block
+/// that differs from KVM's is written (a needless KVM_SET_REGS would drop a pending exception).
+template <class B, class Sys, class Arch>
+[[nodiscard]] result<void> push_block(hal_vcpu<Sys, Arch>& cpu) noexcept {
+    auto mine = cpu.template load<B>();
+    if (!mine) return mine.err();
+    typename B::layout kernel{};
+    if (auto r = cpu.ioctl(block_traits<B>::get, &kernel); !r) return r.err();
+    if (std::memcmp(&kernel, *mine, sizeof kernel) == 0) return ok();
+    const typename B::layout copy = **mine;
+    return cpu.template store<B>(copy);
+}
+/// Issues `io` (KVM_NMI, KVM_SMI: they change the pending events in KVM) with the vCPU's events
+/// block kept coherent: pending event writes go to KVM first, and the block is read back after,
+/// so `get_vcpu_events` and `save` see the queued event before the next run.
+template <class Sys, class Arch>
+[[nodiscard]] result<void> event_call(hal_vcpu<Sys, Arch>& cpu, ioctl_def<fd_kind::vcpu> io) noexcept {
+    using events = ::vcpu::x86_64::events_block;
+    VCPU_TRY_VOID(cpu.complete_pending_io());
+    VCPU_TRY_VOID(push_block<events>(cpu));
+    VCPU_TRY_VOID(vcpu_call(cpu, io, nullptr));
+    typename events::layout now{}; // KVM folds the queued NMI/SMI into what it reports
+    if (auto r = cpu.ioctl(block_traits<events>::get, &now); !r) return r.err();
+    return cpu.template store<events>(now);
+}
+} // namespace detail
+
 /// Queues a non-maskable interrupt on the vCPU (KVM API "KVM_NMI"); the guest takes it at its
 /// next entry unless NMIs are blocked. Works with and without the in-kernel irqchip (with it,
-/// LINT1 must be configured for NMI delivery by the guest, as on real hardware).
+/// LINT1 must be configured for NMI delivery by the guest, as on real hardware). The vCPU's
+/// events block is refreshed (`events.nmi.pending` shows it at once): a few extra ioctls.
 template <class Sys, class Arch>
 [[nodiscard]] result<void> inject_nmi(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    return detail::vcpu_call(cpu, ioctls::vcpu::nmi, nullptr);
+    return detail::event_call(cpu, ioctls::vcpu::nmi);
 }
 
 /// Queues a system-management interrupt (KVM API "KVM_SMI", needs `KVM_CAP_X86_SMM`); it shows
-/// as `events.smi.pending` until the vCPU enters SMM. Errors: "KVM_SMI" with errno (ENOTTY
-/// without SMM support).
+/// as `events.smi.pending` until the vCPU enters SMM (the events block is refreshed as for
+/// `inject_nmi`). Errors: "KVM_SMI" with errno (ENOTTY without SMM support).
 template <class Sys, class Arch>
 [[nodiscard]] result<void> inject_smi(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    return detail::vcpu_call(cpu, ioctls::vcpu::smi, nullptr);
+    return detail::event_call(cpu, ioctls::vcpu::smi);
 }
 
 /// Injects external interrupt `vector` (KVM API "KVM_INTERRUPT", x86 meaning): only for a VM
@@ -487,20 +530,6 @@ namespace detail {
     return d;
 }
 
-/// Makes KVM hold the register block `B` this vCPU would apply at its next KVM_RUN: a pending
-/// `modify` of RIP, RFLAGS or the segments must be in KVM before KVM_SET_GUEST_DEBUG reads them.
-/// Only a block that differs from KVM's is written (a needless KVM_SET_REGS would drop a
-/// pending exception).
-template <class B, class Sys, class Arch>
-[[nodiscard]] result<void> push_block(hal_vcpu<Sys, Arch>& cpu) noexcept {
-    auto mine = cpu.template load<B>();
-    if (!mine) return mine.err();
-    typename B::layout kernel{};
-    if (auto r = cpu.ioctl(block_traits<B>::get, &kernel); !r) return r.err();
-    if (std::memcmp(&kernel, *mine, sizeof kernel) == 0) return ok();
-    const typename B::layout copy = **mine;
-    return cpu.template store<B>(copy);
-}
 } // namespace detail
 
 /// Sets host-side guest debugging (KVM API "KVM_SET_GUEST_DEBUG"): single-stepping, `int3` as

@@ -38,27 +38,35 @@ struct x86_64_state_header {
     std::uint32_t xsave_size = 0;  ///< bytes of the XSAVE section (0: an FPU section instead)
     std::uint32_t msr_count = 0;   ///< 16-byte MSR entries in the last section
     std::uint32_t tsc_khz = 0;     ///< guest TSC frequency (0: not saved)
+    std::uint32_t nested_size = 0; ///< bytes of the nested-state section (0 without `flag_nested`)
+    std::uint32_t reserved = 0;    ///< 0
     std::uint64_t body_size = 0;   ///< bytes after the header
     std::uint64_t body_hash = 0;   ///< FNV-1a 64 of the header (this field 0) and the body
 
     /// The first 8 bytes of every blob: "vcpux86s".
     static constexpr std::array<char, 8> magic_v{'v', 'c', 'p', 'u', 'x', '8', '6', 's'};
-    /// The format version this library writes and reads (others are refused).
-    static constexpr std::uint32_t current_version = 1;
-    static constexpr std::uint32_t flag_xcrs = 1u << 0;  ///< an XCRS section is present
-    static constexpr std::uint32_t flag_lapic = 1u << 1; ///< a LAPIC section is present
+    /// The format version this library writes and reads (others are refused). Version 2 added
+    /// the nested-state section and `nested_size`; version 1 blobs are refused (EPROTO).
+    static constexpr std::uint32_t current_version = 2;
+    static constexpr std::uint32_t flag_xcrs = 1u << 0;   ///< an XCRS section is present
+    static constexpr std::uint32_t flag_lapic = 1u << 1;  ///< a LAPIC section is present
+    static constexpr std::uint32_t flag_nested = 1u << 2; ///< a nested-state section is present
     /// Every flag this version defines; a blob with others is refused.
-    static constexpr std::uint32_t known_flags = flag_xcrs | flag_lapic;
+    static constexpr std::uint32_t known_flags = flag_xcrs | flag_lapic | flag_nested;
+    /// Largest nested-state section accepted (KVM's VMX state is 8 KiB + header today).
+    static constexpr std::uint32_t max_nested_size = 1u << 20;
 };
 static_assert(std::is_standard_layout_v<x86_64_state_header> && std::is_trivially_copyable_v<x86_64_state_header>);
-static_assert(sizeof(x86_64_state_header) == 48 && offsetof(x86_64_state_header, version) == 8 &&
+static_assert(sizeof(x86_64_state_header) == 56 && offsetof(x86_64_state_header, version) == 8 &&
               offsetof(x86_64_state_header, header_size) == 12 && offsetof(x86_64_state_header, flags) == 16 &&
               offsetof(x86_64_state_header, xsave_size) == 20 && offsetof(x86_64_state_header, msr_count) == 24 &&
-              offsetof(x86_64_state_header, tsc_khz) == 28 && offsetof(x86_64_state_header, body_size) == 32 &&
-              offsetof(x86_64_state_header, body_hash) == 40,
+              offsetof(x86_64_state_header, tsc_khz) == 28 && offsetof(x86_64_state_header, nested_size) == 32 &&
+              offsetof(x86_64_state_header, reserved) == 36 && offsetof(x86_64_state_header, body_size) == 40 &&
+              offsetof(x86_64_state_header, body_hash) == 48,
               "kvm: x86_64_state_header is a file format: its layout must not change within a version");
 
-/// Everything KVM holds for one x86-64 vCPU (without nested state, which remains to do).
+/// Everything KVM holds for one x86-64 vCPU, nested-virtualization state included where the
+/// host has `KVM_CAP_NESTED_STATE`.
 struct x86_64_vcpu_state {
     ::vcpu::x86_64::regs_layout regs{};   ///< general-purpose registers, RIP, RFLAGS (KVM_GET_REGS)
     ::vcpu::x86_64::sregs_layout sregs{}; ///< segments, control registers, EFER, APIC base (KVM_GET_SREGS)
@@ -73,6 +81,7 @@ struct x86_64_vcpu_state {
     ::vcpu::x86_64::debugregs_layout debugregs{}; ///< DR0-DR3, DR6, DR7 (KVM_GET_DEBUGREGS)
     std::vector<::vcpu::x86_64::msr_entry> msrs; ///< every MSR of the index list KVM could read
     std::uint32_t tsc_khz = 0;                   ///< 0 when KVM_GET_TSC_KHZ is not available
+    nested_state nested;                         ///< empty without `KVM_CAP_NESTED_STATE` (e.g. PVM)
 
     /// Saves `cpu`'s state. First completes an exit KVM has not finished (`complete_pending_io(true)`,
     /// KVM API 4.10: "the userspace must call KVM_RUN ... before reading state"; `true`: an OUT or
@@ -81,7 +90,8 @@ struct x86_64_vcpu_state {
     /// events and mp_state first (KVM_GET_MP_STATE accepts pending INIT/SIPI and
     /// KVM_GET_VCPU_EVENTS folds pending NMIs/SMIs, either of which may change the other
     /// state), then regs, sregs, XSAVE (or FPU), XCRs, LAPIC, the MSRs of
-    /// KVM_GET_MSR_INDEX_LIST, debug registers, TSC frequency — the selftests' order. Register
+    /// KVM_GET_MSR_INDEX_LIST, nested state (with `KVM_CAP_NESTED_STATE`), debug registers,
+    /// TSC frequency — the selftests' order. Register
     /// blocks come through the vCPU's cache, so writes a handler made and KVM has not applied
     /// yet are part of the state. An MSR of the list KVM refuses to read for this vCPU (its
     /// CPUID lacks the feature) is left out, as QEMU does. Errors: the first failing ioctl's
@@ -139,6 +149,13 @@ struct x86_64_vcpu_state {
             at += *n;
             if (at < s.msrs.size()) s.msrs.erase(s.msrs.begin() + static_cast<std::ptrdiff_t>(at));
         }
+        auto nsize = nested_state_size(cpu);
+        if (!nsize) return nsize.err();
+        if (*nsize != 0) {
+            auto n = get_nested_state(cpu, *nsize);
+            if (!n) return n.err();
+            s.nested = std::move(*n);
+        }
         auto dr = get_debugregs(cpu);
         if (!dr) return dr.err();
         s.debugregs = *dr;
@@ -152,6 +169,9 @@ struct x86_64_vcpu_state {
     /// configuration). Order, and why where it matters:
     /// 1. TSC frequency, when it differs (before the TSC MSR, whose offset is computed with it);
     /// 2. sregs (CR0/CR4/EFER and the APIC base the later SETs are checked against);
+    /// 2b. nested state, when saved: after sregs (KVM checks EFER.SVME for SVM state) and
+    ///    before regs, XSAVE, MSRs and events, which then land in the nested guest's context
+    ///    the state re-enters (QEMU's `kvm_arch_put_registers` order);
     /// 3. XCRs, then XSAVE (KVM checks the XSAVE components against XCR0) or FPU;
     /// 4. regs;
     /// 5. LAPIC (after sregs: KVM_SET_LAPIC uses the APIC base set there);
@@ -172,6 +192,7 @@ struct x86_64_vcpu_state {
             if (!now || *now != tsc_khz) VCPU_TRY_VOID(set_tsc_khz(cpu, tsc_khz));
         }
         VCPU_TRY_VOID(cpu.template store<::vcpu::x86_64::sregs_block>(sregs));
+        if (nested.size() != 0) VCPU_TRY_VOID(set_nested_state(cpu, nested));
         if (has_xcrs) VCPU_TRY_VOID(set_xcrs(cpu, xcrs));
         if (xsave.size() != 0) VCPU_TRY_VOID(set_xsave(cpu, xsave));
         else VCPU_TRY_VOID(set_fpu(cpu, fpu));
@@ -194,13 +215,17 @@ struct x86_64_vcpu_state {
     }
 
     /// The flat, versioned form: `x86_64_state_header`, then regs, sregs, XSAVE (or FPU), XCRs
-    /// (if flagged), LAPIC (if flagged), mp_state (4 bytes), events, debugregs, MSR entries.
+    /// (if flagged), LAPIC (if flagged), mp_state (4 bytes), events, debugregs, MSR entries,
+    /// nested state (if flagged: `nested_size` bytes).
     [[nodiscard]] std::vector<std::byte> serialize() const {
         x86_64_state_header h;
         h.magic = x86_64_state_header::magic_v;
         h.version = x86_64_state_header::current_version;
         h.header_size = sizeof h;
-        h.flags = (has_xcrs ? x86_64_state_header::flag_xcrs : 0u) | (has_lapic ? x86_64_state_header::flag_lapic : 0u);
+        const auto nested_bytes = nested.bytes();
+        h.flags = (has_xcrs ? x86_64_state_header::flag_xcrs : 0u) | (has_lapic ? x86_64_state_header::flag_lapic : 0u) |
+                  (!nested_bytes.empty() ? x86_64_state_header::flag_nested : 0u);
+        h.nested_size = static_cast<std::uint32_t>(nested_bytes.size());
         h.xsave_size = static_cast<std::uint32_t>(xsave.size());
         h.msr_count = static_cast<std::uint32_t>(msrs.size());
         h.tsc_khz = tsc_khz;
@@ -221,6 +246,7 @@ struct x86_64_vcpu_state {
         put(&events, sizeof events);
         put(&debugregs, sizeof debugregs);
         put(msrs.data(), msrs.size() * sizeof(::vcpu::x86_64::msr_entry));
+        put(nested_bytes.data(), nested_bytes.size());
         std::memcpy(out.data(), &h, sizeof h); // body_hash still 0: hashed as such
         h.body_hash = fnv1a(out);
         std::memcpy(out.data(), &h, sizeof h);
@@ -241,7 +267,10 @@ struct x86_64_vcpu_state {
         std::memcpy(&h, blob.data(), sizeof h);
         if (h.magic != x86_64_state_header::magic_v) return error{op, EINVAL, "not an x86-64 vCPU state (bad magic)"};
         if (h.version != x86_64_state_header::current_version)
-            return error{op, EPROTO, "unsupported format version"}
+            return error{op, EPROTO,
+                         h.version < x86_64_state_header::current_version
+                             ? "unsupported format version: an older library's state (version 1 had no nested state)"
+                             : "unsupported format version: a newer library's state"}
                 .with("version", h.version)
                 .with("supported", x86_64_state_header::current_version);
         if (h.header_size != sizeof h) return error{op, EINVAL, "bad header size"}.with("header_size", h.header_size);
@@ -249,6 +278,11 @@ struct x86_64_vcpu_state {
         if (h.xsave_size != 0 && (h.xsave_size % 4 != 0 || h.xsave_size < detail::xsave_header_size || h.xsave_size > (1u << 20)))
             return error{op, EINVAL, "bad XSAVE size"}.with("xsave_size", h.xsave_size);
         if (h.msr_count > 65536) return error{op, EINVAL, "implausible MSR count"}.with("msr_count", h.msr_count);
+        if (h.reserved != 0) return error{op, EINVAL, "reserved header field is not 0"}.with_hex("reserved", h.reserved);
+        const bool has_nested = (h.flags & x86_64_state_header::flag_nested) != 0;
+        if (has_nested ? (h.nested_size < sizeof(::kvm_nested_state) || h.nested_size > x86_64_state_header::max_nested_size)
+                       : h.nested_size != 0)
+            return error{op, EINVAL, "bad nested-state size"}.with("nested_size", h.nested_size).with_hex("flags", h.flags);
         const std::uint64_t want = body_size(h);
         if (h.body_size != want) return error{op, EINVAL, "body size disagrees with the header"}.with("body_size", h.body_size).with("expected", want);
         if (blob.size() - sizeof h < want)
@@ -287,6 +321,14 @@ struct x86_64_vcpu_state {
         get(&s.debugregs, sizeof s.debugregs);
         s.msrs.resize(h.msr_count);
         get(s.msrs.data(), s.msrs.size() * sizeof(::vcpu::x86_64::msr_entry));
+        if (has_nested) {
+            s.nested.words.assign((h.nested_size + 7) / 8, 0);
+            get(s.nested.words.data(), h.nested_size);
+            if (s.nested.size() != h.nested_size)
+                return error{op, EINVAL, "nested state's own size disagrees with the header"}
+                    .with("nested_size", h.nested_size)
+                    .with("stated", s.nested.size());
+        }
         if (s.has_xcrs && s.xcrs.nr_xcrs > KVM_MAX_XCRS) return error{op, EINVAL, "too many XCRs"}.with("nr_xcrs", s.xcrs.nr_xcrs);
         s.tsc_khz = h.tsc_khz;
         return s;
@@ -301,6 +343,7 @@ private:
         if ((h.flags & x86_64_state_header::flag_lapic) != 0) n += sizeof(::kvm_lapic_state);
         n += sizeof(std::uint32_t) + sizeof(::vcpu::x86_64::events_layout) + sizeof(::vcpu::x86_64::debugregs_layout);
         n += std::uint64_t{h.msr_count} * sizeof(::vcpu::x86_64::msr_entry);
+        if ((h.flags & x86_64_state_header::flag_nested) != 0) n += h.nested_size;
         return n;
     }
     /// FNV-1a 64 of `b`, continuing from `x` (the offset basis by default).
