@@ -89,7 +89,8 @@ options:
                    stepping; vCPUs are gdb threads, all stopped together. Loopback only.
   --snapshot-on WHEN FILE
                    write a snapshot of the running machine to FILE (once) when WHEN happens:
-                   SIGUSR2 (the signal reaches vmm), exit-count=N (the Nth port/MMIO exit to
+                   SIGUSR2 (the signal reaches vmm), boot-ok (the guest's serial output has
+                   just shown GUEST-BOOT-OK), exit-count=N (the Nth port/MMIO exit to
                    vmm), or port=0xNN (the guest writes port NN, e.g. a marker the guest
                    writes at a known point; the write itself is completed before the save).
                    Every vCPU is stopped with a kick, pending I/O is completed, then guest
@@ -131,6 +132,7 @@ struct options {
     int gdb_port = -1; ///< --gdb PORT, -1 without
     std::string snapshot_file;      ///< --snapshot-on ... FILE
     bool snapshot_on_signal = false; ///< --snapshot-on SIGUSR2
+    bool snapshot_on_boot_ok = false; ///< --snapshot-on boot-ok
     std::uint64_t snapshot_exit_count = 0; ///< --snapshot-on exit-count=N
     int snapshot_port = -1;          ///< --snapshot-on port=0xNN
     bool snapshot_and_exit = false;  ///< --snapshot-and-exit
@@ -181,6 +183,7 @@ options parse(int argc, char** argv) {
             const std::string_view when = value("--snapshot-on");
             o.snapshot_file = value("--snapshot-on");
             if (when == "SIGUSR2") o.snapshot_on_signal = true;
+            else if (when == "boot-ok") o.snapshot_on_boot_ok = true;
             else if (when.starts_with("exit-count=")) {
                 unsigned v = 0;
                 if (!parse_uint(argv[i - 1] + 11, v) || v == 0) die(2, "--snapshot-on exit-count=N wants N >= 1");
@@ -190,7 +193,7 @@ options parse(int argc, char** argv) {
                 const unsigned long v = std::strtoul(argv[i - 1] + 5, &end, 0);
                 if (end == argv[i - 1] + 5 || *end != '\0' || v > 0xffff) die(2, "--snapshot-on port=P wants a port 0..0xffff");
                 o.snapshot_port = static_cast<int>(v);
-            } else die(2, "--snapshot-on wants SIGUSR2, exit-count=N or port=0xNN, then a FILE (see --help)");
+            } else die(2, "--snapshot-on wants SIGUSR2, boot-ok, exit-count=N or port=0xNN, then a FILE (see --help)");
         } else if (a == "--snapshot-and-exit") o.snapshot_and_exit = true;
         else if (a == "--restore") o.restore = value("--restore");
         else if (a == "--quiet-summary") o.summary = false;
@@ -265,6 +268,7 @@ struct console_out {
 };
 console_out g_console;
 std::atomic<long long> g_boot_ok_ns{-1};
+std::atomic<bool> g_boot_ok_seen{false}; ///< GUEST-BOOT-OK just printed (--snapshot-on boot-ok takes it)
 
 long long since_start_ns() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - g_start).count();
@@ -282,6 +286,7 @@ struct stdout_sink {
             c.matched = 0;
             long long none = -1;
             g_boot_ok_ns.compare_exchange_strong(none, since_start_ns());
+            g_boot_ok_seen.store(true);
         }
         c.buf[c.n++] = static_cast<char>(b);
         if (c.n == c.buf.size()) c.flush();
@@ -734,6 +739,13 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             if constexpr (has_debug_exit<Bus>) debug_exit = bus.template get<dev::isa_debug_exit>().exited();
             bus_lock.unlock();
             if (a == vcpu::action::stop) finish(debug_exit ? ending::debug_exit : ending::reset_i8042);
+            else if (opt.snapshot_on_boot_ok && !g_snapshot_done.load() && g_boot_ok_seen.exchange(false)) {
+                // The UART write that completed GUEST-BOOT-OK: stop right after it and snapshot.
+                pause.pausing.store(true);
+                g_snapshot_wanted.store(true);
+                timed(port_kind(io.port), t0);
+                return vcpu::action::stop;
+            }
             timed(port_kind(io.port), t0);
             return a;
         };
