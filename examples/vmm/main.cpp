@@ -15,9 +15,11 @@
 #include <kvm/host.hpp>
 #include <kvm/kvm.hpp>
 #include <kvm/x86_64_gdb.hpp>
+#include <kvm/x86_64_snapshot.hpp>
 #include <vcpu/bus.hpp>
 #include <vcpu/devices/acpi_pm_timer.hpp>
 #include <vcpu/devices/cmos_rtc.hpp>
+#include <vcpu/devices/device_state.hpp>
 #include <vcpu/devices/fw_cfg.hpp>
 #include <vcpu/devices/i8042.hpp>
 #include <vcpu/devices/isa_debug_exit.hpp>
@@ -85,6 +87,22 @@ options:
                    before the guest runs, and serve the GDB remote protocol (vcpu::gdb):
                    registers, memory by guest virtual address, breakpoints, watchpoints,
                    stepping; vCPUs are gdb threads, all stopped together. Loopback only.
+  --snapshot-on WHEN FILE
+                   write a snapshot of the running machine to FILE (once) when WHEN happens:
+                   SIGUSR2 (the signal reaches vmm), boot-ok (the guest's serial output has
+                   just shown GUEST-BOOT-OK), exit-count=N (the Nth port/MMIO exit to
+                   vmm), or port=0xNN (the guest writes port NN, e.g. a marker the guest
+                   writes at a known point; the write itself is completed before the save).
+                   Every vCPU is stopped with a kick, pending I/O is completed, then guest
+                   RAM, the in-kernel irqchip/PIT/clock, every vCPU's state and vmm's device
+                   models (UART, i8042, CMOS, and for Multiboot fw_cfg, pc-testdev, PM timer,
+                   isa-debug-exit) are saved; the guest then continues. Not with --gdb.
+  --snapshot-and-exit  with --snapshot-on: end after writing the snapshot (exit status 0 on
+                   Linux, 6 on Multiboot: odd statuses are guest verdicts).
+  --restore FILE   instead of booting a kernel, build the machine from a snapshot in this new
+                   process (memory size, vCPU count and Linux/Multiboot from the file, the same
+                   CPUID policy as a boot) and continue the guest where it stopped.
+                   --kernel, --mem and --cpus are not used with it.
   --quiet-summary  do not print the exit summary on stderr.
   --no-kvm-status N  exit with status N instead of 2 when /dev/kvm cannot be opened (77 makes
                    ctest report a test as skipped). VCPU_FORCE_NO_KVM=1 in the environment
@@ -112,6 +130,13 @@ struct options {
     bool cmdline_given = false;
     int no_kvm_status = 2;
     int gdb_port = -1; ///< --gdb PORT, -1 without
+    std::string snapshot_file;      ///< --snapshot-on ... FILE
+    bool snapshot_on_signal = false; ///< --snapshot-on SIGUSR2
+    bool snapshot_on_boot_ok = false; ///< --snapshot-on boot-ok
+    std::uint64_t snapshot_exit_count = 0; ///< --snapshot-on exit-count=N
+    int snapshot_port = -1;          ///< --snapshot-on port=0xNN
+    bool snapshot_and_exit = false;  ///< --snapshot-and-exit
+    std::string restore;            ///< --restore FILE
 };
 
 [[noreturn]] void die(int code, const std::string& msg) {
@@ -154,7 +179,24 @@ options parse(int argc, char** argv) {
             unsigned v = 0;
             if (!parse_uint(value("--gdb"), v) || v > 65535) die(2, "--gdb wants a TCP port, 0..65535");
             o.gdb_port = static_cast<int>(v);
-        } else if (a == "--quiet-summary") o.summary = false;
+        } else if (a == "--snapshot-on") {
+            const std::string_view when = value("--snapshot-on");
+            o.snapshot_file = value("--snapshot-on");
+            if (when == "SIGUSR2") o.snapshot_on_signal = true;
+            else if (when == "boot-ok") o.snapshot_on_boot_ok = true;
+            else if (when.starts_with("exit-count=")) {
+                unsigned v = 0;
+                if (!parse_uint(argv[i - 1] + 11, v) || v == 0) die(2, "--snapshot-on exit-count=N wants N >= 1");
+                o.snapshot_exit_count = v;
+            } else if (when.starts_with("port=")) {
+                char* end = nullptr;
+                const unsigned long v = std::strtoul(argv[i - 1] + 5, &end, 0);
+                if (end == argv[i - 1] + 5 || *end != '\0' || v > 0xffff) die(2, "--snapshot-on port=P wants a port 0..0xffff");
+                o.snapshot_port = static_cast<int>(v);
+            } else die(2, "--snapshot-on wants SIGUSR2, boot-ok, exit-count=N or port=0xNN, then a FILE (see --help)");
+        } else if (a == "--snapshot-and-exit") o.snapshot_and_exit = true;
+        else if (a == "--restore") o.restore = value("--restore");
+        else if (a == "--quiet-summary") o.summary = false;
         else if (a == "--no-kvm-status") {
             unsigned v = 0;
             if (!parse_uint(value("--no-kvm-status"), v) || v > 255) die(2, "--no-kvm-status wants 0..255");
@@ -171,6 +213,12 @@ options parse(int argc, char** argv) {
         o.cmdline = positional[2];
         o.cmdline_given = true;
         if (!parse_uint(argv[argc - 1], o.mem_mib)) die(2, "MEM_MIB must be a number");
+    }
+    if (o.snapshot_and_exit && o.snapshot_file.empty()) die(2, "--snapshot-and-exit needs --snapshot-on");
+    if (!o.snapshot_file.empty() && o.gdb_port >= 0) die(2, "--snapshot-on does not go with --gdb");
+    if (!o.restore.empty()) {
+        if (!o.kernel.empty()) die(2, "--restore takes the machine from the snapshot: no --kernel");
+        return o;
     }
     if (o.kernel.empty()) die(2, "no kernel given: --kernel PATH (see --help)");
     if (o.mem_mib < 16 || o.mem_mib > 3072) die(2, "--mem must be 16..3072 MiB");
@@ -220,6 +268,7 @@ struct console_out {
 };
 console_out g_console;
 std::atomic<long long> g_boot_ok_ns{-1};
+std::atomic<bool> g_boot_ok_seen{false}; ///< GUEST-BOOT-OK just printed (--snapshot-on boot-ok takes it)
 
 long long since_start_ns() noexcept {
     return std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - g_start).count();
@@ -237,6 +286,7 @@ struct stdout_sink {
             c.matched = 0;
             long long none = -1;
             g_boot_ok_ns.compare_exchange_strong(none, since_start_ns());
+            g_boot_ok_seen.store(true);
         }
         c.buf[c.n++] = static_cast<char>(b);
         if (c.n == c.buf.size()) c.flush();
@@ -371,10 +421,43 @@ const char* port_name(std::uint16_t port) noexcept {
     }
 }
 
+/// --snapshot-on: a snapshot is wanted (set by a vCPU thread or the SIGUSR2 handler's flag),
+/// taken by the main thread while every vCPU thread waits in `pause_gate`.
+std::atomic<bool> g_snapshot_wanted{false};
+std::atomic<bool> g_snapshot_done{false};
+volatile std::sig_atomic_t g_sigusr2 = 0;
+std::atomic<std::uint64_t> g_exits_to_vmm{0};
+
+/// vCPU threads park here while the main thread saves the machine (--snapshot-on).
+struct pause_gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::atomic<bool> pausing{false};
+    unsigned parked = 0;
+    /// vCPU thread: waits while a pause is under way (or until the VM ends).
+    void park(const std::atomic<bool>& stop) {
+        std::unique_lock lk(mu);
+        ++parked;
+        cv.notify_all();
+        cv.wait(lk, [&] { return !pausing.load() || stop.load(); });
+        --parked;
+    }
+    /// Main thread: lets the vCPUs run again.
+    void release() {
+        std::lock_guard lk(mu);
+        pausing.store(false);
+        cv.notify_all();
+    }
+};
+
+/// The device-state blob's first record: what kind of machine vmm built ("VMM0").
+inline constexpr std::uint16_t vmm_machine_version = 1;
+
 /// Request bits vmm posts with `kicker::kick` (reported in `interrupted::requests`).
 inline constexpr std::uint32_t request_stop = 1u << 0; ///< the VM is ending: leave run()
 inline constexpr std::uint32_t request_dump = 1u << 1; ///< print where this vCPU is, then go on
 inline constexpr std::uint32_t request_debug = 1u << 2; ///< gdb stops every vCPU (all-stop)
+inline constexpr std::uint32_t request_pause = 1u << 3; ///< --snapshot-on: every vCPU parks
 
 /// All-stop debugging (--gdb): the vCPU threads park here while the debugger looks at the
 /// machine, and run when it resumes (all of them) or steps (one). The first vCPU to stop
@@ -434,7 +517,7 @@ struct debug_gate {
     }
 };
 
-enum class ending { none, reset_i8042, triple_fault, power_off, reset_event, debug_exit, terminated, error };
+enum class ending { none, reset_i8042, triple_fault, power_off, reset_event, debug_exit, terminated, error, snapshot };
 std::atomic<int> g_ending{static_cast<int>(ending::none)};
 volatile std::sig_atomic_t g_terminate = 0; ///< SIGTERM/SIGINT (e.g. from `timeout`)
 
@@ -447,6 +530,7 @@ const char* ending_name(ending e) {
     case ending::debug_exit: return "guest wrote isa-debug-exit (port 0xf4)";
     case ending::terminated: return "vmm terminated by a signal (SIGTERM/SIGINT)";
     case ending::error: return "error";
+    case ending::snapshot: return "snapshot written (--snapshot-and-exit)";
     case ending::none: break;
     }
     return "stopped";
@@ -491,6 +575,53 @@ constexpr std::array<sink_zone, 2> linux_sink_zones{{{0xcf8, 8}, {0x80, 1}}};
 template <class Bus>
 inline constexpr bool has_debug_exit = std::is_same_v<Bus, multiboot_bus>;
 
+/// Appends vmm's machine record and every device model's state (docs/vmm.md) to `out`.
+template <class Bus, class Mmio>
+void save_devices(std::vector<std::byte>& out, Bus& bus, Mmio& mmio, const options& opt, bool multiboot) {
+    const auto at = dev::begin_device_record(out, "VMM0", vmm_machine_version);
+    dev::state_writer w(out);
+    w.flag(multiboot);
+    w.u32(opt.cpus);
+    w.u32(opt.mem_mib);
+    dev::end_device_record(out, at);
+    bus.template get<dev::i8042>().save(out);
+    bus.template get<dev::cmos_rtc<>>().save(out);
+    bus.template get<uart>().save(out);
+    if constexpr (has_debug_exit<Bus>) {
+        bus.template get<testdev_ports>().save(out);
+        bus.template get<dev::isa_debug_exit>().save(out);
+        bus.template get<dev::fw_cfg>().save(out);
+        bus.template get<dev::acpi_pm_timer<>>().save(out);
+        mmio.template get<dev::pc_testdev_iomem>().save(out);
+    }
+}
+
+/// Loads what `save_devices` wrote (after the machine record) into `bus` and `mmio`.
+template <class Bus, class Mmio>
+vcpu::result<void> load_devices(std::span<const std::byte> rest, Bus& bus, Mmio& mmio) {
+    auto next = [&]() { return dev::next_device_record(rest); };
+    auto load = [&](auto& d) -> vcpu::result<void> {
+        auto r = next();
+        if (!r) return r.err();
+        return d.load(*r);
+    };
+    VCPU_TRY_VOID(load(bus.template get<dev::i8042>()));
+    VCPU_TRY_VOID(load(bus.template get<dev::cmos_rtc<>>()));
+    VCPU_TRY_VOID(load(bus.template get<uart>()));
+    if constexpr (has_debug_exit<Bus>) {
+        VCPU_TRY_VOID(load(bus.template get<testdev_ports>()));
+        VCPU_TRY_VOID(load(bus.template get<dev::isa_debug_exit>()));
+        VCPU_TRY_VOID(load(bus.template get<dev::fw_cfg>()));
+        VCPU_TRY_VOID(load(bus.template get<dev::acpi_pm_timer<>>()));
+        VCPU_TRY_VOID(load(mmio.template get<dev::pc_testdev_iomem>()));
+    }
+    if (!rest.empty())
+        return vcpu::error{"vmm device state", EINVAL, "trailing bytes after the device records"}.with("bytes",
+                                                                                                       rest.size());
+    bus.template get<uart>().sync_irq();
+    return vcpu::ok();
+}
+
 /// Prints where vCPU `id` is (on a dump request: a hang or SIGTERM).
 template <class Cpu>
 void dump_vcpu(unsigned id, Cpu& cpu, const counters& st) {
@@ -519,8 +650,14 @@ void dump_vcpu(unsigned id, Cpu& cpu, const counters& st) {
 /// `immediate_exit` before it takes the request bits: the handler must not clear it again
 /// (that would drop a kick landing in between).
 template <class Bus, class Mmio>
-int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmio, bool multiboot) {
+int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmio, bool multiboot,
+           std::span<const std::byte> restored_devices = {}) {
     spin_lock bus_lock;
+    if (!opt.restore.empty()) {
+        if (auto r = load_devices(restored_devices, bus, mmio); !r)
+            die(2, "--restore: device state: " + r.err().message());
+    }
+    pause_gate pause;
     std::vector<counters> stats(opt.cpus);
     auto ports = std::make_unique<port_counts>();
     std::vector<vcpu::kvm::kicker> kickers;
@@ -582,6 +719,18 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         };
         auto on_pio = [&](vcpu::port_io& io) noexcept {
             const auto t0 = clock_type::now();
+            if (!opt.snapshot_file.empty() && !g_snapshot_done.load()) {
+                const bool at_port = opt.snapshot_port >= 0 && !io.is_in() && io.port == opt.snapshot_port;
+                if (at_port || (opt.snapshot_exit_count != 0 && ++g_exits_to_vmm == opt.snapshot_exit_count)) {
+                    // Stop here: this vCPU parks, the main thread stops the others and saves.
+                    pause.pausing.store(true);
+                    g_snapshot_wanted.store(true);
+                    if (at_port) {
+                        timed(port_kind(io.port), t0);
+                        return vcpu::action::stop;
+                    }
+                }
+            }
             bus_lock.lock();
             if (io.is_in()) ++ports->in[io.port];
             else ++ports->out[io.port];
@@ -590,6 +739,13 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             if constexpr (has_debug_exit<Bus>) debug_exit = bus.template get<dev::isa_debug_exit>().exited();
             bus_lock.unlock();
             if (a == vcpu::action::stop) finish(debug_exit ? ending::debug_exit : ending::reset_i8042);
+            else if (opt.snapshot_on_boot_ok && !g_snapshot_done.load() && g_boot_ok_seen.exchange(false)) {
+                // The UART write that completed GUEST-BOOT-OK: stop right after it and snapshot.
+                pause.pausing.store(true);
+                g_snapshot_wanted.store(true);
+                timed(port_kind(io.port), t0);
+                return vcpu::action::stop;
+            }
             timed(port_kind(io.port), t0);
             return a;
         };
@@ -605,6 +761,11 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         };
         auto on_mmio = [&](vcpu::mmio& mm) noexcept {
             const auto t0 = clock_type::now();
+            if (opt.snapshot_exit_count != 0 && !g_snapshot_done.load() &&
+                ++g_exits_to_vmm == opt.snapshot_exit_count) {
+                pause.pausing.store(true);
+                g_snapshot_wanted.store(true);
+            }
             bus_lock.lock();
             mmio(mm);
             bus_lock.unlock();
@@ -614,7 +775,9 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             ++st.n[k_interrupted];
             if (i.requests & request_dump) dump_vcpu(id, cpu, st);
             // A kick from an earlier stop can arrive late: only a stop under way parks.
-            return g_stop.load() || (gate.enabled.load() && gate.stopping.load()) ? vcpu::action::stop : vcpu::action::resume;
+            return g_stop.load() || pause.pausing.load() || (gate.enabled.load() && gate.stopping.load())
+                       ? vcpu::action::stop
+                       : vcpu::action::resume;
         };
         auto on_debug = [&](vcpu::debug& d) noexcept {
             ++st.n[k_other];
@@ -636,6 +799,10 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             finish(ending::error);
         }
         while (!g_stop.load()) {
+            if (pause.pausing.load()) {
+                pause.park(g_stop);
+                continue;
+            }
             if (!gate.wait_turn(id, g_stop)) break;
             auto r = cpu.run(on_pio, on_coalesced, on_mmio, on_intr, on_shutdown, on_event, on_debug);
             if (!r) {
@@ -650,7 +817,9 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
                         return false; // stopped for gdb: park, then run again
                     } else if constexpr (std::is_same_v<T, vcpu::interrupted>) {
                         return g_stop.load(); // else: stopped for gdb
-                    } else if constexpr (std::is_same_v<T, vcpu::port_io> || std::is_same_v<T, vcpu::shutdown> ||
+                    } else if constexpr (std::is_same_v<T, vcpu::port_io>) {
+                        return g_stop.load() || !pause.pausing.load(); // else: stopped for a snapshot
+                    } else if constexpr (std::is_same_v<T, vcpu::shutdown> ||
                                          std::is_same_v<T, vcpu::system_event>) {
                         return true; // a handler asked to stop; the reason is recorded
                     } else if constexpr (std::is_same_v<T, vcpu::x86_64::emulation_failure>) {
@@ -681,6 +850,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
     sigemptyset(&term_set);
     sigaddset(&term_set, SIGTERM);
     sigaddset(&term_set, SIGINT);
+    sigaddset(&term_set, SIGUSR2);
     ::pthread_sigmask(SIG_BLOCK, &term_set, &old_set);
     std::vector<std::thread> workers;
     for (unsigned i = 0; i < opt.cpus; ++i) workers.emplace_back([&, i] { vcpu_thread(i); });
@@ -791,8 +961,46 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             }
         }
     }
+    // --snapshot-on: stop every vCPU (kick, then each parks), save, then go on or end.
+    auto take_snapshot = [&] {
+        pause.pausing.store(true);
+        kick_all(request_pause);
+        for (;;) {
+            unsigned ended = 0;
+            for (unsigned j = 0; j < opt.cpus; ++j) ended += stopped[j].load() ? 1u : 0u;
+            {
+                std::lock_guard lk(pause.mu);
+                if (pause.parked + ended >= opt.cpus) break;
+            }
+            if (g_stop.load()) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        if (!g_stop.load()) {
+            const auto t0 = clock_type::now();
+            std::vector<std::byte> devices;
+            bus_lock.lock();
+            save_devices(devices, bus, mmio, opt, multiboot);
+            bus_lock.unlock();
+            auto w = vcpu::kvm::save_x86_64_snapshot(opt.snapshot_file.c_str(), m, devices);
+            if (!w) {
+                std::fprintf(stderr, "vmm: snapshot: %s\n", w.err().message().c_str());
+                finish(ending::error);
+            } else {
+                std::fprintf(stderr, "vmm: snapshot written to %s (%u vCPU(s), %zu bytes of device state) in %.1f ms\n",
+                             opt.snapshot_file.c_str(), opt.cpus, devices.size(),
+                             std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
+                if (opt.snapshot_and_exit) finish(ending::snapshot);
+            }
+        }
+        g_snapshot_done.store(true);
+        g_snapshot_wanted.store(false);
+        pause.release();
+    };
     while (!g_stop.load() && console_round()) {
+        if (g_sigusr2 && opt.snapshot_on_signal && !g_snapshot_done.load()) g_snapshot_wanted.store(true);
+        if (g_snapshot_wanted.load() && !g_snapshot_done.load()) take_snapshot();
     }
+    pause.release();
     // The VM is ending: one kick per vCPU is enough (see above). A vCPU thread that has not
     // stopped after 2 s is a bug: say where it is, then kick again.
     const auto end_requested = clock_type::now();
@@ -814,6 +1022,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
     const auto how = static_cast<ending>(g_ending.load());
 
     int status = how == ending::error || how == ending::none || how == ending::terminated ? (multiboot ? 4 : 1) : 0;
+    if (how == ending::snapshot && multiboot) status = 6; // even: never read as a guest verdict
     if constexpr (has_debug_exit<Bus>) {
         const auto& d = bus.template get<dev::isa_debug_exit>();
         if (how == ending::debug_exit && d.exited()) status = d.exit_status();
@@ -908,8 +1117,99 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
 
 } // namespace
 
+/// --restore FILE: the machine from the snapshot (memory, vCPU count, Linux or Multiboot from
+/// the file; CPUID as a boot sets it; the PIT as a boot creates it), then its devices.
+int restore_main(options& opt) {
+    auto f = vcpu::kvm::snapshot_file::open(opt.restore.c_str(), vcpu::arch::x86_64::name);
+    if (!f) die(2, "--restore: " + f.err().message());
+    auto blob = f->device_state();
+    auto head = dev::next_device_record(blob);
+    std::uint16_t version = 0;
+    auto body = head ? dev::open_device_record(*head, "vmm machine record", "VMM0", vmm_machine_version, version)
+                     : vcpu::result<std::span<const std::byte>>(head.err());
+    if (!body) die(2, "--restore: device state: " + body.err().message());
+    dev::state_reader r(*body);
+    const bool multiboot = r.flag();
+    opt.cpus = r.u32();
+    opt.mem_mib = r.u32();
+    if (auto c = dev::finish_device_record(r, "vmm machine record"); !c)
+        die(2, "--restore: device state: " + c.err().message());
+    if (opt.cpus < 1 || opt.cpus > x86::mp::max_cpus || opt.mem_mib < 16 || opt.mem_mib > 3072)
+        die(2, "--restore: the snapshot's machine is out of vmm's range");
+
+    vcpu::kvm::x86_64_options mo;
+    mo.ram_bytes = std::size_t{opt.mem_mib} << 20;
+    mo.vcpus = opt.cpus;
+    if (const char* e = std::getenv("VCPU_FORCE_NO_KVM"); e != nullptr && std::string_view(e) == "1")
+        mo.device = "/nonexistent/kvm";
+    // restore_x86_64_snapshot's steps, with vmm's per-vCPU CPUID and its PIT (speaker port).
+    const auto slots = f->slots();
+    if (slots.size() != 1 || slots[0].gpa != 0 || slots[0].size != mo.ram_bytes || f->vcpus().size() != opt.cpus)
+        die(2, "--restore: the snapshot's memory or vCPU table does not match its vmm record");
+    auto sys = vcpu::kvm::system::open(mo.device);
+    if (!sys) {
+        const auto& e = sys.err();
+        die(opt.no_kvm_status, std::string(opt.no_kvm_status == 77 ? "SKIPPED: " : "") + "cannot use KVM: " +
+                                   e.message() + " (is the kvm module loaded and /dev/kvm accessible?)");
+    }
+    auto vm = sys->create_vm();
+    if (!vm) die(2, "--restore: " + vm.err().message());
+    auto check = [](const vcpu::result<void>& x) {
+        if (!x) die(2, "--restore: " + x.err().message());
+    };
+    check(vm->set_tss_addr(mo.tss_addr));
+    check(vm->set_identity_map_addr(mo.identity_map_addr));
+    check(vm->create_irqchip());
+    check(vm->create_pit2(KVM_PIT_SPEAKER_DUMMY));
+    auto rams = f->map_memory(*vm);
+    if (!rams) die(2, "--restore: " + rams.err().message());
+    vcpu::guest_memory mem;
+    check(mem.add((*rams)[0].region(0)));
+    std::vector<vcpu::kvm::x86_64_machine::cpu_type> cpus;
+    for (unsigned id = 0; id < opt.cpus; ++id) {
+        auto cpu = vm->template create_vcpu<vcpu::arch::x86_64>(id, mo.vcpu);
+        if (!cpu) die(2, "--restore: " + cpu.err().message());
+        check(cpu->init(vcpu::init_sequence(x86::cpuid_setup<>{id, {}}, x86::misc_enable_fast_strings{})));
+        cpus.push_back(std::move(*cpu));
+    }
+    const auto t0 = clock_type::now();
+    check(vcpu::kvm::load_snapshot_state<vcpu::kvm::x86_64_vcpu_state, vcpu::kvm::x86_64_vm_state>(
+        *f, *vm, std::span(cpus), vcpu::kvm::clock_restore::exact));
+    vcpu::kvm::x86_64_machine m{std::move(*sys), std::move((*rams)[0]), std::move(*vm), mem, std::move(cpus)};
+    std::fprintf(stderr, "vmm: restored %s (%s, %u vCPU(s), %u MiB); state loaded in %.1f ms\n", opt.restore.c_str(),
+                 multiboot ? "Multiboot" : "Linux", opt.cpus, opt.mem_mib,
+                 std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
+    if (auto k = vcpu::kvm::install_kick_handler(); !k) die(2, k.err().message());
+    {
+        struct sigaction sa{};
+        sa.sa_handler = [](int) { g_terminate = 1; };
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGTERM, &sa, nullptr);
+        ::sigaction(SIGINT, &sa, nullptr);
+        if (opt.snapshot_on_signal) {
+            struct sigaction su{};
+            su.sa_handler = [](int) { g_sigusr2 = 1; };
+            sigemptyset(&su.sa_mask);
+            ::sigaction(SIGUSR2, &su, nullptr);
+        }
+    }
+    if (multiboot) {
+        auto bus = std::make_unique<multiboot_bus>(
+            dev::i8042{}, dev::cmos_rtc<>{}, testdev_ports(host_page_flush{&m.memory}), dev::isa_debug_exit{},
+            uart(stdout_sink{}, kvm_irq4{&m.vm}),
+            dev::fw_cfg(dev::fw_cfg_config{mo.ram_bytes, static_cast<std::uint16_t>(opt.cpus), 0, {}}),
+            testdev_irq(kvm_irq_lines{&m.vm}), dev::acpi_pm_timer<>{}, dev::pci_absent{});
+        auto mmio = std::make_unique<multiboot_mmio>();
+        return run_vm(m, opt, *bus, *mmio, true, blob);
+    }
+    platform_bus bus(dev::i8042{}, dev::cmos_rtc<>{}, uart(stdout_sink{}, kvm_irq4{&m.vm}));
+    no_mmio mmio;
+    return run_vm(m, opt, bus, mmio, false, blob);
+}
+
 int main(int argc, char** argv) {
     options opt = parse(argc, argv);
+    if (!opt.restore.empty()) return restore_main(opt);
     const auto kernel = read_file(opt.kernel, "kernel");
     std::vector<std::byte> initrd;
     if (!opt.initrd.empty()) initrd = read_file(opt.initrd, "initrd");
@@ -993,6 +1293,12 @@ int main(int argc, char** argv) {
         sigemptyset(&sa.sa_mask);
         ::sigaction(SIGTERM, &sa, nullptr);
         ::sigaction(SIGINT, &sa, nullptr);
+        if (opt.snapshot_on_signal) {
+            struct sigaction su{};
+            su.sa_handler = [](int) { g_sigusr2 = 1; };
+            sigemptyset(&su.sa_mask);
+            ::sigaction(SIGUSR2, &su, nullptr);
+        }
     }
 
     if (multiboot) {

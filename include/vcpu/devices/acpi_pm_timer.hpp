@@ -11,11 +11,21 @@
 /// pin time; the default reads the host's `CLOCK_MONOTONIC`
 /// (`std::chrono::steady_clock`). The count starts at 0 when the device is
 /// constructed.
+///
+/// Save/restore (`save` / `load`, record "PMTM", vcpu/devices/device_state.hpp): the time the
+/// timer has run, in nanoseconds; `load` makes the count go on from there, as if no time
+/// passed while the machine was saved (the same choice as `clock_restore::exact` for
+/// kvmclock, and the restored TSC: a guest comparing the PM timer against the TSC sees both
+/// continue together).
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 
 #include <chrono>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -69,6 +79,31 @@ public:
     /// The counter value now.
     [[nodiscard]] std::uint32_t count() noexcept {
         return static_cast<std::uint32_t>(pm_timer_ticks(clock_() - start_)) & mask;
+    }
+
+    /// Nanoseconds the timer has run (since construction, or as loaded).
+    [[nodiscard]] std::uint64_t elapsed_ns() const noexcept { return clock_() - start_; }
+
+    /// Version of the state `save` writes (record tag "PMTM").
+    static constexpr std::uint16_t state_version = 1;
+    /// Appends the time run so far as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "PMTM", state_version);
+        state_writer(out).u64(elapsed_ns());
+        end_device_record(out, at);
+    }
+    /// Loads a record `save` wrote: the count continues from the saved time. On error the
+    /// timer is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "acpi_pm_timer::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "PMTM", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto elapsed = r.u64();
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        start_ = clock_() - elapsed; // modular: clock_() - start_ == elapsed whatever the clock's value
+        return ok();
     }
 
 private:

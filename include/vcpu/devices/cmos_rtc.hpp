@@ -6,12 +6,21 @@
 /// mode (status register B = 0x02); status A says "no update in progress";
 /// the other bytes of the 128-byte CMOS RAM are plain storage.
 /// (MC146818A datasheet, "Address Map" and "Registers".)
+///
+/// Save/restore (`save` / `load`, record "CMOS", vcpu/devices/device_state.hpp): the index
+/// register and the 128 bytes of CMOS RAM. The time is not saved: after a restore the RTC
+/// reads the `Clock` again (the host's wall clock), as a real RTC keeps time while a machine
+/// is off.
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 
 #include <array>
 #include <cstdint>
 #include <ctime>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -91,6 +100,37 @@ public:
         case rtc_reg::status_d: return 0x80;   // VRT: battery good
         default: return ram_[i & 0x7f];
         }
+    }
+
+    /// The index register (the last value written to port 0x70).
+    [[nodiscard]] std::uint8_t index() const noexcept { return index_; }
+
+    /// Version of the state `save` writes (record tag "CMOS").
+    static constexpr std::uint16_t state_version = 1;
+
+    /// Appends the index and CMOS RAM as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "CMOS", state_version);
+        state_writer w(out);
+        w.u8(index_);
+        w.bytes(ram_);
+        end_device_record(out, at);
+    }
+
+    /// Loads a record `save` wrote; on error the device is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "cmos_rtc::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "CMOS", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto index = r.u8();
+        std::array<std::uint8_t, 128> ram{};
+        r.bytes(ram);
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        index_ = index;
+        ram_ = ram;
+        return ok();
     }
 
 private:

@@ -19,14 +19,22 @@
 /// at offset 0 selects; a 1-byte read at either offset reads data; other
 /// reads return all ones, other writes are dropped (data writes were
 /// removed from QEMU in 2.4).
+///
+/// Save/restore (`save` / `load`, record "FWCF", vcpu/devices/device_state.hpp): the selected
+/// key and the read offset in its item. The machine description and the files are the VMM's
+/// configuration, rebuilt by the restoring VMM, not state: `load` refuses an offset past the
+/// end of the selected item as this device describes it (another machine's state).
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string_view>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -111,6 +119,40 @@ public:
 
     /// The selected key.
     [[nodiscard]] std::uint16_t selected() const noexcept { return key_; }
+    /// The read offset in the selected item.
+    [[nodiscard]] std::uint64_t offset() const noexcept { return offset_; }
+
+    /// Version of the state `save` writes (record tag "FWCF").
+    static constexpr std::uint16_t state_version = 1;
+
+    /// Appends the selector and offset as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "FWCF", state_version);
+        state_writer w(out);
+        w.u16(key_);
+        w.u64(offset_);
+        end_device_record(out, at);
+    }
+
+    /// Loads a record `save` wrote; on error the device is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "fw_cfg::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "FWCF", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto key = r.u16();
+        const auto off = r.u64();
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        if (off > item_size(key))
+            return error{op, EINVAL, "bad value: read offset past the selected item's end"}
+                .with_hex("key", key)
+                .with("offset", off)
+                .with("item_size", item_size(key));
+        key_ = key;
+        offset_ = off;
+        return ok();
+    }
 
     /// Size in bytes of the item under `key` (0: no such item).
     [[nodiscard]] std::uint64_t item_size(std::uint16_t key) const noexcept {

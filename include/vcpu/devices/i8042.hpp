@@ -10,11 +10,19 @@
 /// The controller reports no keyboard and no mouse: reads of 0x60 return the
 /// last command byte or 0, the status register has "output buffer full"
 /// clear and "input buffer full" clear, so `kb_wait` never spins.
+///
+/// Save/restore (`save` / `load`, record "I842", vcpu/devices/device_state.hpp): the output
+/// byte and whether it is pending, the command byte, a command waiting for its data byte, and
+/// the reset request.
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 #include <vcpu/exits.hpp>
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -105,6 +113,43 @@ public:
 
     /// True once the guest wrote 0xFE to port 0x64.
     [[nodiscard]] bool reset_requested() const noexcept { return reset_; }
+
+    /// Version of the state `save` writes (record tag "I842").
+    static constexpr std::uint16_t state_version = 1;
+
+    /// Appends the controller's state as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "I842", state_version);
+        state_writer w(out);
+        w.u8(output_);
+        w.u8(command_byte_);
+        w.flag(has_output_);
+        w.flag(expect_command_byte_);
+        w.flag(expect_aux_byte_);
+        w.flag(reset_);
+        end_device_record(out, at);
+    }
+
+    /// Loads a record `save` wrote; on error the controller is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "i8042::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "I842", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto output = r.u8(), command_byte = r.u8();
+        const bool has_output = r.flag(), expect_cb = r.flag(), expect_aux = r.flag(), reset = r.flag();
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        if (expect_cb && expect_aux)
+            return error{op, EINVAL, "bad value: waiting for two commands' data bytes at once"};
+        output_ = output;
+        command_byte_ = command_byte;
+        has_output_ = has_output;
+        expect_command_byte_ = expect_cb;
+        expect_aux_byte_ = expect_aux;
+        reset_ = reset;
+        return ok();
+    }
 
 private:
     std::uint8_t output_ = 0, command_byte_ = 0;

@@ -10,11 +10,18 @@
 /// Here the write stops the run loop (`action::stop`) and records the
 /// value; the VMM then ends with `exit_status()`. Reads return 0 (QEMU's
 /// `debug_exit_read`).
+///
+/// Save/restore (`save` / `load`, record "DBGX", vcpu/devices/device_state.hpp): whether the
+/// guest wrote the port and the value.
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 #include <vcpu/exits.hpp>
 
 #include <cstdint>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -47,6 +54,32 @@ public:
     /// QEMU's process status for it, `(code << 1) | 1`, cut to the 8 bits a
     /// process status keeps (POSIX `exit`: `status & 0377`).
     [[nodiscard]] int exit_status() const noexcept { return static_cast<int>(((code_ << 1) | 1u) & 0xffu); }
+
+    /// Version of the state `save` writes (record tag "DBGX").
+    static constexpr std::uint16_t state_version = 1;
+    /// Appends the verdict as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "DBGX", state_version);
+        state_writer w(out);
+        w.u32(code_);
+        w.flag(exited_);
+        end_device_record(out, at);
+    }
+    /// Loads a record `save` wrote; on error the device is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "isa_debug_exit::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "DBGX", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto code = r.u32();
+        const bool exited = r.flag();
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        if (!exited && code != 0) return error{op, EINVAL, "bad value: a code without a write"}.with("code", code);
+        code_ = code;
+        exited_ = exited;
+        return ok();
+    }
 
 private:
     std::uint32_t code_ = 0;

@@ -18,13 +18,21 @@
 /// The flush and IRQ effects go through policies (`Flush(gpa)`,
 /// `Irq(line, level)`), so the devices stay free of KVM; a KVM VMM calls
 /// `KVM_IRQ_LINE` from its `Irq`.
+///
+/// Save/restore (`save` / `load`, vcpu/devices/device_state.hpp): `pc_testdev_ports` saves its
+/// scratch register (record "PCTP"), `pc_testdev_iomem` its 64 KiB (record "PCTM");
+/// `pc_testdev_irq` holds no state (the lines' levels live in the interrupt controller).
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -84,6 +92,27 @@ public:
     /// The flush policy (e.g. to read what it recorded).
     [[nodiscard]] Flush& flush() noexcept { return flush_; }
 
+    /// Version of the state `save` writes (record tag "PCTP").
+    static constexpr std::uint16_t state_version = 1;
+    /// Appends the scratch register as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "PCTP", state_version);
+        state_writer(out).u32(scratch_);
+        end_device_record(out, at);
+    }
+    /// Loads a record `save` wrote; on error the device is unchanged.
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "pc_testdev_ports::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "PCTP", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto scratch = r.u32();
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        scratch_ = scratch;
+        return ok();
+    }
+
 private:
     /// Bytes [offset & 3, (offset & 3) + size) of the register, cut at its end.
     static constexpr std::uint32_t lane_mask(std::uint64_t offset, std::uint8_t size) noexcept {
@@ -134,6 +163,27 @@ public:
     void write(std::uint64_t offset, std::uint8_t size, std::uint64_t value) noexcept {
         const std::size_t n = clamp(offset, size);
         for (std::size_t i = 0; i < n; ++i) buf_[offset + i] = static_cast<std::uint8_t>(value >> (8 * i));
+    }
+
+    /// Version of the state `save` writes (record tag "PCTM").
+    static constexpr std::uint16_t state_version = 1;
+    /// Appends the window's 64 KiB as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "PCTM", state_version);
+        state_writer(out).bytes(buf_);
+        end_device_record(out, at);
+    }
+    /// Loads a record `save` wrote; on error the window is unchanged (checked before copying).
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "pc_testdev_iomem::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "PCTM", state_version, version);
+        if (!body) return body.err();
+        if (body->size() != pc_testdev_iomem_size)
+            return error{op, EINVAL, "bad record: the window's size differs"}.with("bytes", body->size()).with(
+                "window_size", pc_testdev_iomem_size);
+        std::memcpy(buf_.data(), body->data(), buf_.size());
+        return ok();
     }
 
 private:

@@ -15,12 +15,22 @@
 /// whenever the "interrupt pending" state changes (a KVM VMM calls
 /// `KVM_IRQ_LINE` for GSI 4). Like QEMU and kvmtool, the line follows the
 /// pending state; MCR.OUT2 is stored and loops back, not used as a gate.
+///
+/// Save/restore (`save` / `load`, record "U550", vcpu/devices/device_state.hpp): every
+/// register (divisor latch, IER, LCR, MCR, SCR, FCR's FIFO enable), the receive FIFO's bytes in
+/// order, the pending THRE / overrun conditions (IIR and LSR follow from them), the interrupt
+/// line level and the transmitted-byte count. `load` does not call `Irq`; `sync_irq` drives the
+/// line to the loaded level (KVM's per-source line level is not part of KVM_GET_IRQCHIP).
 
 #include <vcpu/config.hpp>
+#include <vcpu/devices/device_state.hpp>
+#include <vcpu/result.hpp>
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
+#include <vector>
 
 namespace vcpu::devices {
 
@@ -207,6 +217,78 @@ public:
     [[nodiscard]] Sink& sink() noexcept { return sink_; }
     /// The IRQ policy.
     [[nodiscard]] Irq& irq() noexcept { return irq_; }
+
+    /// Version of the state `save` writes (record tag "U550").
+    static constexpr std::uint16_t state_version = 1;
+
+    /// Appends this UART's state as one record (device_state.hpp) to `out`.
+    void save(std::vector<std::byte>& out) const {
+        const auto at = begin_device_record(out, "U550", state_version);
+        state_writer w(out);
+        w.u16(divisor_);
+        w.u8(ier_);
+        w.u8(lcr_);
+        w.u8(mcr_);
+        w.u8(scr_);
+        w.flag(fifo_enabled_);
+        w.flag(thre_pending_);
+        w.flag(overrun_);
+        w.flag(level_);
+        w.u64(transmitted_);
+        w.u8(static_cast<std::uint8_t>(count_));
+        for (std::size_t i = 0; i < count_; ++i) w.u8(fifo_[(head_ + i) % fifo_size]);
+        end_device_record(out, at);
+    }
+
+    /// Loads a record `save` wrote; on error (truncated, corrupt, another device's record,
+    /// another version, a value no register can hold) the UART is unchanged. Does not call
+    /// `Irq` (see `sync_irq`).
+    [[nodiscard]] result<void> load(std::span<const std::byte> record) noexcept {
+        constexpr const char* op = "uart_8250::load";
+        std::uint16_t version = 0;
+        auto body = open_device_record(record, op, "U550", state_version, version);
+        if (!body) return body.err();
+        state_reader r(*body);
+        const auto divisor = r.u16();
+        const auto ier = r.u8(), lcr = r.u8(), mcr = r.u8(), scr = r.u8();
+        const bool fifo_enabled = r.flag(), thre = r.flag(), overrun = r.flag(), level = r.flag();
+        const auto transmitted = r.u64();
+        const auto count = r.u8();
+        std::array<std::uint8_t, fifo_size> fifo{};
+        if (count > fifo_size)
+            return error{op, EINVAL, "bad value: more bytes in the receive FIFO than it holds"}.with("count", count).with(
+                "fifo_size", fifo_size);
+        r.bytes(std::span(fifo.data(), count));
+        if (auto f = finish_device_record(r, op); !f) return f.err();
+        if ((ier & ~uart_bits::ier_mask) != 0)
+            return error{op, EINVAL, "bad value: IER has bits the 16550A does not have"}.with_hex("ier", ier);
+        if ((mcr & ~uart_bits::mcr_mask) != 0)
+            return error{op, EINVAL, "bad value: MCR has bits the 16550A does not have"}.with_hex("mcr", mcr);
+        const bool pending = ((ier & uart_bits::ier_elsi) && overrun) || ((ier & uart_bits::ier_erbfi) && count > 0) ||
+                             ((ier & uart_bits::ier_etbei) && thre);
+        if (pending != level)
+            return error{op, EINVAL, "bad value: the interrupt level contradicts IER and the pending conditions"}
+                .with("level", level)
+                .with_hex("ier", ier);
+        divisor_ = divisor;
+        ier_ = ier;
+        lcr_ = lcr;
+        mcr_ = mcr;
+        scr_ = scr;
+        fifo_enabled_ = fifo_enabled;
+        thre_pending_ = thre;
+        overrun_ = overrun;
+        level_ = level;
+        transmitted_ = transmitted;
+        fifo_ = fifo;
+        head_ = 0;
+        count_ = count;
+        return ok();
+    }
+
+    /// Drives the interrupt line to the current level through `Irq` (after `load`, once the
+    /// interrupt controller is ready).
+    void sync_irq() noexcept { irq_(level_); }
 
 private:
     [[nodiscard]] std::uint8_t msr() const noexcept {
