@@ -182,7 +182,7 @@ public:
     template <class Arch>
     [[nodiscard]] static result<basic_dirty_ring> map(const hal_vcpu<Sys, Arch>& cpu, const dirty_ring_config& cfg) noexcept {
         constexpr const char* op = "mmap dirty ring";
-        if (KVM_DIRTY_LOG_PAGE_OFFSET == 0)
+        if constexpr (KVM_DIRTY_LOG_PAGE_OFFSET == 0)
             return error{op, EOPNOTSUPP, "this architecture's KVM has no dirty ring (KVM_DIRTY_LOG_PAGE_OFFSET is 0)"};
         if (cfg.entries == 0 || cfg.bytes != std::size_t{cfg.entries} * sizeof(::kvm_dirty_gfn) ||
             (cfg.entries & (cfg.entries - 1)) != 0)

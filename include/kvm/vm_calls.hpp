@@ -232,7 +232,7 @@ template <class Sys>
 }
 
 /// x86: which failed guest RDMSR/WRMSR go to user space as `KVM_EXIT_X86_RDMSR/WRMSR` (KVM
-/// API 8 "KVM_CAP_X86_USER_SPACE_MSR") instead of injecting #GP.
+/// API 8 "KVM_CAP_X86_USER_SPACE_MSR") instead of injecting a general-protection fault.
 struct user_space_msr {
     bool inval = false;   ///< `KVM_MSR_EXIT_REASON_INVAL`: accesses KVM would fault
     bool unknown = false; ///< `KVM_MSR_EXIT_REASON_UNKNOWN`: MSRs KVM does not know
