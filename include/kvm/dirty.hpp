@@ -87,21 +87,23 @@ public:
         return n;
     }
 
-    /// `fetch`, then `f(dirty_page)` for every dirty page in page order; with manual protection,
-    /// then KVM_CLEAR_DIRTY_LOG of exactly those pages (so writes after the fetch are seen by
-    /// the next harvest). Returns the number of pages reported. Errors: the failing ioctl's.
+    /// `fetch`; with manual protection, KVM_CLEAR_DIRTY_LOG of exactly the pages fetched; then
+    /// `f(dirty_page)` for each of them in page order. Every reported page is write protected
+    /// again before `f` sees it (by the fetch itself without manual protection), so `f` may copy
+    /// the page: a later guest write is reported by the next harvest. Returns the number of
+    /// pages reported. Errors: the failing ioctl's (then `f` is not called).
     template <class F>
     [[nodiscard]] result<std::size_t> harvest(F&& f) noexcept {
         auto n = fetch();
         if (!n) return n;
+        if (manual_ && *n != 0) {
+            if (auto c = clear_bits(0, pages_, bits_.data()); !c) return c.err();
+        }
         for (std::size_t w = 0; w < bits_.size(); ++w) {
             for (std::uint64_t word = bits_[w]; word != 0; word &= word - 1) {
                 const std::uint64_t page = w * 64 + static_cast<std::uint64_t>(std::countr_zero(word));
                 if (page < pages_) f(dirty_page{slot_.slot, page});
             }
-        }
-        if (manual_ && *n != 0) {
-            if (auto c = clear_bits(0, pages_, bits_.data()); !c) return c.err();
         }
         return n;
     }
@@ -200,7 +202,9 @@ public:
     /// fetch index is taken only when its flags say DIRTY (a load-acquire, so slot and offset
     /// are read after KVM wrote them), and handed back by storing RESET (a store-release, after
     /// they were read). Returns the number harvested; call `reset_dirty_rings` afterwards so KVM
-    /// re-protects the pages and reuses the entries. No syscall, no allocation.
+    /// re-protects the pages and reuses the entries. The pages stay writable until that reset,
+    /// so `f` should only record them: copy their contents after `reset_dirty_rings` (a write
+    /// after the reset is pushed again). No syscall, no allocation.
     template <class F>
     std::size_t harvest(F&& f) noexcept {
         auto* ring = reinterpret_cast<::kvm_dirty_gfn*>(map_.data()); // the mapping is entries_ entries

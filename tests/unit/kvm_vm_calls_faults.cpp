@@ -498,6 +498,7 @@ TEST_CASE("vm calls faults: the dirty log harvests set bits, re-protects exactly
     std::vector<std::uint64_t> seen;
     auto n = log->harvest([&](kvm::dirty_page p) {
         CHECK(p.slot == 1);
+        CHECK(fake::cleared.size() == 4); // re-protected before the callback sees the page
         seen.push_back(p.page);
     });
     REQUIRE(n);
