@@ -526,7 +526,8 @@ private:
                 .with_hex("datamatch", *s.datamatch);
         if (s.addr + s.len < s.addr)
             return error{io.name, EINVAL, "address range wraps"}.with_hex(what, s.addr).with("len", s.len);
-        if (s.pio && s.addr + (s.len == 0 ? 1 : s.len) > 0x10000)
+        constexpr std::uint64_t port_space = 0x10000; // the 64 KiB x86 I/O address space (SDM vol. 1 ch. 19)
+        if (s.pio && s.addr + (s.len == 0 ? 1 : s.len) > port_space)
             return error{io.name, EINVAL, "port range ends past 0xffff"}.with_hex("port", s.addr).with("len", s.len);
         return ok();
     }
