@@ -12,7 +12,9 @@
 #include <arch/x86_64/linux_boot.hpp>
 #include <arch/x86_64/mptable.hpp>
 #include <arch/x86_64/multiboot.hpp>
+#include <kvm/host.hpp>
 #include <kvm/kvm.hpp>
+#include <kvm/x86_64_gdb.hpp>
 #include <vcpu/bus.hpp>
 #include <vcpu/devices/acpi_pm_timer.hpp>
 #include <vcpu/devices/cmos_rtc.hpp>
@@ -22,6 +24,8 @@
 #include <vcpu/devices/pc_testdev.hpp>
 #include <vcpu/devices/pci_absent.hpp>
 #include <vcpu/devices/uart_8250.hpp>
+#include <vcpu/gdb/session.hpp>
+#include <vcpu/gdb/socket.hpp>
 #include <vcpu/vcpu.hpp>
 
 #include <algorithm>
@@ -30,6 +34,7 @@
 #include <csignal>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -38,6 +43,9 @@
 #include <string>
 #include <string_view>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
 #include <thread>
 #include <variant>
 #include <vector>
@@ -73,6 +81,10 @@ options:
   --mem MIB        guest RAM in MiB, 16..3072 (default 256).
   --cpus N         vCPUs, 1..32 (default 1); one host thread each, listed in an MP table
                    (and for Multiboot in the ACPI MADT and fw_cfg); the APs wait for INIT/SIPI.
+  --gdb PORT       wait for a debugger on 127.0.0.1:PORT (0: any free port; vmm prints it)
+                   before the guest runs, and serve the GDB remote protocol (vcpu::gdb):
+                   registers, memory by guest virtual address, breakpoints, watchpoints,
+                   stepping; vCPUs are gdb threads, all stopped together. Loopback only.
   --quiet-summary  do not print the exit summary on stderr.
   --no-kvm-status N  exit with status N instead of 2 when /dev/kvm cannot be opened (77 makes
                    ctest report a test as skipped). VCPU_FORCE_NO_KVM=1 in the environment
@@ -99,6 +111,7 @@ struct options {
     bool summary = true;
     bool cmdline_given = false;
     int no_kvm_status = 2;
+    int gdb_port = -1; ///< --gdb PORT, -1 without
 };
 
 [[noreturn]] void die(int code, const std::string& msg) {
@@ -137,6 +150,10 @@ options parse(int argc, char** argv) {
             if (!parse_uint(value("--mem"), o.mem_mib)) die(2, "--mem wants a number of MiB");
         } else if (a == "--cpus") {
             if (!parse_uint(value("--cpus"), o.cpus)) die(2, "--cpus wants a number");
+        } else if (a == "--gdb") {
+            unsigned v = 0;
+            if (!parse_uint(value("--gdb"), v) || v > 65535) die(2, "--gdb wants a TCP port, 0..65535");
+            o.gdb_port = static_cast<int>(v);
         } else if (a == "--quiet-summary") o.summary = false;
         else if (a == "--no-kvm-status") {
             unsigned v = 0;
@@ -357,6 +374,65 @@ const char* port_name(std::uint16_t port) noexcept {
 /// Request bits vmm posts with `kicker::kick` (reported in `interrupted::requests`).
 inline constexpr std::uint32_t request_stop = 1u << 0; ///< the VM is ending: leave run()
 inline constexpr std::uint32_t request_dump = 1u << 1; ///< print where this vCPU is, then go on
+inline constexpr std::uint32_t request_debug = 1u << 2; ///< gdb stops every vCPU (all-stop)
+
+/// All-stop debugging (--gdb): the vCPU threads park here while the debugger looks at the
+/// machine, and run when it resumes (all of them) or steps (one). The first vCPU to stop
+/// (a debug exit) records why and makes the others stop too; the main thread kicks them.
+struct debug_gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::atomic<bool> enabled{false}; ///< false: never park (no debugger, or it detached)
+    std::atomic<bool> stopping{true}; ///< a stop is under way: vCPUs leave run() and park
+    std::uint64_t epoch = 0;         ///< one per resume or step
+    int step_cpu = -1;               ///< the vCPU that steps, -1: all run
+    unsigned parked = 0;             ///< vCPU threads waiting in `wait_turn`
+    std::vector<std::uint64_t> seen; ///< per vCPU: the last epoch it ran in
+    std::optional<vcpu::gdb::stop_reason> reason;
+
+    /// vCPU `id`: parks until the debugger lets it run; false when the VM is ending.
+    bool wait_turn(unsigned id, const std::atomic<bool>& stop) {
+        std::unique_lock lk(mu);
+        if (!enabled.load()) return !stop.load();
+        ++parked;
+        cv.notify_all();
+        cv.wait(lk, [&] {
+            return stop.load() || !enabled.load() ||
+                   (!stopping.load() && epoch != seen[id] && (step_cpu < 0 || step_cpu == static_cast<int>(id)));
+        });
+        --parked;
+        seen[id] = epoch;
+        return !stop.load();
+    }
+    /// A vCPU stopped for the debugger (the first reason of a run wins).
+    void report(const vcpu::gdb::stop_reason& why) {
+        std::lock_guard lk(mu);
+        if (!reason) reason = why;
+        stopping.store(true);
+        cv.notify_all();
+    }
+    /// Lets every vCPU (or only `step`) run once more.
+    void release(int step) {
+        std::lock_guard lk(mu);
+        reason.reset();
+        step_cpu = step;
+        ++epoch;
+        stopping.store(false);
+        cv.notify_all();
+    }
+    /// The debugger is gone: nobody parks any more.
+    void disable() {
+        std::lock_guard lk(mu);
+        enabled.store(false);
+        stopping.store(false);
+        cv.notify_all();
+    }
+    /// Wakes parked threads to see the VM's end.
+    void wake_all() {
+        std::lock_guard lk(mu);
+        cv.notify_all();
+    }
+};
 
 enum class ending { none, reset_i8042, triple_fault, power_off, reset_event, debug_exit, terminated, error };
 std::atomic<int> g_ending{static_cast<int>(ending::none)};
@@ -469,6 +545,30 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         }
     }
 
+    // --gdb: the debugger sees every vCPU (gdb thread i + 1 = vCPU i) and guest RAM. On PVM,
+    // whose KVM emulates guest CPL0 code and cannot run INT3, software breakpoints take debug
+    // registers (four at most).
+    using hal_type = std::remove_reference_t<decltype(m.vcpus[0].hal())>;
+    std::vector<hal_type*> hals;
+    for (auto& c : m.vcpus) hals.push_back(&c.hal());
+    auto guest_ram = [&m](std::uint64_t gpa, std::size_t n) { return m.memory.at(gpa, n); };
+    vcpu::kvm::x86_64_gdb_target target{std::span<hal_type*>(hals), guest_ram,
+                                        vcpu::kvm::describe_host().kind == vcpu::kvm::host_kind::pvm};
+    debug_gate gate;
+    gate.seen.assign(opt.cpus, 0);
+    std::optional<vcpu::gdb::session<vcpu::gdb::stream>> debugger;
+    if (opt.gdb_port >= 0) {
+        auto l = vcpu::gdb::listener::open(static_cast<std::uint16_t>(opt.gdb_port));
+        if (!l) die(2, "--gdb: " + l.err().message());
+        std::fprintf(stderr, "vmm: waiting for gdb on 127.0.0.1:%u (gdb -ex 'target remote 127.0.0.1:%u')\n",
+                     l->port(), l->port());
+        auto c = l->accept();
+        if (!c) die(2, "--gdb: " + c.err().message());
+        debugger.emplace(std::move(*c));
+        gate.enabled.store(true);
+        std::fprintf(stderr, "vmm: gdb connected; the guest starts when it continues\n");
+    }
+
     raw_terminal term;
     g_start = clock_type::now();
 
@@ -513,7 +613,13 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         auto on_intr = [&](vcpu::interrupted& i) noexcept {
             ++st.n[k_interrupted];
             if (i.requests & request_dump) dump_vcpu(id, cpu, st);
-            return g_stop.load() ? vcpu::action::stop : vcpu::action::resume;
+            // A kick from an earlier stop can arrive late: only a stop under way parks.
+            return g_stop.load() || (gate.enabled.load() && gate.stopping.load()) ? vcpu::action::stop : vcpu::action::resume;
+        };
+        auto on_debug = [&](vcpu::debug& d) noexcept {
+            ++st.n[k_other];
+            gate.report(target.stop_for(id, d));
+            return vcpu::action::stop;
         };
         auto on_shutdown = [&](vcpu::shutdown&) noexcept {
             ++st.n[k_shutdown];
@@ -530,7 +636,8 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             finish(ending::error);
         }
         while (!g_stop.load()) {
-            auto r = cpu.run(on_pio, on_coalesced, on_mmio, on_intr, on_shutdown, on_event);
+            if (!gate.wait_turn(id, g_stop)) break;
+            auto r = cpu.run(on_pio, on_coalesced, on_mmio, on_intr, on_shutdown, on_event, on_debug);
             if (!r) {
                 std::fprintf(stderr, "vmm: vCPU %u: %s\n", id, r.err().message().c_str());
                 finish(ending::error);
@@ -539,8 +646,12 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
             const bool done = std::visit(
                 [&]<class E>(E& e) {
                     using T = std::remove_cvref_t<E>;
-                    if constexpr (std::is_same_v<T, vcpu::port_io> || std::is_same_v<T, vcpu::interrupted> ||
-                                  std::is_same_v<T, vcpu::shutdown> || std::is_same_v<T, vcpu::system_event>) {
+                    if constexpr (std::is_same_v<T, vcpu::debug>) {
+                        return false; // stopped for gdb: park, then run again
+                    } else if constexpr (std::is_same_v<T, vcpu::interrupted>) {
+                        return g_stop.load(); // else: stopped for gdb
+                    } else if constexpr (std::is_same_v<T, vcpu::port_io> || std::is_same_v<T, vcpu::shutdown> ||
+                                         std::is_same_v<T, vcpu::system_event>) {
                         return true; // a handler asked to stop; the reason is recorded
                     } else if constexpr (std::is_same_v<T, vcpu::x86_64::emulation_failure>) {
                         ++st.n[k_other];
@@ -561,6 +672,7 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
         stopped[id].store(true);
         // Bring the other vCPUs out of KVM_RUN (they may be halted, or APs waiting for SIPI).
         kick_all(request_stop);
+        gate.wake_all();
     };
 
     // The vCPU threads block SIGTERM/SIGINT (they inherit the mask, and KVM_RUN runs with it
@@ -582,30 +694,104 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
     // stdin -> UART receive FIFO, polled so the loop notices the end of the VM; the console
     // buffer is flushed on each round (every 10 ms).
     const bool stdin_open = ::fcntl(STDIN_FILENO, F_GETFL) != -1;
-    while (!g_stop.load()) {
+    // One round of the console: flush the guest's output, feed stdin to the UART (waits up to
+    // 10 ms). False when a signal ended the VM.
+    auto console_round = [&]() -> bool {
         if (g_terminate) {
             std::fprintf(stderr, "\nvmm: terminated by a signal; where the vCPUs are:\n");
             kick_all(request_dump);
             std::this_thread::sleep_for(std::chrono::milliseconds(500));
             finish(ending::terminated);
-            break;
+            return false;
         }
         pollfd p{STDIN_FILENO, POLLIN, 0};
         const bool in = stdin_open && ::poll(&p, 1, 10) > 0 && (p.revents & POLLIN) != 0;
         flush_console();
         if (!in) {
             if (!stdin_open || (p.revents & (POLLHUP | POLLNVAL))) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            continue;
+            return true;
         }
         char buf[64];
         const ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
         if (n <= 0) {
             std::this_thread::sleep_for(std::chrono::milliseconds(20));
-            continue;
+            return true;
         }
         bus_lock.lock();
         for (ssize_t i = 0; i < n; ++i) bus.template get<uart>().receive(static_cast<std::uint8_t>(buf[i]));
         bus_lock.unlock();
+        return true;
+    };
+    if (debugger) {
+        // All-stop: gdb looks at the machine only while every vCPU thread waits at the gate.
+        auto all_parked = [&] {
+            std::lock_guard lk(gate.mu);
+            unsigned ended = 0;
+            for (unsigned j = 0; j < opt.cpus; ++j) ended += stopped[j].load() ? 1u : 0u;
+            return gate.parked + ended >= opt.cpus;
+        };
+        auto wait_parked = [&] {
+            while (!g_stop.load() && !all_parked()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        };
+        wait_parked();
+        for (;;) {
+            auto req = debugger->serve(target);
+            if (!req || !vcpu::gdb::is_running(req->kind)) {
+                if (!req) std::fprintf(stderr, "vmm: gdb: %s\n", req.err().message().c_str());
+                if (req && req->kind == vcpu::gdb::request_kind::kill) {
+                    std::fprintf(stderr, "vmm: gdb ended the guest (kill)\n");
+                    finish(ending::terminated);
+                } else if (auto d = target.disarm(); !d) {
+                    std::fprintf(stderr, "vmm: gdb detach: %s\n", d.err().message().c_str());
+                    finish(ending::error);
+                } else {
+                    std::fprintf(stderr, "vmm: gdb %s; the guest runs on\n",
+                                 req && req->connection_closed ? "disconnected" : "detached");
+                }
+                gate.disable();
+                break;
+            }
+            const bool step = req->kind == vcpu::gdb::request_kind::step;
+            if (auto a = target.arm(step ? std::optional<unsigned>(req->cpu) : std::nullopt); !a) {
+                std::fprintf(stderr, "vmm: gdb: %s\n", a.err().message().c_str());
+                finish(ending::error);
+                gate.disable();
+                break;
+            }
+            gate.release(step ? static_cast<int>(req->cpu) : -1);
+            bool ended = false;
+            for (;;) {
+                {
+                    std::lock_guard lk(gate.mu);
+                    if (gate.reason) break;
+                }
+                if (g_stop.load() || !console_round()) {
+                    ended = true;
+                    break;
+                }
+                if (auto irq = debugger->interrupt_requested(); irq && *irq)
+                    gate.report({vcpu::gdb::stop_kind::interrupt, req->cpu});
+            }
+            if (ended) { // the guest ended the VM while running: gdb sees the inferior exit
+                (void)debugger->stopped({vcpu::gdb::stop_kind::exited});
+                break;
+            }
+            kick_all(request_debug);
+            wait_parked();
+            std::optional<vcpu::gdb::stop_reason> why;
+            {
+                std::lock_guard lk(gate.mu);
+                why = gate.reason;
+            }
+            if (auto w = debugger->stopped(*why); !w) {
+                std::fprintf(stderr, "vmm: gdb: %s; the guest runs on\n", w.err().message().c_str());
+                (void)target.disarm();
+                gate.disable();
+                break;
+            }
+        }
+    }
+    while (!g_stop.load() && console_round()) {
     }
     // The VM is ending: one kick per vCPU is enough (see above). A vCPU thread that has not
     // stopped after 2 s is a bug: say where it is, then kick again.

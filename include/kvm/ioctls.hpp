@@ -115,6 +115,13 @@ inline constexpr auto get_supported_cpuid = VCPU_KVM_IOCTL_FLEX(system, KVM_GET_
 /// header is 4 bytes (the UAPI C++ sizeof says 8).
 inline constexpr auto get_msr_index_list =
     VCPU_KVM_IOCTL_FLEX_HEADER(system, KVM_GET_MSR_INDEX_LIST, ::vcpu::kvm::detail::msr_list_header_size);
+/// 4.3 KVM_GET_MSR_FEATURE_INDEX_LIST (`KVM_CAP_GET_MSR_FEATURES`): same `kvm_msr_list` layout.
+inline constexpr auto get_msr_feature_index_list =
+    VCPU_KVM_IOCTL_FLEX_HEADER(system, KVM_GET_MSR_FEATURE_INDEX_LIST, ::vcpu::kvm::detail::msr_list_header_size);
+/// 4.18 KVM_GET_MSRS on the system fd: reads feature MSRs (`KVM_CAP_GET_MSR_FEATURES`).
+inline constexpr auto get_feature_msrs = VCPU_KVM_IOCTL_FLEX(system, KVM_GET_MSRS);
+/// KVM_GET_EMULATED_CPUID: the CPUID bits KVM emulates (`struct kvm_cpuid2`).
+inline constexpr auto get_emulated_cpuid = VCPU_KVM_IOCTL_FLEX(system, KVM_GET_EMULATED_CPUID);
 #endif
 } // namespace system
 
@@ -208,6 +215,10 @@ inline constexpr auto arm_vcpu_finalize = VCPU_KVM_IOCTL(vcpu, KVM_ARM_VCPU_FINA
 inline constexpr auto get_mp_state = VCPU_KVM_IOCTL(vcpu, KVM_GET_MP_STATE);
 /// 4.39 KVM_SET_MP_STATE.
 inline constexpr auto set_mp_state = VCPU_KVM_IOCTL(vcpu, KVM_SET_MP_STATE);
+/// KVM_ENABLE_CAP on a vCPU fd (per-vCPU capabilities; `struct kvm_enable_cap`).
+inline constexpr auto enable_cap = VCPU_KVM_IOCTL(vcpu, KVM_ENABLE_CAP);
+/// KVM_SET_GUEST_DEBUG: `struct kvm_guest_debug` with this host arch's debug registers.
+inline constexpr auto set_guest_debug = VCPU_KVM_IOCTL(vcpu, KVM_SET_GUEST_DEBUG);
 #if defined(__x86_64__)
 /// 4.11 KVM_GET_REGS.
 inline constexpr auto get_regs = VCPU_KVM_IOCTL(vcpu, KVM_GET_REGS);
@@ -256,6 +267,21 @@ inline constexpr auto set_lapic = VCPU_KVM_IOCTL(vcpu, KVM_SET_LAPIC);
 inline constexpr auto get_tsc_khz = VCPU_KVM_IOCTL(vcpu, KVM_GET_TSC_KHZ);
 /// 4.56 KVM_SET_TSC_KHZ: the frequency is the integer argument.
 inline constexpr auto set_tsc_khz = VCPU_KVM_IOCTL(vcpu, KVM_SET_TSC_KHZ);
+/// KVM_GET_CPUID2 (x86): the vCPU's CPUID as KVM_SET_CPUID2 set it (`struct kvm_cpuid2`).
+inline constexpr auto get_cpuid2 = VCPU_KVM_IOCTL_FLEX(vcpu, KVM_GET_CPUID2);
+/// KVM_TRANSLATE: a guest virtual address through the vCPU's current page tables.
+inline constexpr auto translate = VCPU_KVM_IOCTL(vcpu, KVM_TRANSLATE);
+/// KVM_NMI: queue an NMI on the vCPU.
+inline constexpr auto nmi = VCPU_KVM_IOCTL(vcpu, KVM_NMI);
+/// KVM_SMI: queue an SMI (`KVM_CAP_X86_SMM`).
+inline constexpr auto smi = VCPU_KVM_IOCTL(vcpu, KVM_SMI);
+/// KVM_KVMCLOCK_CTRL: tell the guest's kvmclock the vCPU was paused.
+inline constexpr auto kvmclock_ctrl = VCPU_KVM_IOCTL(vcpu, KVM_KVMCLOCK_CTRL);
+/// KVM_GET_NESTED_STATE (`KVM_CAP_NESTED_STATE`): a 128-byte header, then the data
+/// (`struct kvm_nested_state`, whose C and C++ sizes agree: the data arrays have zero length).
+inline constexpr auto get_nested_state = VCPU_KVM_IOCTL(vcpu, KVM_GET_NESTED_STATE);
+/// KVM_SET_NESTED_STATE.
+inline constexpr auto set_nested_state = VCPU_KVM_IOCTL(vcpu, KVM_SET_NESTED_STATE);
 #endif
 } // namespace vcpu
 
@@ -278,7 +304,8 @@ using table = std::array<ioctl_def<K>, N>;
 inline constexpr auto system_table = std::to_array<ioctl_def<fd_kind::system>>({
     system::get_api_version, system::create_vm, system::check_extension, system::get_vcpu_mmap_size,
 #if defined(__x86_64__)
-    system::get_supported_cpuid, system::get_msr_index_list,
+    system::get_supported_cpuid, system::get_msr_index_list, system::get_msr_feature_index_list,
+    system::get_feature_msrs, system::get_emulated_cpuid,
 #endif
 });
 
@@ -298,11 +325,14 @@ inline constexpr auto vm_table = std::to_array<ioctl_def<fd_kind::vm>>({
 inline constexpr auto vcpu_table = std::to_array<ioctl_def<fd_kind::vcpu>>({
     vcpu::run, vcpu::get_one_reg, vcpu::set_one_reg, vcpu::set_signal_mask, vcpu::get_reg_list,
     vcpu::interrupt, vcpu::arm_vcpu_init, vcpu::arm_vcpu_finalize, vcpu::get_mp_state, vcpu::set_mp_state,
+    vcpu::enable_cap, vcpu::set_guest_debug,
 #if defined(__x86_64__)
     vcpu::get_regs, vcpu::set_regs, vcpu::get_sregs, vcpu::set_sregs, vcpu::get_vcpu_events,
     vcpu::set_vcpu_events, vcpu::get_debugregs, vcpu::set_debugregs, vcpu::get_msrs, vcpu::set_msrs,
     vcpu::set_cpuid2, vcpu::get_fpu, vcpu::set_fpu, vcpu::get_xsave, vcpu::set_xsave, vcpu::get_xsave2,
     vcpu::get_xcrs, vcpu::set_xcrs, vcpu::get_lapic, vcpu::set_lapic, vcpu::get_tsc_khz, vcpu::set_tsc_khz,
+    vcpu::get_cpuid2, vcpu::translate, vcpu::nmi, vcpu::smi, vcpu::kvmclock_ctrl, vcpu::get_nested_state,
+    vcpu::set_nested_state,
 #endif
 });
 
@@ -344,6 +374,14 @@ static_assert(_IOC_SIZE(system::get_supported_cpuid.code) == 8 &&
 static_assert(_IOC_SIZE(vcpu::get_msrs.code) == 8 && _IOC_NR(vcpu::get_msrs.code) == _IOC_NR(KVM_GET_MSRS));
 static_assert(_IOC_SIZE(vcpu::set_msrs.code) == 8 && _IOC_NR(vcpu::set_msrs.code) == _IOC_NR(KVM_SET_MSRS));
 static_assert(_IOC_SIZE(vcpu::set_cpuid2.code) == 8 && _IOC_NR(vcpu::set_cpuid2.code) == _IOC_NR(KVM_SET_CPUID2));
+static_assert(_IOC_SIZE(vcpu::get_cpuid2.code) == 8 && _IOC_NR(vcpu::get_cpuid2.code) == _IOC_NR(KVM_GET_CPUID2));
+static_assert(_IOC_SIZE(system::get_emulated_cpuid.code) == 8 &&
+              _IOC_NR(system::get_emulated_cpuid.code) == _IOC_NR(KVM_GET_EMULATED_CPUID));
+static_assert(_IOC_SIZE(system::get_feature_msrs.code) == 8 && system::get_feature_msrs.code == vcpu::get_msrs.code);
+static_assert(_IOC_SIZE(system::get_msr_feature_index_list.code) == 4 &&
+              _IOC_NR(system::get_msr_feature_index_list.code) == _IOC_NR(KVM_GET_MSR_FEATURE_INDEX_LIST));
+static_assert(_IOC_SIZE(vcpu::get_nested_state.code) == 128 && _IOC_SIZE(vcpu::set_nested_state.code) == 128,
+              "kvm: struct kvm_nested_state's header must be 128 bytes in C++ as in C");
 static_assert(_IOC_SIZE(system::get_msr_index_list.code) == 4 &&
               _IOC_NR(system::get_msr_index_list.code) == _IOC_NR(KVM_GET_MSR_INDEX_LIST) &&
               _IOC_DIR(system::get_msr_index_list.code) == _IOC_DIR(KVM_GET_MSR_INDEX_LIST));
