@@ -44,6 +44,13 @@ constexpr u64 logged_gpa = 0x10000000; // slot 1: 256 MiB, inside the loader's 4
 constexpr std::uint32_t logged_slot = 1;
 constexpr u64 stop_marker = ~u64{0};
 
+/// The error message of a failed result, empty for a good one: doctest stringifies a
+/// `*_MESSAGE` argument even when the check passes (with `-s`), and `err()` of a good result traps.
+template <class R>
+std::string why(const R& r) {
+    return r ? std::string() : r.err().message();
+}
+
 /// Prints the skip line ctest's SKIP_REGULAR_EXPRESSION looks for, and says it in the log.
 void skip(const std::string& why) {
     std::printf("SKIPPED: %s\n", why.c_str());
@@ -117,12 +124,12 @@ struct dirty_rig {
 
     static dirty_rig make(kvm::x86_64_machine m, u64 pages) {
         auto ram = kvm::guest_ram::allocate(pages * page_bytes);
-        REQUIRE_MESSAGE(ram, ram.err().message());
+        REQUIRE_MESSAGE(ram, why(ram));
         auto slot = m.vm.set_memory(kvm::memory_slot{logged_slot, logged_gpa, ram->bytes(), false, true});
-        REQUIRE_MESSAGE(slot, slot.err().message());
+        REQUIRE_MESSAGE(slot, why(slot));
         dirty_rig r{std::move(m), std::move(*ram), std::nullopt, 0};
         auto s = gx::space::load(r.m.memory, reinterpret_cast<const void*>(&write_pages));
-        REQUIRE_MESSAGE(s, s.err().message());
+        REQUIRE_MESSAGE(s, why(s));
         r.space.emplace(std::move(*s));
         r.list = r.space->free_begin();
         set_list(r, {});
@@ -141,7 +148,7 @@ struct dirty_rig {
         set_list(*this, pages);
         auto res = vcpu::guest::run(m.vcpus[0], *space, [](vcpu::guest::sync&) { return vcpu::action::stop; },
                                     guest_test::fail_on_guest_assert(), std::forward<Extra>(extra)...);
-        REQUIRE_MESSAGE(res, res.err().message());
+        REQUIRE_MESSAGE(res, why(res));
         const auto* s = std::get_if<vcpu::guest::sync>(&*res);
         REQUIRE(s != nullptr);
         REQUIRE(s->size() == 2);
@@ -180,18 +187,18 @@ void three_rounds(dirty_rig& r, Harvest&& harvest) {
 
 TEST_CASE("vm calls: the dirty log reports exactly the pages a guest wrote, then none, then the next set") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     auto r = dirty_rig::make(std::move(*m), 256);
     auto log = kvm::dirty_log::create(r.m.vm, logged_slot, false);
-    REQUIRE_MESSAGE(log, log.err().message());
+    REQUIRE_MESSAGE(log, why(log));
     // Nothing was written yet.
     auto before = log->fetch();
-    REQUIRE_MESSAGE(before, before.err().message());
+    REQUIRE_MESSAGE(before, why(before));
     CHECK(*before == 0);
     three_rounds(r, [&] {
         page_set got;
         auto n = log->harvest(collector{&got});
-        REQUIRE_MESSAGE(n, n.err().message());
+        REQUIRE_MESSAGE(n, why(n));
         CHECK(*n == got.size());
         return got;
     });
@@ -207,19 +214,19 @@ TEST_CASE("vm calls: the dirty log reports exactly the pages a guest wrote, then
 
 TEST_CASE("vm calls: with manual protect, the log keeps pages dirty until KVM_CLEAR_DIRTY_LOG clears their range") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     if (auto cap = m->vm.check_extension(KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2); !cap || *cap <= 0) {
         skip("host kernel lacks KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2");
         return;
     }
     auto on = kvm::enable_manual_dirty_log_protect(m->vm);
-    REQUIRE_MESSAGE(on, on.err().message());
+    REQUIRE_MESSAGE(on, why(on));
     auto r = dirty_rig::make(std::move(*m), 256);
     auto log = kvm::dirty_log::create(r.m.vm, logged_slot, true);
-    REQUIRE_MESSAGE(log, log.err().message());
+    REQUIRE_MESSAGE(log, why(log));
     auto fetch_set = [&] {
         auto n = log->fetch();
-        REQUIRE_MESSAGE(n, n.err().message());
+        REQUIRE_MESSAGE(n, why(n));
         page_set s;
         for (u64 p = 0; p < log->pages(); ++p)
             if (log->dirty(p)) s.insert(p);
@@ -230,7 +237,7 @@ TEST_CASE("vm calls: with manual protect, the log keeps pages dirty until KVM_CL
     three_rounds(r, [&] {
         page_set got;
         auto n = log->harvest(collector{&got});
-        REQUIRE_MESSAGE(n, n.err().message());
+        REQUIRE_MESSAGE(n, why(n));
         return got;
     });
     // Fetching alone does not clear: the same pages twice. Then clear range by range.
@@ -254,9 +261,9 @@ TEST_CASE("vm calls: with manual protect, the log keeps pages dirty until KVM_CL
 TEST_CASE("vm calls: the dirty ring reports exactly the pages a guest wrote; a full ring is harvested by the run loop [own-ctest][dirty_ring]") {
     {
         auto probe = kvm::system::open();
-        REQUIRE_MESSAGE(probe, probe.err().message());
+        REQUIRE_MESSAGE(probe, why(probe));
         auto vm = probe->create_vm();
-        REQUIRE_MESSAGE(vm, vm.err().message());
+        REQUIRE_MESSAGE(vm, why(vm));
         auto ring = vm->check_extension(KVM_CAP_DIRTY_LOG_RING);
         auto acq = vm->check_extension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL);
         REQUIRE(ring);
@@ -280,18 +287,18 @@ TEST_CASE("vm calls: the dirty ring reports exactly the pages a guest wrote; a f
         if (!again) CHECK(std::string_view(again.err().op) == "KVM_ENABLE_CAP");
         return vcpu::ok();
     });
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     REQUIRE(cfg);
     CHECK(cfg->entries == 65536 / 16);
     auto r = dirty_rig::make(std::move(*m), 256);
     auto ring = kvm::dirty_ring::map(r.m.vcpus[0].hal(), *cfg);
-    REQUIRE_MESSAGE(ring, ring.err().message());
+    REQUIRE_MESSAGE(ring, why(ring));
     three_rounds(r, [&] {
         page_set got;
         const auto n = ring->harvest(collector{&got});
         CHECK(n == got.size()); // each page once: it is protected again only after the reset
         auto reset = kvm::reset_dirty_rings(r.m.vm);
-        REQUIRE_MESSAGE(reset, reset.err().message());
+        REQUIRE_MESSAGE(reset, why(reset));
         CHECK(*reset == n);
         return got;
     });
@@ -306,10 +313,10 @@ TEST_CASE("vm calls: the dirty ring reports exactly the pages a guest wrote; a f
         small = *c;
         return vcpu::ok();
     });
-    REQUIRE_MESSAGE(m2, m2.err().message());
+    REQUIRE_MESSAGE(m2, why(m2));
     auto r2 = dirty_rig::make(std::move(*m2), 2048);
     auto ring2 = kvm::dirty_ring::map(r2.m.vcpus[0].hal(), *small);
-    REQUIRE_MESSAGE(ring2, ring2.err().message());
+    REQUIRE_MESSAGE(ring2, why(ring2));
     page_set got;
     unsigned fulls = 0;
     auto sink = [&](kvm::dirty_page p) {
@@ -334,13 +341,13 @@ TEST_CASE("vm calls: the dirty ring reports exactly the pages a guest wrote; a f
 
 TEST_CASE("vm calls: an ioeventfd with datamatch fires only on its value, and that write does not exit") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     auto space = gx::space::load(m->memory, reinterpret_cast<const void*>(&ring_doorbells));
-    REQUIRE_MESSAGE(space, space.err().message());
+    REQUIRE_MESSAGE(space, why(space));
     auto mmio_fd = m->vm.ioeventfd({doorbell_gpa, 4, false, mmio_match});
-    REQUIRE_MESSAGE(mmio_fd, mmio_fd.err().message());
+    REQUIRE_MESSAGE(mmio_fd, why(mmio_fd));
     auto pio_fd = m->vm.ioeventfd({doorbell_port, 2, true, pio_match});
-    REQUIRE_MESSAGE(pio_fd, pio_fd.err().message());
+    REQUIRE_MESSAGE(pio_fd, why(pio_fd));
     // The library refuses a length KVM has no bus for, before any syscall.
     auto three = m->vm.ioeventfd({doorbell_gpa + 0x100, 3, false, std::nullopt});
     REQUIRE_FALSE(three);
@@ -354,7 +361,7 @@ TEST_CASE("vm calls: an ioeventfd with datamatch fires only on its value, and th
         guest_test::fail_on_guest_assert(),
         [&](vcpu::mmio& e) { mmio_exits.emplace_back(e.address, e.value()); },
         [&](vcpu::port_io& e) { pio_exits.emplace_back(e.port, e.value()); });
-    REQUIRE_MESSAGE(r, r.err().message());
+    REQUIRE_MESSAGE(r, why(r));
     REQUIRE(std::holds_alternative<vcpu::guest::sync>(*r));
     // Only the non-matching writes came back to user space.
     CHECK(mmio_exits == std::vector<std::pair<u64, u64>>{{doorbell_gpa, 0x9999}});
@@ -374,7 +381,7 @@ TEST_CASE("vm calls: an ioeventfd with datamatch fires only on its value, and th
 
 TEST_CASE("vm calls: every ioeventfd length, PIO and MMIO, with and without datamatch, is accepted") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     const auto any = m->vm.check_extension(KVM_CAP_IOEVENTFD_ANY_LENGTH);
     REQUIRE(any);
     std::vector<kvm::basic_fd<kvm::linux_sys>> keep;
@@ -393,7 +400,7 @@ TEST_CASE("vm calls: every ioeventfd length, PIO and MMIO, with and without data
                 const u64 addr = pio ? 0x500 + 16 * slot : 0xe0000000 + 0x1000 * slot;
                 ++slot;
                 auto efd = m->vm.ioeventfd({addr, len, pio, match ? std::optional<u64>(1) : std::nullopt});
-                CHECK_MESSAGE(efd, (efd ? std::string() : efd.err().message()));
+                CHECK_MESSAGE(efd, why(efd));
                 if (efd) keep.push_back(std::move(*efd));
             }
         }
@@ -409,10 +416,10 @@ TEST_CASE("vm calls: every ioeventfd length, PIO and MMIO, with and without data
 
 TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offers them") {
     auto sys = kvm::system::open();
-    REQUIRE_MESSAGE(sys, sys.err().message());
+    REQUIRE_MESSAGE(sys, why(sys));
     auto fresh = [&] {
         auto vm = sys->create_vm();
-        REQUIRE_MESSAGE(vm, vm.err().message());
+        REQUIRE_MESSAGE(vm, why(vm));
         return std::move(*vm);
     };
     auto cap = [](kvm::vm& vm, long c) {
@@ -424,7 +431,7 @@ TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offe
         auto vm = fresh();
         if (cap(vm, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2) & KVM_DIRTY_LOG_INITIALLY_SET) {
             auto r = kvm::enable_manual_dirty_log_protect(vm, {true});
-            CHECK_MESSAGE(r, (r ? "" : r.err().message()));
+            CHECK_MESSAGE(r, why(r));
         } else {
             MESSAGE("host lacks KVM_DIRTY_LOG_INITIALLY_SET");
         }
@@ -433,7 +440,7 @@ TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offe
         auto vm = fresh();
         if (cap(vm, KVM_CAP_SPLIT_IRQCHIP) > 0) {
             auto r = kvm::enable_split_irqchip(vm);
-            CHECK_MESSAGE(r, (r ? "" : r.err().message()));
+            CHECK_MESSAGE(r, why(r));
             // The full irqchip after the split one: KVM's EEXIST/EINVAL; and resampling
             // irqfds need the full irqchip (the kernel refuses them here).
             CHECK_FALSE(vm.create_irqchip());
@@ -445,7 +452,7 @@ TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offe
             kvm::x2apic_api opt{(x2 & KVM_X2APIC_API_USE_32BIT_IDS) != 0,
                                 (x2 & KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK) != 0};
             auto xr = kvm::enable_x2apic_api(vm, opt);
-            CHECK_MESSAGE(xr, (xr ? "" : xr.err().message()));
+            CHECK_MESSAGE(xr, why(xr));
         }
     }
     {
@@ -466,7 +473,7 @@ TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offe
                                     (mask & KVM_X86_DISABLE_EXITS_PAUSE) != 0, false};
         if (want.bits() != 0) {
             auto r = kvm::disable_exits(vm, want);
-            CHECK_MESSAGE(r, (r ? "" : r.err().message()));
+            CHECK_MESSAGE(r, why(r));
         }
         if ((mask & KVM_X86_DISABLE_EXITS_MWAIT) == 0) {
             auto r = kvm::disable_exits(vm, {true, false, false, false});
@@ -479,7 +486,7 @@ TEST_CASE("vm calls: ENABLE_CAP wrappers are accepted by KVM where the host offe
         auto vm = fresh();
         if (cap(vm, KVM_CAP_X86_USER_SPACE_MSR) > 0) {
             auto r = kvm::enable_user_space_msr(vm, {true, true, false});
-            CHECK_MESSAGE(r, (r ? "" : r.err().message()));
+            CHECK_MESSAGE(r, why(r));
         }
     }
     {
@@ -498,17 +505,17 @@ TEST_CASE("vm calls: GSI routing, irqfd with resample and SIGNAL_MSI on the in-k
     o.irqchip = true;
     o.pit = false;
     auto m = kvm::vm_init_x86_64(o, vcpu::x86_64::cpuid_setup<>{});
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     const kvm::gsi_route routes[] = {
         kvm::irqchip_route{0, KVM_IRQCHIP_PIC_MASTER, 0}, kvm::irqchip_route{4, KVM_IRQCHIP_IOAPIC, 4},
         kvm::irqchip_route{5, KVM_IRQCHIP_IOAPIC, 5}, kvm::msi_route{30, {0xfee00000, 0x41, std::nullopt}}};
     auto set = kvm::set_gsi_routing(m->vm, std::span<const kvm::gsi_route>(routes));
-    REQUIRE_MESSAGE(set, set.err().message());
+    REQUIRE_MESSAGE(set, why(set));
     // An irqfd on the MSI route and a resampling one on the level-triggered IOAPIC pin.
     auto msi_fd = m->vm.irqfd(30);
-    REQUIRE_MESSAGE(msi_fd, msi_fd.err().message());
+    REQUIRE_MESSAGE(msi_fd, why(msi_fd));
     auto level = m->vm.irqfd_resample(5);
-    REQUIRE_MESSAGE(level, level.err().message());
+    REQUIRE_MESSAGE(level, why(level));
     CHECK(level->irq.get() != level->resample.get());
     REQUIRE(m->vm.remove_irqfd(level->irq.get(), 5));
     REQUIRE(m->vm.remove_irqfd(msi_fd->get(), 30));
@@ -527,7 +534,7 @@ TEST_CASE("vm calls: GSI routing, irqfd with resample and SIGNAL_MSI on the in-k
     // An MSI now: accepted (delivered or blocked by the reset-state LAPIC; delivery itself is the
     // interrupts issue's test).
     auto msi = kvm::signal_msi(m->vm, {0xfee00000, 0x30, std::nullopt});
-    REQUIRE_MESSAGE(msi, msi.err().message());
+    REQUIRE_MESSAGE(msi, why(msi));
     // Without an in-kernel irqchip KVM refuses an MSI: its EINVAL, with the message's values.
     auto bare = guest_test::make_machine();
     REQUIRE(bare);
@@ -539,7 +546,7 @@ TEST_CASE("vm calls: GSI routing, irqfd with resample and SIGNAL_MSI on the in-k
 
 TEST_CASE("vm calls: KVM_SET_SIGNAL_MASK takes a typed sigset and can be cleared") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     sigset_t s;
     sigemptyset(&s);
     sigaddset(&s, SIGUSR2);
@@ -553,13 +560,13 @@ TEST_CASE("vm calls: KVM_SET_SIGNAL_MASK takes a typed sigset and can be cleared
     REQUIRE(space->enter(m->vcpus[0], gx::call(&ring_doorbells)));
     auto r = vcpu::guest::run(m->vcpus[0], *space, [](vcpu::guest::sync&) { return vcpu::action::stop; },
                               [](vcpu::mmio&) {}, [](vcpu::port_io&) {});
-    REQUIRE_MESSAGE(r, r.err().message());
+    REQUIRE_MESSAGE(r, why(r));
     CHECK(std::holds_alternative<vcpu::guest::sync>(*r));
 }
 
 TEST_CASE("vm calls: KVM_SET_USER_MEMORY_REGION2 installs a slot the guest uses [own-ctest][memory2]") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     auto cap = m->vm.check_extension(kvm::abi::cap_user_memory2);
     REQUIRE(cap);
     if (*cap <= 0) {
@@ -581,7 +588,7 @@ TEST_CASE("vm calls: KVM_SET_USER_MEMORY_REGION2 installs a slot the guest uses 
     REQUIRE(space->enter(m->vcpus[0], gx::call(&write_pages, logged_gpa, list)));
     auto r = vcpu::guest::run(m->vcpus[0], *space, [](vcpu::guest::sync&) { return vcpu::action::stop; },
                               guest_test::fail_on_guest_assert());
-    REQUIRE_MESSAGE(r, r.err().message());
+    REQUIRE_MESSAGE(r, why(r));
     auto log = kvm::dirty_log::create(m->vm, logged_slot, false);
     REQUIRE(log);
     page_set got;
@@ -601,7 +608,7 @@ TEST_CASE("vm calls: KVM_SET_USER_MEMORY_REGION2 installs a slot the guest uses 
 
 TEST_CASE("vm calls: KVM_CREATE_GUEST_MEMFD makes an fd a slot can name [own-ctest][guest_memfd]") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     auto cap = m->vm.check_extension(kvm::abi::cap_guest_memfd);
     REQUIRE(cap);
     if (*cap <= 0) {
@@ -609,7 +616,7 @@ TEST_CASE("vm calls: KVM_CREATE_GUEST_MEMFD makes an fd a slot can name [own-cte
         return;
     }
     auto gmem = kvm::create_guest_memfd(m->vm, std::size_t{2} << 20);
-    REQUIRE_MESSAGE(gmem, gmem.err().message());
+    REQUIRE_MESSAGE(gmem, why(gmem));
     CHECK(gmem->get() >= 0);
     // It is a file of the requested size.
     struct stat st{};
@@ -624,12 +631,12 @@ TEST_CASE("vm calls: KVM_CREATE_GUEST_MEMFD makes an fd a slot can name [own-cte
     auto ram = kvm::guest_ram::allocate(std::size_t{2} << 20);
     REQUIRE(ram);
     auto slot = m->vm.set_memory2({kvm::memory_slot{3, 0x20000000, ram->bytes(), false, false}, gmem->get(), 0});
-    CHECK_MESSAGE(slot, (slot ? "" : slot.err().message()));
+    CHECK_MESSAGE(slot, why(slot));
 }
 
 TEST_CASE("vm calls: KVM_SET_MEMORY_ATTRIBUTES marks a range private [own-ctest][memory_attributes]") {
     auto m = guest_test::make_machine();
-    REQUIRE_MESSAGE(m, m.err().message());
+    REQUIRE_MESSAGE(m, why(m));
     auto cap = m->vm.check_extension(kvm::abi::cap_memory_attributes);
     REQUIRE(cap);
     if ((static_cast<std::uint64_t>(*cap) & kvm::abi::memory_attribute_private) == 0) {
@@ -637,7 +644,7 @@ TEST_CASE("vm calls: KVM_SET_MEMORY_ATTRIBUTES marks a range private [own-ctest]
         return;
     }
     auto r = kvm::set_memory_attributes(m->vm, 0x100000, 0x2000, kvm::abi::memory_attribute_private);
-    CHECK_MESSAGE(r, (r ? "" : r.err().message()));
+    CHECK_MESSAGE(r, why(r));
     auto back = kvm::set_memory_attributes(m->vm, 0x100000, 0x2000, 0);
-    CHECK_MESSAGE(back, (back ? "" : back.err().message()));
+    CHECK_MESSAGE(back, why(back));
 }
