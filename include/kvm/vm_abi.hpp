@@ -24,8 +24,6 @@ inline constexpr long cap_user_memory2 = 231;
 inline constexpr long cap_memory_attributes = 233;
 /// `KVM_CAP_GUEST_MEMFD`: KVM_CREATE_GUEST_MEMFD is allowed on this VM.
 inline constexpr long cap_guest_memfd = 234;
-/// `KVM_CAP_VM_TYPES`: the mask of `KVM_CREATE_VM` types the host accepts (bit n: type n).
-inline constexpr long cap_vm_types = 235;
 
 /// `KVM_MEM_GUEST_MEMFD`: the slot's private memory comes from a guest_memfd.
 inline constexpr std::uint32_t mem_guest_memfd = 1u << 2;
