@@ -153,6 +153,19 @@ inline constexpr auto set_tss_addr = VCPU_KVM_IOCTL(vm, KVM_SET_TSS_ADDR);
 inline constexpr auto set_identity_map_addr = VCPU_KVM_IOCTL(vm, KVM_SET_IDENTITY_MAP_ADDR);
 /// 4.71 KVM_CREATE_PIT2.
 inline constexpr auto create_pit2 = VCPU_KVM_IOCTL(vm, KVM_CREATE_PIT2);
+// VM device state (kvm/x86_64_vm_state.hpp).
+/// 4.26 KVM_GET_IRQCHIP.
+inline constexpr auto get_irqchip = VCPU_KVM_IOCTL(vm, KVM_GET_IRQCHIP);
+/// 4.27 KVM_SET_IRQCHIP.
+inline constexpr auto set_irqchip = VCPU_KVM_IOCTL(vm, KVM_SET_IRQCHIP);
+/// 4.72 KVM_GET_PIT2.
+inline constexpr auto get_pit2 = VCPU_KVM_IOCTL(vm, KVM_GET_PIT2);
+/// 4.73 KVM_SET_PIT2.
+inline constexpr auto set_pit2 = VCPU_KVM_IOCTL(vm, KVM_SET_PIT2);
+/// 4.29 KVM_GET_CLOCK.
+inline constexpr auto get_clock = VCPU_KVM_IOCTL(vm, KVM_GET_CLOCK);
+/// 4.30 KVM_SET_CLOCK.
+inline constexpr auto set_clock = VCPU_KVM_IOCTL(vm, KVM_SET_CLOCK);
 #endif
 /// 4.80 KVM_CREATE_DEVICE (kvm/device.hpp).
 inline constexpr auto create_device = VCPU_KVM_IOCTL(vm, KVM_CREATE_DEVICE);
@@ -318,6 +331,7 @@ inline constexpr auto vm_table = std::to_array<ioctl_def<fd_kind::vm>>({
     vm::signal_msi, vm::set_user_memory_region2, vm::create_guest_memfd, vm::set_memory_attributes,
 #if defined(__x86_64__)
     vm::set_tss_addr, vm::set_identity_map_addr, vm::create_pit2,
+    vm::get_irqchip, vm::set_irqchip, vm::get_pit2, vm::set_pit2, vm::get_clock, vm::set_clock,
 #endif
 });
 

@@ -154,6 +154,19 @@ private:
     }
 }
 
+/// True when the exit in `r` is one whose instruction KVM still has to skip at the next
+/// `KVM_RUN` although no data comes back: an OUT (x86 `complete_fast_pio_out`) or an MMIO write
+/// (arm64 `kvm_handle_mmio_return`, riscv64 `kvm_riscv_vcpu_mmio_return`). A handler needs no
+/// completion there, but a saved vCPU state does: saved before it, the PC still points at the
+/// write and a restored vCPU would issue it again (`hal_vcpu::complete_pending_io(true)`).
+[[nodiscard]] inline bool skip_pending(const ::kvm_run& r) noexcept {
+    switch (r.exit_reason) {
+    case KVM_EXIT_IO: return r.io.direction == KVM_EXIT_IO_OUT;
+    case KVM_EXIT_MMIO: return r.mmio.is_write != 0;
+    default: return false;
+    }
+}
+
 /// A ONE_REG write held back while its exit is completed (see `completion_pending`).
 struct held_one_reg {
     std::uint64_t id = 0;

@@ -192,8 +192,12 @@ public:
     /// before reading the whole state to save it. No-op when nothing is pending.
     /// `EAGAIN` is re-issued at most `max_again` times. Errors: "KVM_RUN" with errno (EAGAIN
     /// when it persisted), detail "completing the exit...", the vCPU id and exit reason.
-    [[nodiscard, gnu::noinline]] result<void> complete_pending_io() noexcept {
-        if (!ran_ || completed_ || !detail::completion_pending(*run())) {
+    /// `for_state` (state save and load, kvm/reg_list_state.hpp): also completes an OUT or MMIO
+    /// write, whose instruction KVM skips only at the next `KVM_RUN` (`detail::skip_pending`), so
+    /// a saved PC is past it.
+    [[nodiscard, gnu::noinline]] result<void> complete_pending_io(bool for_state = false) noexcept {
+        if (!ran_ || completed_ ||
+            !(detail::completion_pending(*run()) || (for_state && detail::skip_pending(*run())))) {
             held_blocks_ = 0;
             return apply_held_regs();
         }

@@ -49,6 +49,10 @@ public:
         return basic_guest_ram(std::move(*m));
     }
 
+    /// Takes ownership of an existing mapping as guest RAM, e.g. a snapshot's memory mapped
+    /// `MAP_PRIVATE` from its file (kvm/snapshot.hpp): copy-on-write, unmapped on destruction.
+    [[nodiscard]] static basic_guest_ram adopt(basic_mapping<Sys> m) noexcept { return basic_guest_ram(std::move(m)); }
+
     /// The host view of the RAM.
     [[nodiscard]] std::span<std::byte> bytes() const noexcept { return map_.bytes(); }
     /// Size in bytes.

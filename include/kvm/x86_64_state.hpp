@@ -74,8 +74,10 @@ struct x86_64_vcpu_state {
     std::vector<::vcpu::x86_64::msr_entry> msrs; ///< every MSR of the index list KVM could read
     std::uint32_t tsc_khz = 0;                   ///< 0 when KVM_GET_TSC_KHZ is not available
 
-    /// Saves `cpu`'s state. First completes an exit KVM has not finished (`complete_pending_io`,
-    /// KVM API 4.10: "the userspace must call KVM_RUN ... before reading state"), then reads:
+    /// Saves `cpu`'s state. First completes an exit KVM has not finished (`complete_pending_io(true)`,
+    /// KVM API 4.10: "the userspace must call KVM_RUN ... before reading state"; `true`: an OUT or
+    /// MMIO write too, whose instruction KVM skips only then — saved before, RIP would still point
+    /// at it and the restored vCPU would repeat it), then reads:
     /// events and mp_state first (KVM_GET_MP_STATE accepts pending INIT/SIPI and
     /// KVM_GET_VCPU_EVENTS folds pending NMIs/SMIs, either of which may change the other
     /// state), then regs, sregs, XSAVE (or FPU), XCRs, LAPIC, the MSRs of
@@ -87,7 +89,7 @@ struct x86_64_vcpu_state {
     template <class Sys, class Arch>
     [[nodiscard]] static result<x86_64_vcpu_state> save(hal_vcpu<Sys, Arch>& cpu) {
         x86_64_vcpu_state s;
-        VCPU_TRY_VOID(cpu.complete_pending_io());
+        VCPU_TRY_VOID(cpu.complete_pending_io(true));
         auto ev = get_vcpu_events(cpu);
         if (!ev) return ev.err();
         s.events = *ev;
@@ -164,7 +166,7 @@ struct x86_64_vcpu_state {
     /// ioctl's name and errno; "KVM_SET_MSRS" EINVAL "MSR refused" naming the MSR.
     template <class Sys, class Arch>
     [[nodiscard]] result<void> load(hal_vcpu<Sys, Arch>& cpu) const {
-        VCPU_TRY_VOID(cpu.complete_pending_io());
+        VCPU_TRY_VOID(cpu.complete_pending_io(true));
         if (tsc_khz != 0) {
             auto now = get_tsc_khz(cpu);
             if (!now || *now != tsc_khz) VCPU_TRY_VOID(set_tsc_khz(cpu, tsc_khz));

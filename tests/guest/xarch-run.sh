@@ -6,7 +6,7 @@
 #   tests/guest/xarch-run.sh boot ARCH CROSS_BUILD_DIR RESULTS   run them, keep the logs
 #   tests/guest/xarch-run.sh check ARCH RESULTS NAME             judge one of them
 #
-# NAME: basics, exceptions, pending_io (doctest exit status 0 and no failed case) or bench (the
+# NAME: basics, exceptions, pending_io, state, features, irqchip (doctest exit status 0 and no failed case) or bench (the
 # same, and the "GUEST-BENCH" line is printed). boot exits 0 when every entry reported, 77 with
 # "SKIPPED: <reason>" (also left in RESULTS/skipped for the checks) when the tests were not
 # cross-built or QEMU or the kit cannot be had.
@@ -16,10 +16,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 what=${1:?usage: xarch-run.sh boot|check ...}
 arch=${2:?}
-names=(basics exceptions pending_io bench)
+names=(basics exceptions pending_io bench state features irqchip)
 source_of() { # the test file of NAME
     case $1 in
-        basics | bench) echo "xarch_$1.cpp" ;;
+        basics | bench | state) echo "xarch_$1.cpp" ;;
         *) echo "${arch}_$1.cpp" ;;
     esac
 }
