@@ -15,6 +15,7 @@
 /// `std::to_array`s: their sizes come from the entries, never from a count.
 
 #include <arch/aarch64/abi.hpp>
+#include <kvm/vm_abi.hpp>
 #include <vcpu/config.hpp>
 
 #include <linux/kvm.h>
@@ -168,6 +169,30 @@ inline constexpr auto set_clock = VCPU_KVM_IOCTL(vm, KVM_SET_CLOCK);
 #endif
 /// 4.80 KVM_CREATE_DEVICE (kvm/device.hpp).
 inline constexpr auto create_device = VCPU_KVM_IOCTL(vm, KVM_CREATE_DEVICE);
+// VM calls of kvm/vm_calls.hpp and kvm/dirty.hpp (docs/vm-calls.md).
+/// KVM_ENABLE_CAP (KVM API section of that name; on a VM fd, `KVM_CAP_ENABLE_CAP_VM`).
+inline constexpr auto enable_cap = VCPU_KVM_IOCTL(vm, KVM_ENABLE_CAP);
+/// KVM_GET_DIRTY_LOG (KVM API section of that name).
+inline constexpr auto get_dirty_log = VCPU_KVM_IOCTL(vm, KVM_GET_DIRTY_LOG);
+/// KVM_CLEAR_DIRTY_LOG (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`).
+inline constexpr auto clear_dirty_log = VCPU_KVM_IOCTL(vm, KVM_CLEAR_DIRTY_LOG);
+/// KVM_RESET_DIRTY_RINGS (`KVM_CAP_DIRTY_LOG_RING`, KVM API 8 "KVM_CAP_DIRTY_LOG_RING").
+inline constexpr auto reset_dirty_rings = VCPU_KVM_IOCTL(vm, KVM_RESET_DIRTY_RINGS);
+/// KVM_SET_GSI_ROUTING: `struct kvm_irq_routing { __u32 nr, flags; entries[]; }`, whose C
+/// header is 8 bytes.
+inline constexpr auto set_gsi_routing = VCPU_KVM_IOCTL_FLEX(vm, KVM_SET_GSI_ROUTING);
+/// KVM_SIGNAL_MSI (`KVM_CAP_SIGNAL_MSI`).
+inline constexpr auto signal_msi = VCPU_KVM_IOCTL(vm, KVM_SIGNAL_MSI);
+/// KVM_SET_USER_MEMORY_REGION2 (`KVM_CAP_USER_MEMORY2`; code from kvm/vm_abi.hpp when the UAPI
+/// header predates it).
+inline constexpr ioctl_def<fd_kind::vm> set_user_memory_region2{::vcpu::kvm::abi::set_user_memory_region2,
+                                                                "KVM_SET_USER_MEMORY_REGION2"};
+/// KVM_CREATE_GUEST_MEMFD (`KVM_CAP_GUEST_MEMFD`; kvm/vm_abi.hpp).
+inline constexpr ioctl_def<fd_kind::vm> create_guest_memfd{::vcpu::kvm::abi::create_guest_memfd_code,
+                                                           "KVM_CREATE_GUEST_MEMFD"};
+/// KVM_SET_MEMORY_ATTRIBUTES (`KVM_CAP_MEMORY_ATTRIBUTES`; kvm/vm_abi.hpp).
+inline constexpr ioctl_def<fd_kind::vm> set_memory_attributes{::vcpu::kvm::abi::set_memory_attributes,
+                                                              "KVM_SET_MEMORY_ATTRIBUTES"};
 /// arm64, 4.83 KVM_ARM_PREFERRED_TARGET: `_IOR(KVMIO, 0xaf, struct kvm_vcpu_init)`.
 /// `struct kvm_vcpu_init` exists only in arm64's `<asm/kvm.h>`, so the code is built from the
 /// arch mirror with the formula `<linux/kvm.h>` uses (checked against it on arm64 in
@@ -302,6 +327,8 @@ inline constexpr auto vm_table = std::to_array<ioctl_def<fd_kind::vm>>({
     vm::check_extension, vm::create_vcpu, vm::set_user_memory_region, vm::create_irqchip, vm::irq_line,
     vm::ioeventfd, vm::irqfd, vm::register_coalesced_mmio, vm::unregister_coalesced_mmio,
     vm::create_device, vm::arm_preferred_target,
+    vm::enable_cap, vm::get_dirty_log, vm::clear_dirty_log, vm::reset_dirty_rings, vm::set_gsi_routing,
+    vm::signal_msi, vm::set_user_memory_region2, vm::create_guest_memfd, vm::set_memory_attributes,
 #if defined(__x86_64__)
     vm::set_tss_addr, vm::set_identity_map_addr, vm::create_pit2,
     vm::get_irqchip, vm::set_irqchip, vm::get_pit2, vm::set_pit2, vm::get_clock, vm::set_clock,
@@ -344,6 +371,10 @@ static_assert(detail::unique(system_table), "kvm: duplicate or malformed system 
 static_assert(detail::unique(vm_table), "kvm: duplicate or malformed VM ioctl entry");
 static_assert(detail::unique(vcpu_table), "kvm: duplicate or malformed vCPU ioctl entry");
 static_assert(detail::unique(device_table), "kvm: duplicate or malformed device ioctl entry");
+
+static_assert(_IOC_SIZE(vm::set_gsi_routing.code) == ::vcpu::kvm::abi::irq_routing_header_size &&
+              _IOC_NR(vm::set_gsi_routing.code) == _IOC_NR(KVM_SET_GSI_ROUTING) &&
+              _IOC_DIR(vm::set_gsi_routing.code) == _IOC_DIR(KVM_SET_GSI_ROUTING));
 
 static_assert(_IOC_SIZE(vcpu::set_signal_mask.code) == 4 &&
               _IOC_NR(vcpu::set_signal_mask.code) == _IOC_NR(KVM_SET_SIGNAL_MASK));

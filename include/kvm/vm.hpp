@@ -12,6 +12,7 @@
 #include <kvm/mapping.hpp>
 #include <kvm/sys.hpp>
 #include <kvm/vcpu.hpp>
+#include <kvm/vm_abi.hpp>
 #include <vcpu/basic_vcpu.hpp>
 #include <vcpu/config.hpp>
 #include <vcpu/memory.hpp>
@@ -92,12 +93,40 @@ struct memory_slot {
     bool log_dirty = false;           ///< `KVM_MEM_LOG_DIRTY_PAGES`
 };
 
+/// A memory slot that may take its private memory from a guest_memfd (KVM API section
+/// "KVM_SET_USER_MEMORY_REGION2", `KVM_CAP_USER_MEMORY2`).
+struct memory_slot2 {
+    memory_slot base;                     ///< slot, address, shared host memory and flags, as for `set_memory`
+    int guest_memfd = -1;                 ///< fd from `create_guest_memfd` (kvm/vm_calls.hpp); -1: none
+    std::uint64_t guest_memfd_offset = 0; ///< page-aligned byte offset into `guest_memfd`
+};
+
+/// Where a slot this VM installed lies (`basic_vm::find_slot`).
+struct slot_extent {
+    std::uint32_t slot = 0; ///< bits 0-15 slot id, 16-31 address space
+    std::uint64_t gpa = 0;  ///< first guest physical address
+    std::uint64_t size = 0; ///< bytes
+    /// Pages of `page` bytes the slot spans.
+    [[nodiscard]] constexpr std::uint64_t pages(std::uint64_t page) const noexcept { return size / page; }
+};
+
 /// An ioeventfd registration (KVM API 4.59 KVM_IOEVENTFD).
 struct ioeventfd_spec {
     std::uint64_t addr = 0;                 ///< port number when `pio`, else guest physical address
-    std::uint32_t len = 0;                  ///< 1, 2, 4 or 8 bytes (0: any length, MMIO only)
+    std::uint32_t len = 0;                  ///< 1, 2, 4 or 8 bytes; 0: a write of any length
+                                            ///< (`KVM_CAP_IOEVENTFD_ANY_LENGTH`, no datamatch)
     bool pio = false;                       ///< `KVM_IOEVENTFD_FLAG_PIO`
-    std::optional<std::uint64_t> datamatch; ///< only writes of this value signal
+    std::optional<std::uint64_t> datamatch; ///< only writes of this value signal (fits in `len` bytes)
+};
+
+/// An irqfd with a resample eventfd (KVM API 4.75 KVM_IRQFD, `KVM_IRQFD_FLAG_RESAMPLE`): a
+/// level-triggered GSI stays asserted after `irq` is signalled until the guest acknowledges it,
+/// then KVM lowers it and signals `resample`, where the device model checks whether it must
+/// signal `irq` again.
+template <class Sys>
+struct basic_resample_irqfd {
+    basic_fd<Sys> irq;      ///< signal to raise the GSI
+    basic_fd<Sys> resample; ///< signalled by KVM when the guest acknowledged the interrupt
 };
 
 /// A KVM VM fd. Move-only. Precondition for everything that makes vCPUs or
@@ -162,21 +191,15 @@ public:
     /// Not thread-safe on one VM (the slot bookkeeping).
     [[nodiscard]] result<void> set_memory(const memory_slot& m) noexcept {
         constexpr auto io = ioctls::vm::set_user_memory_region;
-        if (auto v = check_slot(m); !v) return v;
+        if (auto v = check_slot(m, io); !v) return v;
         ::kvm_userspace_memory_region r{};
         r.slot = m.slot;
         r.guest_phys_addr = m.guest_phys_addr;
         r.memory_size = m.host.size();
         r.userspace_addr = reinterpret_cast<std::uintptr_t>(m.host.data()); // the kernel pins/maps it
-        if (m.log_dirty) r.flags |= KVM_MEM_LOG_DIRTY_PAGES;
-        if (m.read_only) {
-            auto cap = check_extension(KVM_CAP_READONLY_MEM);
-            if (!cap) return cap.err();
-            if (*cap <= 0)
-                return error{io.name, EOPNOTSUPP, "read-only slots need KVM_CAP_READONLY_MEM"}
-                    .with("slot", m.slot);
-            r.flags |= KVM_MEM_READONLY;
-        }
+        auto flags = slot_flags(m, io);
+        if (!flags) return flags.err();
+        r.flags = *flags;
         if (Sys::ioctl(fd_.get(), io.code, &r) < 0)
             return last_error(io.name)
                 .with("slot", m.slot)
@@ -184,6 +207,54 @@ public:
                 .with_hex("flags", r.flags);
         remember_slot(m.slot, m.guest_phys_addr, r.memory_size);
         return ok();
+    }
+    /// As `set_memory`, through KVM_SET_USER_MEMORY_REGION2 (KVM API section of that name), which
+    /// can also take the slot's private memory from a guest_memfd (`m.guest_memfd` >= 0,
+    /// `KVM_MEM_GUEST_MEMFD`). Checked first, besides `set_memory`'s checks: the host has
+    /// `KVM_CAP_USER_MEMORY2` (EOPNOTSUPP "host kernel lacks KVM_CAP_USER_MEMORY2"), the
+    /// guest_memfd offset is page aligned (EINVAL). Kernel errors carry the slot, range, flags and
+    /// guest_memfd. The overlap bookkeeping is `set_memory`'s.
+    [[nodiscard]] result<void> set_memory2(const memory_slot2& m) noexcept {
+        constexpr auto io = ioctls::vm::set_user_memory_region2;
+        auto cap = check_extension(abi::cap_user_memory2);
+        if (!cap) return cap.err();
+        if (*cap <= 0)
+            return error{io.name, EOPNOTSUPP, "host kernel lacks KVM_CAP_USER_MEMORY2"}.with("slot", m.base.slot);
+        if (auto v = check_slot(m.base, io); !v) return v;
+        const std::size_t page = detail::host_page_size();
+        if (m.guest_memfd >= 0 && m.guest_memfd_offset % page != 0)
+            return error{io.name, EINVAL, "guest_memfd offset is not page aligned"}
+                .with("slot", m.base.slot)
+                .with_hex("guest_memfd_offset", m.guest_memfd_offset);
+        abi::userspace_memory_region2 r{};
+        r.slot = m.base.slot;
+        r.guest_phys_addr = m.base.guest_phys_addr;
+        r.memory_size = m.base.host.size();
+        r.userspace_addr = reinterpret_cast<std::uintptr_t>(m.base.host.data()); // the kernel pins/maps it
+        auto flags = slot_flags(m.base, io);
+        if (!flags) return flags.err();
+        r.flags = *flags;
+        if (m.guest_memfd >= 0) {
+            r.flags |= abi::mem_guest_memfd;
+            r.guest_memfd = static_cast<std::uint32_t>(m.guest_memfd);
+            r.guest_memfd_offset = m.guest_memfd_offset;
+        }
+        if (Sys::ioctl(fd_.get(), io.code, &r) < 0)
+            return last_error(io.name)
+                .with("slot", m.base.slot)
+                .with_range("gpa", m.base.guest_phys_addr, r.memory_size)
+                .with_hex("flags", r.flags)
+                .with("guest_memfd", m.guest_memfd);
+        remember_slot(m.base.slot, m.base.guest_phys_addr, r.memory_size);
+        return ok();
+    }
+    /// The range of slot `slot` as this VM installed it (`set_memory`/`set_memory2`), if it
+    /// is among the `max_tracked_slots` remembered. Dirty tracking (kvm/dirty.hpp) sizes its
+    /// bitmaps from it.
+    [[nodiscard]] std::optional<slot_extent> find_slot(std::uint32_t slot) const noexcept {
+        for (std::size_t i = 0; i < nslots_; ++i)
+            if (slots_[i].slot == slot) return slot_extent{slot, slots_[i].gpa, slots_[i].size};
+        return std::nullopt;
     }
     /// Removes slot `slot` (a zero-sized KVM_SET_USER_MEMORY_REGION).
     [[nodiscard]] result<void> remove_memory(std::uint32_t slot) noexcept {
@@ -237,7 +308,11 @@ public:
     /// eventfd (`EFD_CLOEXEC | EFD_NONBLOCK`) instead of exiting. Returns the
     /// eventfd; closing it does not unregister (use `remove_ioeventfd`, or
     /// destroy the VM).
+    /// Checked before any syscall (EINVAL, with the values): `len` is 0, 1, 2, 4 or 8; a
+    /// zero length has no datamatch; `datamatch` fits in `len` bytes; the range does not wrap
+    /// and, for PIO, ends at or below port 0x10000.
     [[nodiscard]] result<basic_fd<Sys>> ioeventfd(const ioeventfd_spec& s) const noexcept {
+        if (auto v = check_ioeventfd(s); !v) return v.err();
         basic_fd<Sys> efd(Sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
         if (!efd) return last_error("eventfd");
         if (auto r = ioeventfd_call(s, efd.get(), 0); !r) return r.err();
@@ -255,6 +330,34 @@ public:
         if (!efd) return last_error("eventfd");
         if (auto r = irqfd_call(efd.get(), gsi, 0); !r) return r.err();
         return efd;
+    }
+    /// KVM API 4.75 KVM_IRQFD with `KVM_IRQFD_FLAG_RESAMPLE`: two new eventfds, one that
+    /// raises level-triggered GSI `gsi` and one KVM signals when the guest acknowledged it (see
+    /// `basic_resample_irqfd`). Needs `KVM_CAP_IRQFD_RESAMPLE` (EOPNOTSUPP, checked first) and
+    /// the full in-kernel irqchip (the kernel refuses it with a split irqchip: EINVAL).
+    /// Detach with `remove_irqfd(irq.get(), gsi)`.
+    [[nodiscard]] result<basic_resample_irqfd<Sys>> irqfd_resample(std::uint32_t gsi) const noexcept {
+        constexpr auto io = ioctls::vm::irqfd;
+        auto cap = check_extension(KVM_CAP_IRQFD_RESAMPLE);
+        if (!cap) return cap.err();
+        if (*cap <= 0)
+            return error{io.name, EOPNOTSUPP, "resampling irqfds need KVM_CAP_IRQFD_RESAMPLE"}.with("gsi", gsi);
+        basic_resample_irqfd<Sys> r{basic_fd<Sys>(Sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)), basic_fd<Sys>()};
+        if (!r.irq) return last_error("eventfd");
+        r.resample = basic_fd<Sys>(Sys::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+        if (!r.resample) return last_error("eventfd");
+        ::kvm_irqfd f{};
+        f.fd = static_cast<std::uint32_t>(r.irq.get());
+        f.gsi = gsi;
+        f.flags = KVM_IRQFD_FLAG_RESAMPLE;
+        f.resamplefd = static_cast<std::uint32_t>(r.resample.get());
+        if (Sys::ioctl(fd_.get(), io.code, &f) < 0)
+            return last_error(io.name)
+                .with("gsi", gsi)
+                .with("eventfd", r.irq.get())
+                .with("resamplefd", r.resample.get())
+                .with_hex("flags", f.flags);
+        return r;
     }
     /// Detaches an irqfd (`KVM_IRQFD_FLAG_DEASSIGN`).
     [[nodiscard]] result<void> remove_irqfd(int efd, std::uint32_t gsi) const noexcept {
@@ -346,8 +449,7 @@ private:
         return ok();
     }
     /// Checks `m` the way KVM will (kvm_set_memory_region), with the values in the error.
-    [[nodiscard]] result<void> check_slot(const memory_slot& m) const noexcept {
-        constexpr auto io = ioctls::vm::set_user_memory_region;
+    [[nodiscard]] result<void> check_slot(const memory_slot& m, ioctl_def<fd_kind::vm> io) const noexcept {
         const std::size_t page = detail::host_page_size();
         const std::uint64_t size = m.host.size();
         const auto host = reinterpret_cast<std::uintptr_t>(m.host.data());
@@ -385,6 +487,19 @@ private:
         }
         return ok();
     }
+    /// `KVM_MEM_*` flags of `m`; a read-only slot needs `KVM_CAP_READONLY_MEM` (EOPNOTSUPP).
+    [[nodiscard]] result<std::uint32_t> slot_flags(const memory_slot& m, ioctl_def<fd_kind::vm> io) const noexcept {
+        std::uint32_t flags = 0;
+        if (m.log_dirty) flags |= KVM_MEM_LOG_DIRTY_PAGES;
+        if (m.read_only) {
+            auto cap = check_extension(KVM_CAP_READONLY_MEM);
+            if (!cap) return cap.err();
+            if (*cap <= 0)
+                return error{io.name, EOPNOTSUPP, "read-only slots need KVM_CAP_READONLY_MEM"}.with("slot", m.slot);
+            flags |= KVM_MEM_READONLY;
+        }
+        return flags;
+    }
     /// Records what KVM accepted: slot `slot` now covers `[gpa, gpa+size)` (size 0: removed).
     void remember_slot(std::uint32_t slot, std::uint64_t gpa, std::uint64_t size) noexcept {
         for (std::size_t i = 0; i < nslots_; ++i) {
@@ -395,7 +510,33 @@ private:
         }
         if (size != 0 && nslots_ < slots_.size()) slots_[nslots_++] = detail::known_slot{slot, gpa, size};
     }
+    /// The checks KVM's kvm_ioeventfd() makes, and those whose failure would only show as an
+    /// eventfd that never fires, with the values in the error (EINVAL).
+    [[nodiscard]] static result<void> check_ioeventfd(const ioeventfd_spec& s) noexcept {
+        constexpr auto io = ioctls::vm::ioeventfd;
+        const char* what = s.pio ? "port" : "gpa";
+        if (s.len != 0 && s.len != 1 && s.len != 2 && s.len != 4 && s.len != 8)
+            return error{io.name, EINVAL, "length must be 0 (any), 1, 2, 4 or 8 bytes"}
+                .with_hex(what, s.addr)
+                .with("len", s.len);
+        if (s.len == 0 && s.datamatch)
+            return error{io.name, EINVAL, "a zero-length (any length) ioeventfd cannot match data"}
+                .with_hex(what, s.addr)
+                .with_hex("datamatch", *s.datamatch);
+        if (s.datamatch && s.len < 8 && (*s.datamatch >> (8 * s.len)) != 0)
+            return error{io.name, EINVAL, "datamatch does not fit in len bytes: no write could match"}
+                .with_hex(what, s.addr)
+                .with("len", s.len)
+                .with_hex("datamatch", *s.datamatch);
+        if (s.addr + s.len < s.addr)
+            return error{io.name, EINVAL, "address range wraps"}.with_hex(what, s.addr).with("len", s.len);
+        constexpr std::uint64_t port_space = 0x10000; // the 64 KiB x86 I/O address space (SDM vol. 1 ch. 19)
+        if (s.pio && s.addr + (s.len == 0 ? 1 : s.len) > port_space)
+            return error{io.name, EINVAL, "port range ends past 0xffff"}.with_hex("port", s.addr).with("len", s.len);
+        return ok();
+    }
     [[nodiscard]] result<void> ioeventfd_call(const ioeventfd_spec& s, int efd, std::uint32_t extra) const noexcept {
+        if (auto v = check_ioeventfd(s); !v) return v;
         ::kvm_ioeventfd e{};
         e.addr = s.addr;
         e.len = s.len;
