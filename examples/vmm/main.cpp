@@ -1117,6 +1117,41 @@ int run_vm(vcpu::kvm::x86_64_machine& m, const options& opt, Bus& bus, Mmio& mmi
 
 } // namespace
 
+/// Installs the kick and termination handlers, builds the device bus of the machine kind
+/// (Linux or Multiboot) and runs it: the common end of a boot and of a `--restore`
+/// (`restored_devices`: the device-state records to load into the new bus).
+int start_machine(vcpu::kvm::x86_64_machine& m, const options& opt, bool multiboot, std::size_t ram_bytes,
+                  std::span<const std::byte> restored_devices = {}) {
+    if (auto r = vcpu::kvm::install_kick_handler(); !r) die(2, r.err().message());
+    // SIGTERM/SIGINT (a harness's timeout, ^C on a raw terminal is the guest's): end the VM
+    // cleanly, saying where each vCPU was, and print the summary.
+    {
+        struct sigaction sa{};
+        sa.sa_handler = [](int) { g_terminate = 1; };
+        sigemptyset(&sa.sa_mask);
+        ::sigaction(SIGTERM, &sa, nullptr);
+        ::sigaction(SIGINT, &sa, nullptr);
+        if (opt.snapshot_on_signal) {
+            struct sigaction su{};
+            su.sa_handler = [](int) { g_sigusr2 = 1; };
+            sigemptyset(&su.sa_mask);
+            ::sigaction(SIGUSR2, &su, nullptr);
+        }
+    }
+    if (multiboot) {
+        auto bus = std::make_unique<multiboot_bus>(
+            dev::i8042{}, dev::cmos_rtc<>{}, testdev_ports(host_page_flush{&m.memory}), dev::isa_debug_exit{},
+            uart(stdout_sink{}, kvm_irq4{&m.vm}),
+            dev::fw_cfg(dev::fw_cfg_config{ram_bytes, static_cast<std::uint16_t>(opt.cpus), 0, {}}),
+            testdev_irq(kvm_irq_lines{&m.vm}), dev::acpi_pm_timer<>{}, dev::pci_absent{});
+        auto mmio = std::make_unique<multiboot_mmio>();
+        return run_vm(m, opt, *bus, *mmio, true, restored_devices);
+    }
+    platform_bus bus(dev::i8042{}, dev::cmos_rtc<>{}, uart(stdout_sink{}, kvm_irq4{&m.vm}));
+    no_mmio mmio;
+    return run_vm(m, opt, bus, mmio, false, restored_devices);
+}
+
 /// --restore FILE: the machine from the snapshot (memory, vCPU count, Linux or Multiboot from
 /// the file; CPUID as a boot sets it; the PIT as a boot creates it), then its devices.
 int restore_main(options& opt) {
@@ -1179,32 +1214,7 @@ int restore_main(options& opt) {
     std::fprintf(stderr, "vmm: restored %s (%s, %u vCPU(s), %u MiB); state loaded in %.1f ms\n", opt.restore.c_str(),
                  multiboot ? "Multiboot" : "Linux", opt.cpus, opt.mem_mib,
                  std::chrono::duration<double, std::milli>(clock_type::now() - t0).count());
-    if (auto k = vcpu::kvm::install_kick_handler(); !k) die(2, k.err().message());
-    {
-        struct sigaction sa{};
-        sa.sa_handler = [](int) { g_terminate = 1; };
-        sigemptyset(&sa.sa_mask);
-        ::sigaction(SIGTERM, &sa, nullptr);
-        ::sigaction(SIGINT, &sa, nullptr);
-        if (opt.snapshot_on_signal) {
-            struct sigaction su{};
-            su.sa_handler = [](int) { g_sigusr2 = 1; };
-            sigemptyset(&su.sa_mask);
-            ::sigaction(SIGUSR2, &su, nullptr);
-        }
-    }
-    if (multiboot) {
-        auto bus = std::make_unique<multiboot_bus>(
-            dev::i8042{}, dev::cmos_rtc<>{}, testdev_ports(host_page_flush{&m.memory}), dev::isa_debug_exit{},
-            uart(stdout_sink{}, kvm_irq4{&m.vm}),
-            dev::fw_cfg(dev::fw_cfg_config{mo.ram_bytes, static_cast<std::uint16_t>(opt.cpus), 0, {}}),
-            testdev_irq(kvm_irq_lines{&m.vm}), dev::acpi_pm_timer<>{}, dev::pci_absent{});
-        auto mmio = std::make_unique<multiboot_mmio>();
-        return run_vm(m, opt, *bus, *mmio, true, blob);
-    }
-    platform_bus bus(dev::i8042{}, dev::cmos_rtc<>{}, uart(stdout_sink{}, kvm_irq4{&m.vm}));
-    no_mmio mmio;
-    return run_vm(m, opt, bus, mmio, false, blob);
+    return start_machine(m, opt, multiboot, mo.ram_bytes, blob);
 }
 
 int main(int argc, char** argv) {
@@ -1284,33 +1294,5 @@ int main(int argc, char** argv) {
                                                      x86::misc_enable_fast_strings{}));
         if (!r) die(2, "vCPU " + std::to_string(i) + " init: " + r.err().message());
     }
-    if (auto r = vcpu::kvm::install_kick_handler(); !r) die(2, r.err().message());
-    // SIGTERM/SIGINT (a harness's timeout, ^C on a raw terminal is the guest's): end the VM
-    // cleanly, saying where each vCPU was, and print the summary.
-    {
-        struct sigaction sa{};
-        sa.sa_handler = [](int) { g_terminate = 1; };
-        sigemptyset(&sa.sa_mask);
-        ::sigaction(SIGTERM, &sa, nullptr);
-        ::sigaction(SIGINT, &sa, nullptr);
-        if (opt.snapshot_on_signal) {
-            struct sigaction su{};
-            su.sa_handler = [](int) { g_sigusr2 = 1; };
-            sigemptyset(&su.sa_mask);
-            ::sigaction(SIGUSR2, &su, nullptr);
-        }
-    }
-
-    if (multiboot) {
-        auto bus = std::make_unique<multiboot_bus>(
-            dev::i8042{}, dev::cmos_rtc<>{}, testdev_ports(host_page_flush{&m.memory}), dev::isa_debug_exit{},
-            uart(stdout_sink{}, kvm_irq4{&m.vm}),
-            dev::fw_cfg(dev::fw_cfg_config{mo.ram_bytes, static_cast<std::uint16_t>(opt.cpus), 0, {}}),
-            testdev_irq(kvm_irq_lines{&m.vm}), dev::acpi_pm_timer<>{}, dev::pci_absent{});
-        auto mmio = std::make_unique<multiboot_mmio>();
-        return run_vm(m, opt, *bus, *mmio, true);
-    }
-    platform_bus bus(dev::i8042{}, dev::cmos_rtc<>{}, uart(stdout_sink{}, kvm_irq4{&m.vm}));
-    no_mmio mmio;
-    return run_vm(m, opt, bus, mmio, false);
+    return start_machine(m, opt, multiboot, mo.ram_bytes);
 }

@@ -3,6 +3,7 @@
 // symbol: the guest runs this executable's code at its own addresses), the argument register,
 // a single step, a guest variable, a hardware write watchpoint, and the guest running to its end.
 #include "support.hpp"
+#include "../common/subprocess.hpp"
 
 #include <kvm/host.hpp>
 #include <kvm/x86_64_gdb.hpp>
@@ -27,7 +28,6 @@
 #include <variant>
 #include <vector>
 
-extern char** environ;
 
 // ---- guest code (extern "C": gdb finds them by their plain names, with or without -g) --------
 
@@ -53,40 +53,7 @@ namespace {
 namespace kvm = vcpu::kvm;
 namespace gdb = vcpu::gdb;
 
-/// Runs `args` with stdout+stderr into `out_path`; its exit status, -1 after `seconds`, -2 when
-/// it cannot be started.
-int run_with_timeout(const std::vector<std::string>& args, const std::string& out_path, int seconds) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = 0;
-    const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return -2;
-    for (int i = 0; i < seconds * 10; ++i) {
-        int status = 0;
-        if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        ::usleep(100000);
-    }
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    return -1;
-}
 
-std::string slurp(const std::string& path) {
-    std::string s;
-    if (FILE* f = std::fopen(path.c_str(), "r")) {
-        char buf[4096];
-        std::size_t n;
-        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-        std::fclose(f);
-    }
-    return s;
-}
 
 /// The main executable's load bias (what gdb's `symbol-file -o` wants for a PIE).
 std::uintptr_t load_bias() {
@@ -215,9 +182,9 @@ TEST_CASE("guest x86-64 debug: Debian's gdb breaks, steps, reads a variable and 
         MESSAGE("SKIPPED: the watchpoint part: data breakpoints do not fire on this host (PVM)");
     }
     args.insert(args.end(), {"-ex", "delete", "-ex", "continue"});
-    const int rc = run_with_timeout(args, out_template, 120);
+    const int rc = test_support::run_with_timeout(args, out_template, 120);
     vmm.join();
-    const std::string out = slurp(out_template);
+    const std::string out = test_support::read_file(out_template);
     std::remove(out_template);
     INFO("gdb output:\n" << out);
     if (std::getenv("VCPU_SHOW_GDB") != nullptr) MESSAGE("gdb output:\n" << out);

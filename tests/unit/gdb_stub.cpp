@@ -8,6 +8,8 @@
 #endif
 #include <doctest/doctest.h>
 
+#include "../common/subprocess.hpp"
+
 #include <arch/x86_64/gdb.hpp>
 #include <arch/aarch64/gdb.hpp>
 #include <arch/riscv64/gdb.hpp>
@@ -31,7 +33,6 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
 
 namespace {
 namespace gdb = vcpu::gdb;
@@ -410,38 +411,6 @@ TEST_CASE("gdb software breakpoints: capacity, idempotence, unmapped memory") {
 
 #if defined(__x86_64__)
 namespace {
-/// Runs `argv` with stdout and stderr into `out_path`; its exit status, or -1 after `seconds`.
-int run_with_timeout(const std::vector<std::string>& args, const std::string& out_path, int seconds) {
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = 0;
-    const int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) return -2;
-    for (int i = 0; i < seconds * 10; ++i) {
-        int status = 0;
-        if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        ::usleep(100000);
-    }
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
-    return -1;
-}
-std::string read_file(const std::string& path) {
-    std::string s;
-    if (FILE* f = std::fopen(path.c_str(), "r")) {
-        char buf[4096];
-        std::size_t n;
-        while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) s.append(buf, n);
-        std::fclose(f);
-    }
-    return s;
-}
 } // namespace
 
 TEST_CASE("gdb session: Debian's gdb in batch mode drives the stub over TCP") {
@@ -504,14 +473,14 @@ TEST_CASE("gdb session: Debian's gdb in batch mode drives the stub over TCP") {
     REQUIRE(fd >= 0);
     ::close(fd);
     const std::string port = std::to_string(l->port());
-    const int rc = run_with_timeout(
+    const int rc = test_support::run_with_timeout(
         {"gdb", "-nx", "-q", "-batch", "-ex", "set architecture i386:x86-64", "-ex",
          "target remote 127.0.0.1:" + port, "-ex", "info registers rip", "-ex", "x/2xb 0x1000", "-ex",
          "break *0x1004", "-ex", "continue", "-ex", "stepi", "-ex", "print/x $rip", "-ex", "set var $rax = 0x1234",
          "-ex", "print/x $rax", "-ex", "watch *(long*)0x1100", "-ex", "continue", "-ex", "detach"},
         out_template, 60);
     vmm.join();
-    const std::string out = read_file(out_template);
+    const std::string out = test_support::read_file(out_template);
     std::remove(out_template);
     INFO("gdb output:\n" << out);
     REQUIRE_MESSAGE(rc != -2, "gdb not found: scripts/deps installs Debian's gdb");
